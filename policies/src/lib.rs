@@ -1,0 +1,1 @@
+//! Airlock policy model (grown by the policy issue).

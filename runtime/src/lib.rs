@@ -1,0 +1,1 @@
+//! Airlock runtime: process backend on libcontainer.

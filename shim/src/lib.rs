@@ -1,0 +1,1 @@
+//! containerd runtime-v2 shim for Airlock.
