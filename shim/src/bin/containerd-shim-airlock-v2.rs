@@ -1,1 +1,18 @@
-fn main() {}
+//! Thin binary: everything lives in the `airlock-shim` library.
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if airlock_shim::info::handle(&args[1..]) {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build tokio runtime");
+    rt.block_on(containerd_shim::asynchronous::run::<
+        airlock_shim::AirlockShim,
+    >(
+        airlock_shim::RUNTIME_ID,
+        Some(airlock_shim::shim_config()),
+    ));
+}

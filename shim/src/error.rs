@@ -1,0 +1,73 @@
+//! The shim's error type, mapped once to ttrpc status codes.
+//!
+//! Every message here reaches the `ctr`/kubelet user through containerd, so each one
+//! says what was wrong and, where the user can act, what to do.
+
+use containerd_shim::protos::ttrpc::{self, Code};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime binary failed; `message` is its own one-line explanation.
+    #[error("{0}")]
+    Runtime(String),
+    #[error(transparent)]
+    Policy(#[from] airlock_policies::Error),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) | Error::Policy(_) => Code::INVALID_ARGUMENT,
+            Error::NotFound(_) => Code::NOT_FOUND,
+            Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
+            Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            Error::Io { .. } | Error::Runtime(_) => Code::UNKNOWN,
+        }
+    }
+}
+
+impl From<Error> for ttrpc::Error {
+    fn from(e: Error) -> Self {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_codes_once() {
+        let e: ttrpc::Error = Error::NotFound("container x".into()).into();
+        match e {
+            ttrpc::Error::RpcStatus(s) => {
+                assert_eq!(s.code(), Code::NOT_FOUND);
+                assert_eq!(s.message(), "container x not found");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

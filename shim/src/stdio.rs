@@ -1,0 +1,134 @@
+//! Container stdio: pipes between the container and the FIFOs containerd passes.
+//!
+//! The container writes into pipes owned by the shim, and the shim copies them into
+//! containerd's FIFOs. The indirection keeps a container alive when its client goes away,
+//! and lets the shim know when all output has been delivered before it reports an exit.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// The FIFO paths of one process, as containerd sends them.
+#[derive(Debug, Clone, Default)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// The ends handed to the runtime process (and so inherited by the container).
+pub struct ChildStdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// The shim's side: copy tasks and the stdin writer.
+#[derive(Default)]
+pub struct Copier {
+    outputs: Vec<JoinHandle<()>>,
+    stdin: Option<JoinHandle<()>>,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::io("create stdio pipe", e.into()))
+}
+
+/// Open the FIFOs and create the pipes. Must run inside the tokio runtime.
+pub fn setup(paths: &StdioPaths) -> Result<(ChildStdio, Copier)> {
+    if paths.terminal {
+        return Err(Error::InvalidArgument(
+            "terminal (tty) mode is not supported by airlock yet; run without -t".into(),
+        ));
+    }
+    let mut copier = Copier::default();
+    let stdout = output(&paths.stdout, &mut copier)?;
+    let stderr = output(&paths.stderr, &mut copier)?;
+    let stdin = if paths.stdin.is_empty() {
+        None
+    } else {
+        let (r, w) = pipe()?;
+        let fifo = paths.stdin.clone();
+        copier.stdin = Some(tokio::spawn(async move {
+            // Opening a FIFO for reading blocks until the client opens its end.
+            let src = tokio::task::spawn_blocking(move || std::fs::File::open(&fifo)).await;
+            let Ok(Ok(src)) = src else { return };
+            let Ok(mut src) = pipe::Receiver::from_file(src) else {
+                return;
+            };
+            let Ok(mut dst) = pipe::Sender::from_owned_fd(w) else {
+                return;
+            };
+            let _ = tokio::io::copy(&mut src, &mut dst).await;
+            let _ = dst.shutdown().await;
+        }));
+        Some(r)
+    };
+    Ok((
+        ChildStdio {
+            stdin,
+            stdout,
+            stderr,
+        },
+        copier,
+    ))
+}
+
+fn output(path: &str, copier: &mut Copier) -> Result<Option<OwnedFd>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let (r, w) = pipe()?;
+    // containerd opened the read side before Create, so a non-blocking open succeeds.
+    let mut dst = pipe::OpenOptions::new()
+        .open_sender(Path::new(path))
+        .map_err(|e| Error::io(format!("open stdio fifo {path}"), e))?;
+    let mut src =
+        pipe::Receiver::from_owned_fd(r).map_err(|e| Error::io("register stdio pipe", e))?;
+    copier.outputs.push(tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut src, &mut dst).await;
+    }));
+    Ok(Some(w))
+}
+
+impl Copier {
+    /// Wait until the container's output has been copied out (its pipes closed), at most
+    /// `limit`: a daemonised grandchild may keep a pipe open forever.
+    pub async fn drain(&mut self, limit: Duration) {
+        let outputs = std::mem::take(&mut self.outputs);
+        let all = futures_join_all(outputs);
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!("stdio copy still running after {limit:?}; output may be truncated");
+        }
+    }
+
+    /// Close the container's stdin (CloseIO).
+    pub fn close_stdin(&mut self) {
+        if let Some(h) = self.stdin.take() {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for Copier {
+    fn drop(&mut self) {
+        for h in self.outputs.drain(..) {
+            h.abort();
+        }
+        self.close_stdin();
+    }
+}
+
+async fn futures_join_all(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
