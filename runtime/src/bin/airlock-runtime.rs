@@ -135,7 +135,14 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let line = format!("{e:#}").replace('\n', " ");
+            // Our library errors already carry their causes in one sentence; other errors
+            // get their chain joined.
+            let line = if e.downcast_ref::<airlock_runtime::RuntimeError>().is_some() {
+                e.to_string()
+            } else {
+                format!("{e:#}")
+            }
+            .replace('\n', " ");
             tracing::error!(error = %line, "command failed");
             eprintln!("airlock-runtime: {line}");
             ExitCode::FAILURE
