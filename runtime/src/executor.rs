@@ -245,6 +245,54 @@ mod tests {
         assert!(matches!(err, RuntimeError::NotExecutable { .. }), "{err}");
     }
 
+    /// Installs a filter that makes getppid fail with EPERM, in a forked child (a filter
+    /// cannot be removed). The child only makes raw syscalls before `_exit`.
+    #[test]
+    fn bpf_program_installs_before_exec() {
+        const RET_ALLOW: u32 = 0x7fff_0000;
+        const RET_ERRNO: u32 = 0x0005_0000;
+        let stmt = |code: u32, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt,
+            jf,
+            k,
+        };
+        let prog = BpfProgram::new(vec![
+            // seccomp_data.nr is at offset 0
+            stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+            jeq(libc::SYS_getppid as u32, 0, 1),
+            stmt(libc::BPF_RET | libc::BPF_K, RET_ERRNO | libc::EPERM as u32),
+            stmt(libc::BPF_RET | libc::BPF_K, RET_ALLOW),
+        ]);
+        assert_eq!(prog.len(), 4);
+        // SAFETY: the child only calls prctl/seccomp/getppid/_exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = match prog.install() {
+                Err(_) => 2,
+                // SAFETY: raw syscall, no memory involved.
+                Ok(()) => match unsafe { libc::syscall(libc::SYS_getppid) } {
+                    -1 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) => 0,
+                    _ => 3,
+                },
+            };
+            // SAFETY: leave the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status));
+        assert_eq!(libc::WEXITSTATUS(status), 0, "filter not effective");
+    }
+
     #[test]
     fn message_survives_libcontainer_wrapping() {
         let e = RuntimeError::ExecutableNotFound {

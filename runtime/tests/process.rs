@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxIdMappingBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_airlock-runtime");
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -44,6 +44,12 @@ impl TestBundle {
     }
 
     fn with_parent(name: &str, args: &[&str], cgroup_parent: &str) -> Self {
+        Self::build(name, args, cgroup_parent, false)
+    }
+
+    /// `userns`: a user namespace mapping container root to host uid/gid 100000 (it keeps
+    /// the network namespace: mounting sysfs needs the netns to be owned by the userns).
+    fn build(name: &str, args: &[&str], cgroup_parent: &str, userns: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let id = format!("{name}-{}", std::process::id());
         let rootfs = dir.path().join("bundle/rootfs");
@@ -66,9 +72,27 @@ impl TestBundle {
             .clone()
             .unwrap()
             .into_iter()
-            .filter(|n| n.typ() != LinuxNamespaceType::Network)
-            .collect();
+            .filter(|n| userns || n.typ() != LinuxNamespaceType::Network)
+            .collect::<Vec<_>>();
         linux.set_namespaces(Some(ns));
+        if userns {
+            let mut ns = linux.namespaces().clone().unwrap();
+            ns.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::User)
+                    .build()
+                    .unwrap(),
+            );
+            linux.set_namespaces(Some(ns));
+            let map = LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(100000u32)
+                .size(65536u32)
+                .build()
+                .unwrap();
+            linux.set_uid_mappings(Some(vec![map]));
+            linux.set_gid_mappings(Some(vec![map]));
+        }
         spec.set_linux(Some(linux));
         spec.save(dir.path().join("bundle/config.json")).unwrap();
         Self {
@@ -415,4 +439,28 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
             h.display()
         );
     }
+}
+
+#[test]
+fn user_namespace_maps_root() {
+    let Some(_g) = serial() else { return };
+    let b = TestBundle::build(
+        "userns",
+        &["sh", "-c", "id -u; cat /proc/self/uid_map"],
+        "airlock-test",
+        true,
+    );
+    let c = b.create();
+    assert!(c.ok, "create failed: {}", read_all(c.stderr));
+    let pid = b.init_pid();
+    assert_eq!(ppid_of(pid), std::process::id() as i32);
+    assert!(b.run(&["start", &b.id]).status.success());
+    assert_eq!(waitpid(pid, None).unwrap(), WaitStatus::Exited(pid, 0));
+    let out = read_all(c.stdout);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("0"));
+    let map: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(map, ["0", "100000", "65536"]);
+    assert!(b.run(&["delete", &b.id]).status.success());
+    b.assert_nothing_left();
 }

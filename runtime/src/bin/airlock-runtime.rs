@@ -21,8 +21,8 @@ struct Cli {
     /// State root; container state lives in <root>/<id>/.
     #[arg(long, global = true, default_value = DEFAULT_ROOT)]
     root: PathBuf,
-    /// Log file (appended). Without it, only the final error line goes to stderr, because
-    /// stderr is also the container's stderr.
+    /// Log file (appended). Default: stderr, which is also the container's stderr, so there
+    /// only airlock warnings and the final error line are written.
     #[arg(long, global = true)]
     log: Option<PathBuf>,
     #[arg(long = "log-format", global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -73,6 +73,19 @@ enum Command {
 
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     let Some(path) = &cli.log else {
+        // stderr is also the container's stderr (inherited by the init): keep it quiet.
+        // Only our own warnings, never libcontainer's chatter from the forked processes;
+        // AIRLOCK_LOG can widen it for debugging.
+        let filter = EnvFilter::try_from_env("AIRLOCK_LOG")
+            .unwrap_or_else(|_| EnvFilter::new("off,airlock_runtime=warn"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false);
+        match cli.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
         return Ok(());
     };
     let default = if cli.debug { "debug" } else { "info" };
@@ -128,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log_to_file = cli.log.is_some();
     if let Err(e) = init_logging(&cli) {
         eprintln!("airlock-runtime: {e:#}");
         return ExitCode::FAILURE;
@@ -143,7 +157,9 @@ fn main() -> ExitCode {
                 format!("{e:#}")
             }
             .replace('\n', " ");
-            tracing::error!(error = %line, "command failed");
+            if log_to_file {
+                tracing::error!(error = %line, "command failed");
+            }
             eprintln!("airlock-runtime: {line}");
             ExitCode::FAILURE
         }

@@ -378,7 +378,15 @@ fn map_create_error(id: &str, e: &LibcontainerError) -> RuntimeError {
             id: id.to_owned(),
             root: PathBuf::new(),
         },
-        _ => RuntimeError::backend(id, "create", e),
+        _ => {
+            let mut err = RuntimeError::backend(id, "create", e);
+            if let RuntimeError::Backend { detail, .. } = &mut err {
+                // libcontainer sends only the top-level message across from the init
+                // process; its log has the failing step (e.g. the mount and errno).
+                detail.push_str("; rerun with --log <file> --debug to see the failing step");
+            }
+            err
+        }
     }
 }
 
