@@ -382,6 +382,10 @@ fn failing_create(b: &TestBundle) -> String {
     eprintln!("create failed as expected: {msg}");
     assert_eq!(msg.lines().count(), 1, "one line expected: {msg:?}");
     assert!(read_all(c.stdout).is_empty());
+    assert!(
+        !b.pid_file().exists(),
+        "pid file of a failed create left behind"
+    );
     b.assert_nothing_left();
     msg
 }

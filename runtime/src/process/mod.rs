@@ -195,6 +195,10 @@ impl ProcessRuntime {
             .unwrap_or_default()
             .with_create_started(t0);
 
+        // libcontainer writes the pid file as soon as the init is forked, before it is
+        // ready; a failed create must not leave a pid file naming a dead process.
+        let pid_file_existed = opts.pid_file.as_deref().is_some_and(Path::exists);
+
         let t_build = Instant::now();
         let built = {
             let _s = info_span!("libcontainer_build").entered();
@@ -207,6 +211,9 @@ impl ProcessRuntime {
             Err(e) => {
                 let err = map_create_error(id, &e);
                 self.cleanup_failed_create(id, &cg_path, &record);
+                if let (Some(p), false) = (&opts.pid_file, pid_file_existed) {
+                    let _ = std::fs::remove_file(p);
+                }
                 info!(
                     elapsed_us = t0.elapsed().as_micros() as u64,
                     error = %err,
