@@ -1,1 +1,224 @@
-fn main() {}
+//! `airlock-runtime`: a runc-like CLI over the process backend. The shim executes it for
+//! every container operation; it is single-threaded on purpose (libcontainer forks).
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use airlock_runtime::{parse_signal, CreateOptions, ProcessRuntime, DEFAULT_ROOT};
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "airlock-runtime",
+    version,
+    about = "Airlock's OCI runtime (process backend)"
+)]
+struct Cli {
+    /// State root; container state lives in <root>/<id>/.
+    #[arg(long, global = true, default_value = DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Log file (appended). Default: stderr, which is also the container's stderr, so there
+    /// only airlock warnings and the final error line are written.
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    #[arg(long = "log-format", global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log at debug level (per-phase timings of create). AIRLOCK_LOG overrides the filter.
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a container paused before exec; its stdio are this process's fds 0/1/2.
+    Create {
+        #[arg(long, short)]
+        bundle: PathBuf,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        id: String,
+    },
+    /// Let the container's init exec the workload.
+    Start { id: String },
+    /// Send a signal (number or name, default TERM) to the init, or with --all to every
+    /// process in the container's cgroup.
+    Kill {
+        #[arg(long, short)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "TERM")]
+        signal: String,
+    },
+    /// Remove the container's state, cgroup and created cgroup parents.
+    Delete {
+        #[arg(long, short)]
+        force: bool,
+        id: String,
+    },
+    /// Print the OCI state JSON.
+    State { id: String },
+}
+
+fn init_logging(cli: &Cli) -> anyhow::Result<()> {
+    let Some(path) = &cli.log else {
+        // stderr is also the container's stderr (inherited by the init): keep it quiet.
+        // Only our own warnings, never libcontainer's chatter from the forked processes;
+        // AIRLOCK_LOG can widen it for debugging.
+        let filter = EnvFilter::try_from_env("AIRLOCK_LOG")
+            .unwrap_or_else(|_| EnvFilter::new("off,airlock_runtime=warn"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false);
+        match cli.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+        return Ok(());
+    };
+    let default = if cli.debug { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // O_APPEND: the container's intermediate and init processes inherit the subscriber and
+    // write to the same file; each event is one write.
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open log file {}", path.display()))?;
+    let writer = Arc::new(file);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let rt = ProcessRuntime::new(&cli.root);
+    match cli.command {
+        Command::Create {
+            bundle,
+            pid_file,
+            id,
+        } => {
+            rt.create(CreateOptions {
+                id,
+                bundle,
+                pid_file,
+                executor: None,
+            })?;
+        }
+        Command::Start { id } => rt.start(&id)?,
+        Command::Kill { all, id, signal } => {
+            let sig = parse_signal(&signal)?;
+            rt.kill(&id, sig, all)?;
+        }
+        Command::Delete { force, id } => rt.delete(&id, force)?,
+        Command::State { id } => {
+            let state = rt.state(&id)?;
+            println!("{}", serde_json::to_string_pretty(&state)?);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_to_file = cli.log.is_some();
+    if let Err(e) = init_logging(&cli) {
+        eprintln!("airlock-runtime: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Our library errors already carry their causes in one sentence; other errors
+            // get their chain joined.
+            let line = if e.downcast_ref::<airlock_runtime::RuntimeError>().is_some() {
+                e.to_string()
+            } else {
+                format!("{e:#}")
+            }
+            .replace('\n', " ");
+            if log_to_file {
+                tracing::error!(error = %line, "command failed");
+            }
+            eprintln!("airlock-runtime: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_runc_like_commands() {
+        let c = Cli::try_parse_from([
+            "airlock-runtime",
+            "--root",
+            "/run/airlock/k8s.io",
+            "--log",
+            "/tmp/l",
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/p",
+            "c1",
+        ])
+        .unwrap();
+        assert_eq!(c.root, PathBuf::from("/run/airlock/k8s.io"));
+        assert_eq!(c.log_format, LogFormat::Json);
+        match c.command {
+            Command::Create {
+                bundle,
+                pid_file,
+                id,
+            } => {
+                assert_eq!(bundle, PathBuf::from("/b"));
+                assert_eq!(pid_file, Some(PathBuf::from("/p")));
+                assert_eq!(id, "c1");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let c = Cli::try_parse_from(["airlock-runtime", "kill", "--all", "c1", "KILL"]).unwrap();
+        assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
+        assert!(
+            matches!(c.command, Command::Kill { all: true, ref signal, .. } if signal == "KILL")
+        );
+        let c = Cli::try_parse_from(["airlock-runtime", "kill", "c1"]).unwrap();
+        assert!(matches!(c.command, Command::Kill { ref signal, .. } if signal == "TERM"));
+        let c = Cli::try_parse_from(["airlock-runtime", "delete", "--force", "c1"]).unwrap();
+        assert!(matches!(c.command, Command::Delete { force: true, .. }));
+        // global flags after the subcommand work too (runc accepts them before only, the
+        // shim passes them before)
+        let c = Cli::try_parse_from(["airlock-runtime", "state", "c1", "--root", "/r"]).unwrap();
+        assert_eq!(c.root, PathBuf::from("/r"));
+        assert!(Cli::try_parse_from(["airlock-runtime", "create", "c1"]).is_err());
+    }
+}

@@ -1,0 +1,267 @@
+//! Bookkeeping of the cgroup *parent* directories a create makes.
+//!
+//! libcgroups creates the leaf cgroup (and, with `create_dir_all`, any missing parents such as
+//! `/sys/fs/cgroup/memory/default/` for cgroupsPath `/default/<id>`), but only removes the
+//! leaf. We record, before creating, which parents do not exist yet, and remove exactly those
+//! (deepest first, only when empty) on delete or failed create. A parent that existed before,
+//! or that still holds other cgroups, is never removed: `rmdir` on a cgroup with children
+//! fails with EBUSY, which we treat as "still in use".
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// v1 controllers libcgroups' v1 manager creates directories for.
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "hugetlb",
+    "memory",
+    "pids",
+    "perf_event",
+    "blkio",
+    "net_prio",
+    "net_cls",
+    "freezer",
+];
+
+/// One mounted cgroup hierarchy as read from mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupMount {
+    pub mount_point: PathBuf,
+    /// `true` for cgroup2, `false` for a v1 hierarchy.
+    pub unified: bool,
+    /// Super-block options (v1: the controllers, e.g. `rw,cpu,cpuacct`).
+    pub options: String,
+}
+
+/// Parses `/proc/self/mountinfo` text into its cgroup mounts.
+pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?;
+            let _source = r.next()?;
+            let options = r.next().unwrap_or("").to_owned();
+            let unified = match fstype {
+                "cgroup2" => true,
+                "cgroup" => false,
+                _ => return None,
+            };
+            Some(CgroupMount {
+                mount_point: PathBuf::from(unescape_octal(mount_point)),
+                unified,
+                options,
+            })
+        })
+        .collect()
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let digits = &b[i + 1..i + 4];
+            if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                let v = digits
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                if let Ok(v) = u8::try_from(v) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The hierarchies libcgroups will create directories in: the cgroup2 mount at
+/// `/sys/fs/cgroup` on a unified host; otherwise (legacy or hybrid) the v1 controller
+/// hierarchies only (libcgroups uses its v1 manager there and never touches the empty
+/// `unified` mount or named hierarchies like `name=systemd`).
+pub fn managed_hierarchies(mounts: &[CgroupMount]) -> Vec<PathBuf> {
+    if let Some(m) = mounts
+        .iter()
+        .find(|m| m.unified && m.mount_point == Path::new(CGROUP_ROOT))
+    {
+        return vec![m.mount_point.clone()];
+    }
+    let mut out: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|m| !m.unified && m.options.split(',').any(|o| V1_CONTROLLERS.contains(&o)))
+        .map(|m| m.mount_point.clone())
+        .collect();
+    out.dedup();
+    out
+}
+
+/// The parent directories of `cgroup_path` (excluding the hierarchy root and the leaf)
+/// that do not exist yet in any of `hierarchies`, deepest first.
+pub fn missing_parents(
+    hierarchies: &[PathBuf],
+    cgroup_path: &Path,
+    exists: impl Fn(&Path) -> bool,
+) -> Vec<PathBuf> {
+    let rel: PathBuf = cgroup_path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    let mut out = Vec::new();
+    for h in hierarchies {
+        let mut dir = h.clone();
+        let comps: Vec<_> = rel.components().collect();
+        if comps.len() < 2 {
+            continue;
+        }
+        let mut level = Vec::new();
+        for c in &comps[..comps.len() - 1] {
+            dir.push(c);
+            if !exists(&dir) {
+                level.push(dir.clone());
+            }
+        }
+        // deepest first within a hierarchy
+        level.reverse();
+        out.extend(level);
+    }
+    out
+}
+
+/// What a create recorded about the cgroup parents it made; saved as `airlock.json` in the
+/// container's state dir.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupRecord {
+    /// Parent directories that did not exist before create, deepest first per hierarchy.
+    pub created_parents: Vec<PathBuf>,
+}
+
+impl CgroupRecord {
+    /// Computes the record for `cgroup_path` on this host (reads mountinfo once).
+    pub fn before_create(cgroup_path: &Path) -> std::io::Result<Self> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let hierarchies = managed_hierarchies(&parse_mountinfo(&text));
+        Ok(Self {
+            created_parents: missing_parents(&hierarchies, cgroup_path, |p| p.exists()),
+        })
+    }
+
+    /// Removes the recorded parents that are now empty. Returns the ones removed.
+    pub fn remove_empty_parents(&self) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for dir in &self.created_parents {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => removed.push(dir.clone()),
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cgroup parent kept");
+                }
+            }
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+50 23 0:40 / /mnt/with\\040space rw - ext4 /dev/sda rw
+";
+
+    const UNIFIED: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw,nsdelegate
+";
+
+    #[test]
+    fn hybrid_uses_v1_controller_hierarchies_only() {
+        let mounts = parse_mountinfo(HYBRID);
+        assert_eq!(mounts.len(), 4);
+        assert_eq!(
+            managed_hierarchies(&mounts),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/cpu"),
+                PathBuf::from("/sys/fs/cgroup/memory")
+            ]
+        );
+    }
+
+    #[test]
+    fn unified_uses_the_root() {
+        let mounts = parse_mountinfo(UNIFIED);
+        assert_eq!(
+            managed_hierarchies(&mounts),
+            vec![PathBuf::from("/sys/fs/cgroup")]
+        );
+    }
+
+    #[test]
+    fn records_only_missing_parents_deepest_first() {
+        let h = vec![
+            PathBuf::from("/sys/fs/cgroup/cpu"),
+            PathBuf::from("/sys/fs/cgroup/memory"),
+        ];
+        // In cpu, /a exists already; in memory nothing exists.
+        let exists = |p: &Path| p == Path::new("/sys/fs/cgroup/cpu/a");
+        let got = missing_parents(&h, Path::new("/a/b/leaf"), exists);
+        assert_eq!(
+            got,
+            vec![
+                PathBuf::from("/sys/fs/cgroup/cpu/a/b"),
+                PathBuf::from("/sys/fs/cgroup/memory/a/b"),
+                PathBuf::from("/sys/fs/cgroup/memory/a"),
+            ]
+        );
+    }
+
+    #[test]
+    fn leaf_only_paths_have_no_parents() {
+        let h = vec![PathBuf::from("/sys/fs/cgroup")];
+        assert!(missing_parents(&h, Path::new("/leaf"), |_| false).is_empty());
+        assert!(missing_parents(&h, Path::new(":youki:x"), |_| false).is_empty());
+        // `..` cannot escape the hierarchy
+        let got = missing_parents(&h, Path::new("/../x/leaf"), |_| false);
+        assert_eq!(got, vec![PathBuf::from("/sys/fs/cgroup/x")]);
+    }
+
+    #[test]
+    fn removes_only_empty_recorded_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        let b = a.join("b");
+        std::fs::create_dir_all(b.join("other")).unwrap();
+        let rec = CgroupRecord {
+            created_parents: vec![b.clone(), a.clone()],
+        };
+        // b still has a child: nothing removed
+        assert!(rec.remove_empty_parents().is_empty());
+        std::fs::remove_dir(b.join("other")).unwrap();
+        assert_eq!(rec.remove_empty_parents(), vec![b, a.clone()]);
+        assert!(!a.exists());
+    }
+
+    #[test]
+    fn record_roundtrips_as_json() {
+        let rec = CgroupRecord {
+            created_parents: vec!["/x".into()],
+        };
+        let s = serde_json::to_string(&rec).unwrap();
+        assert_eq!(serde_json::from_str::<CgroupRecord>(&s).unwrap(), rec);
+    }
+}

@@ -1,0 +1,437 @@
+//! The process backend: containers as Linux processes created by youki's libcontainer.
+//!
+//! Each operation is one short-lived call meant to run in a single-threaded process (the
+//! `airlock-runtime` binary): libcontainer forks and changes process-wide state, so the
+//! multi-threaded shim must never call it directly.
+//!
+//! Process tree: libcontainer forks an intermediate process, which clones the container init
+//! with `CLONE_PARENT`, so the init is a *child of the runtime process* and the intermediate
+//! is reaped before `create` returns. When the runtime process exits, the kernel reparents the
+//! init to the nearest child subreaper (the shim) before the shim can observe the runtime's
+//! exit, so the shim can `pidfd_open` + `waitid` the init. (`as_sibling` is left off: it
+//! would make the intermediate a child of the shim, leaving it a zombie for the shim to reap.)
+//!
+//! State lives in `<root>/<id>/`: libcontainer's `state.json`, `youki_config.json`, the
+//! `notify.sock` the init waits on until `start`, and our `airlock.json` (cgroup parents to
+//! remove on delete).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::error::LibcontainerError;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use tracing::{debug, info, info_span};
+
+use crate::cgroups::CgroupRecord;
+use crate::error::{one_line_chain, Result, RuntimeError};
+use crate::executor::{extract_message, AirlockExecutor};
+use crate::spec::{cgroup_path, load_bundle};
+
+/// Default state root (the shim passes `/run/airlock/<containerd-namespace>`).
+pub const DEFAULT_ROOT: &str = "/run/airlock/default";
+
+/// Our bookkeeping file inside the container's state dir.
+pub const RECORD_FILE: &str = "airlock.json";
+
+/// Options of [`ProcessRuntime::create`].
+#[derive(Clone, Default)]
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// Where to write the init's host pid.
+    pub pid_file: Option<PathBuf>,
+    /// The executor (seccomp program etc.). Defaults to a plain [`AirlockExecutor`].
+    pub executor: Option<AirlockExecutor>,
+}
+
+/// Result of a successful create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Created {
+    /// Host pid of the container init, waiting for `start`.
+    pub pid: i32,
+}
+
+/// OCI runtime state of a container.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    pub oci_version: String,
+    pub id: String,
+    /// `creating`, `created`, `running`, `stopped` or `paused`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    pub bundle: PathBuf,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    pub annotations: HashMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+}
+
+/// Containers under one state root.
+#[derive(Debug, Clone)]
+pub struct ProcessRuntime {
+    root: PathBuf,
+}
+
+fn status_str(s: ContainerStatus) -> &'static str {
+    match s {
+        ContainerStatus::Creating => "creating",
+        ContainerStatus::Created => "created",
+        ContainerStatus::Running => "running",
+        ContainerStatus::Stopped => "stopped",
+        ContainerStatus::Paused => "paused",
+    }
+}
+
+/// Same rule as libcontainer (checked here so the error is ours and nothing is created).
+pub fn validate_id(id: &str) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(RuntimeError::InvalidId {
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        })
+    };
+    if id.is_empty() {
+        return bad("it is empty");
+    }
+    if id == "." || id == ".." {
+        return bad("it is a path component");
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.')))
+    {
+        return bad(&format!("it contains {c:?}"));
+    }
+    Ok(())
+}
+
+/// Reaps every child of this process. Only used on the failed-create path, where the only
+/// children are libcontainer's intermediate/init processes, which exit on their own after
+/// reporting the error (or were SIGKILLed by libcontainer's cgroup cleanup). Without this
+/// they would be reparented to the shim as zombies.
+fn reap_children() {
+    loop {
+        match nix::sys::wait::waitpid(None::<nix::unistd::Pid>, None) {
+            Ok(status) => debug!(?status, "reaped child of failed create"),
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+}
+
+impl ProcessRuntime {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/<id>`.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    fn load(&self, id: &str) -> Result<Container> {
+        validate_id(id)?;
+        let dir = self.container_dir(id);
+        if !dir.join("state.json").exists() {
+            return Err(RuntimeError::NotFound {
+                id: id.to_owned(),
+                root: self.root.clone(),
+            });
+        }
+        Container::load(dir).map_err(|e| RuntimeError::backend(id, "load", &e))
+    }
+
+    /// Creates the container; returns once its init waits for `start`.
+    /// On any error, nothing is left behind: no state dir, cgroup or process.
+    pub fn create(&self, opts: CreateOptions) -> Result<Created> {
+        let t0 = Instant::now();
+        let id = opts.id.as_str();
+        let _span = info_span!("create", id).entered();
+        validate_id(id)?;
+
+        let bundle = {
+            let _s = info_span!("parse_spec").entered();
+            let dir = std::path::absolute(&opts.bundle)
+                .map_err(|e| RuntimeError::Io(format!("bundle path {:?}: {e}", opts.bundle)))?;
+            let b = load_bundle(&dir)?;
+            debug!(elapsed_us = t0.elapsed().as_micros() as u64, "spec parsed");
+            b
+        };
+
+        let dir = self.container_dir(id);
+        if dir.exists() {
+            return Err(RuntimeError::AlreadyExists {
+                id: id.to_owned(),
+                root: self.root.clone(),
+            });
+        }
+        std::fs::create_dir_all(&self.root).map_err(|source| RuntimeError::StateRoot {
+            root: self.root.clone(),
+            source,
+        })?;
+
+        let cg_path = cgroup_path(&bundle.spec, id);
+        let record = {
+            let _s = info_span!("cgroup_prepare", path = %cg_path.display()).entered();
+            CgroupRecord::before_create(&cg_path)
+                .map_err(|e| RuntimeError::Io(format!("reading /proc/self/mountinfo: {e}")))?
+        };
+
+        let executor = opts
+            .executor
+            .clone()
+            .unwrap_or_default()
+            .with_create_started(t0);
+
+        // libcontainer writes the pid file as soon as the init is forked, before it is
+        // ready; a failed create must not leave a pid file naming a dead process.
+        let pid_file_existed = opts.pid_file.as_deref().is_some_and(Path::exists);
+
+        let t_build = Instant::now();
+        let built = {
+            let _s = info_span!("libcontainer_build").entered();
+            self.build(id, &bundle.dir, opts.pid_file.as_deref(), executor)
+        };
+        let build_us = t_build.elapsed().as_micros() as u64;
+
+        let container = match built {
+            Ok(c) => c,
+            Err(e) => {
+                let err = map_create_error(id, &e);
+                self.cleanup_failed_create(id, &cg_path, &record);
+                if let (Some(p), false) = (&opts.pid_file, pid_file_existed) {
+                    let _ = std::fs::remove_file(p);
+                }
+                info!(
+                    elapsed_us = t0.elapsed().as_micros() as u64,
+                    error = %err,
+                    "create failed, cleaned up"
+                );
+                return Err(err);
+            }
+        };
+
+        let pid = container.pid().map(|p| p.as_raw()).unwrap_or(-1);
+        if !record.created_parents.is_empty() {
+            let json = serde_json::to_vec(&record).expect("record serializes");
+            if let Err(e) = std::fs::write(dir.join(RECORD_FILE), json) {
+                tracing::warn!(error = %e, "could not save cgroup record; parents may be left on delete");
+            }
+        }
+        info!(
+            pid,
+            build_us,
+            total_us = t0.elapsed().as_micros() as u64,
+            "created: init waiting for start"
+        );
+        Ok(Created { pid })
+    }
+
+    fn build(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: Option<&Path>,
+        executor: AirlockExecutor,
+    ) -> std::result::Result<Container, LibcontainerError> {
+        ContainerBuilder::new(id.to_owned(), SyscallType::default())
+            .with_root_path(&self.root)?
+            .with_pid_file(pid_file)?
+            .with_executor(executor)
+            .validate_id()?
+            .as_init(bundle)
+            // PID 1 is not always systemd; Airlock manages cgroups through cgroupfs.
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+    }
+
+    fn cleanup_failed_create(&self, id: &str, cg_path: &Path, record: &CgroupRecord) {
+        let dir = self.container_dir(id);
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove state dir");
+            }
+        }
+        // libcontainer removes the leaf only when the failure happened after forking;
+        // removing again is a no-op when it is gone.
+        remove_cgroup_leaf(id, cg_path);
+        record.remove_empty_parents();
+        reap_children();
+    }
+
+    /// Lets the init exec the workload.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let mut c = self.load(id)?;
+        c.start().map_err(|e| match e {
+            LibcontainerError::IncorrectStatus(s) => RuntimeError::WrongState {
+                id: id.to_owned(),
+                action: "start",
+                status: status_str(s).into(),
+                hint: "only a created container can be started",
+            },
+            e => RuntimeError::backend(id, "start", &e),
+        })
+    }
+
+    /// Sends `signal` to the init, or with `all` to every process in the container's cgroup.
+    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+        let mut c = self.load(id)?;
+        c.kill(signal, all).map_err(|e| match e {
+            LibcontainerError::IncorrectStatus(s) => RuntimeError::WrongState {
+                id: id.to_owned(),
+                action: "kill",
+                status: status_str(s).into(),
+                hint: "the container has no running process to signal",
+            },
+            e => RuntimeError::backend(id, "kill", &e),
+        })
+    }
+
+    /// Removes the container's state dir and cgroup (and cgroup parents its create made).
+    /// `force` kills remaining processes first and makes an unknown id a silent success.
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        validate_id(id)?;
+        let dir = self.container_dir(id);
+        if !dir.exists() {
+            if force {
+                return Ok(());
+            }
+            return Err(RuntimeError::NotFound {
+                id: id.to_owned(),
+                root: self.root.clone(),
+            });
+        }
+        let record: CgroupRecord = std::fs::read(dir.join(RECORD_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut c = match Container::load(dir.clone()) {
+            Ok(c) => c,
+            Err(e) if force => {
+                // Half-written state (crash during create): remove what we can.
+                tracing::warn!(error = %one_line_chain(&e), "state unreadable, removing dir");
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| RuntimeError::Io(format!("removing {}: {e}", dir.display())))?;
+                record.remove_empty_parents();
+                return Ok(());
+            }
+            Err(e) => return Err(RuntimeError::backend(id, "load", &e)),
+        };
+        c.delete(force).map_err(|e| match e {
+            LibcontainerError::IncorrectStatus(s) => RuntimeError::WrongState {
+                id: id.to_owned(),
+                action: "delete",
+                status: status_str(s).into(),
+                hint: "stop it first or use delete --force",
+            },
+            e => RuntimeError::backend(id, "delete", &e),
+        })?;
+        record.remove_empty_parents();
+        Ok(())
+    }
+
+    /// The container's OCI state.
+    pub fn state(&self, id: &str) -> Result<ContainerState> {
+        let c = self.load(id)?;
+        Ok(ContainerState {
+            oci_version: oci_spec::runtime::VERSION.to_owned(),
+            id: c.id().to_owned(),
+            status: status_str(c.status()).to_owned(),
+            pid: c.pid().map(|p| p.as_raw()),
+            bundle: c.bundle().clone(),
+            annotations: c.state.annotations.clone().unwrap_or_default(),
+            created: c.created().map(|t| t.to_rfc3339()),
+        })
+    }
+}
+
+fn remove_cgroup_leaf(id: &str, cg_path: &Path) {
+    let cfg = libcgroups::common::CgroupConfig {
+        cgroup_path: cg_path.to_owned(),
+        systemd_cgroup: false,
+        container_name: id.to_owned(),
+    };
+    match libcgroups::common::create_cgroup_manager(cfg) {
+        Ok(m) => {
+            use libcgroups::common::CgroupManager;
+            if let Err(e) = m.remove() {
+                tracing::warn!(error = %e, "could not remove cgroup of failed create");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "no cgroup manager for cleanup"),
+    }
+}
+
+fn map_create_error(id: &str, e: &LibcontainerError) -> RuntimeError {
+    let text = one_line_chain(e);
+    if let Some(msg) = extract_message(&text) {
+        return RuntimeError::Message(msg.to_owned());
+    }
+    match e {
+        LibcontainerError::Exist => RuntimeError::AlreadyExists {
+            id: id.to_owned(),
+            root: PathBuf::new(),
+        },
+        _ => {
+            let mut err = RuntimeError::backend(id, "create", e);
+            if let RuntimeError::Backend { detail, .. } = &mut err {
+                // libcontainer sends only the top-level message across from the init
+                // process; its log has the failing step (e.g. the mount and errno).
+                detail.push_str("; rerun with --log <file> --debug to see the failing step");
+            }
+            err
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_libcontainer_rules() {
+        assert!(validate_id("abc-1.2_3+x").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "ä"] {
+            let e = validate_id(bad).unwrap_err();
+            assert!(e.to_string().starts_with("invalid container id"), "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_ids_are_not_found_but_force_delete_succeeds() {
+        let d = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(d.path());
+        assert!(matches!(
+            rt.start("nope").unwrap_err(),
+            RuntimeError::NotFound { .. }
+        ));
+        assert!(matches!(
+            rt.state("nope").unwrap_err(),
+            RuntimeError::NotFound { .. }
+        ));
+        assert!(matches!(
+            rt.delete("nope", false).unwrap_err(),
+            RuntimeError::NotFound { .. }
+        ));
+        rt.delete("nope", true).unwrap();
+    }
+
+    #[test]
+    fn status_strings_are_oci() {
+        assert_eq!(status_str(ContainerStatus::Created), "created");
+        assert_eq!(status_str(ContainerStatus::Stopped), "stopped");
+    }
+}
