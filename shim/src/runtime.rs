@@ -57,7 +57,7 @@ impl Runtime {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root);
         if let Some(log) = log {
-            cmd.arg("--log").arg(log);
+            cmd.arg("--log").arg(log).arg("--log-format").arg("json");
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -66,7 +66,7 @@ impl Runtime {
         cmd
     }
 
-    async fn run(&self, mut cmd: Command, what: &str, log: Option<&Path>) -> Result<()> {
+    async fn run(&self, mut cmd: Command, what: &str) -> Result<()> {
         let start = Instant::now();
         let out = cmd
             .output()
@@ -81,11 +81,6 @@ impl Runtime {
             return Ok(());
         }
         let mut msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        if let Some(log) = log {
-            if let Some(line) = last_error_line(log).await {
-                msg = line;
-            }
-        }
         if msg.is_empty() {
             msg = format!("{RUNTIME_BINARY} {what} failed with {}", out.status);
         }
@@ -112,15 +107,34 @@ impl Runtime {
         cmd.stdin(stdio.stdin.map(Stdio::from).unwrap_or_else(Stdio::null));
         cmd.stdout(stdio.stdout.map(Stdio::from).unwrap_or_else(Stdio::null));
         cmd.stderr(stdio.stderr.map(Stdio::from).unwrap_or_else(Stdio::null));
-        let r = self.run(cmd, "create", Some(&log)).await;
+        // Not `output()`: that would capture stdout/stderr, which the container inherits.
+        let start = Instant::now();
+        let status = cmd
+            .spawn()
+            .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?
+            .wait()
+            .await
+            .map_err(|e| Error::io(format!("wait for {}", self.binary.display()), e))?;
+        tracing::debug!(
+            step = "create",
+            elapsed_us = start.elapsed().as_micros() as u64,
+            "airlock-runtime"
+        );
+        let result = if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Runtime(last_error_line(&log).await.unwrap_or_else(
+                || format!("{RUNTIME_BINARY} create failed with {status}"),
+            )))
+        };
         let _ = tokio::fs::remove_file(&log).await;
-        r
+        result
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {
         let mut cmd = self.command(None);
         cmd.arg("start").arg(id);
-        self.run(cmd, "start", None).await
+        self.run(cmd, "start").await
     }
 
     pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
@@ -130,7 +144,7 @@ impl Runtime {
             cmd.arg("--all");
         }
         cmd.arg(id).arg(signal.to_string());
-        self.run(cmd, "kill", None).await
+        self.run(cmd, "kill").await
     }
 
     /// Remove everything of the container; with `force`, kill what is still running.
@@ -141,7 +155,7 @@ impl Runtime {
             cmd.arg("--force");
         }
         cmd.arg(id);
-        self.run(cmd, "delete", None).await
+        self.run(cmd, "delete").await
     }
 }
 
@@ -150,29 +164,21 @@ pub fn state_root(namespace: &str) -> PathBuf {
     Path::new("/run/airlock").join(namespace)
 }
 
-/// The last line of the runtime's log that carries an error (plain or JSON).
+/// The runtime's final error from its JSON log (`fields.error` of the last ERROR event).
 async fn last_error_line(log: &Path) -> Option<String> {
     let text = tokio::fs::read_to_string(log).await.ok()?;
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.contains("ERROR") || l.contains("\"error\"") || l.contains("error"))?
-        .trim();
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-        for key in ["msg", "message", "error"] {
-            if let Some(s) = v.get(key).and_then(|m| m.as_str()) {
-                return Some(s.to_string());
-            }
-            if let Some(s) = v
-                .get("fields")
-                .and_then(|f| f.get(key))
-                .and_then(|m| m.as_str())
-            {
-                return Some(s.to_string());
-            }
+    text.lines().rev().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v.get("level")?.as_str()? != "ERROR" {
+            return None;
         }
-    }
-    Some(line.to_string())
+        let fields = v.get("fields")?;
+        fields
+            .get("error")
+            .or_else(|| fields.get("message"))?
+            .as_str()
+            .map(str::to_string)
+    })
 }
 
 #[cfg(test)]
@@ -180,20 +186,21 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn picks_last_error_line_from_text_and_json() {
+    async fn picks_the_final_error_from_the_json_log() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("log");
-        std::fs::write(&p, "INFO ok\nERROR config.json is malformed\n").unwrap();
-        assert_eq!(
-            last_error_line(&p).await.unwrap(),
-            "ERROR config.json is malformed"
-        );
         std::fs::write(
             &p,
-            "{\"level\":\"ERROR\",\"fields\":{\"message\":\"no such binary\"}}\n",
+            concat!(
+                "{\"level\":\"INFO\",\"fields\":{\"message\":\"create\"}}\n",
+                "{\"level\":\"ERROR\",\"fields\":{\"message\":\"command failed\",\"error\":\"executable not found\"}}\n",
+                "{\"level\":\"INFO\",\"fields\":{\"message\":\"close\"}}\n"
+            ),
         )
         .unwrap();
-        assert_eq!(last_error_line(&p).await.unwrap(), "no such binary");
+        assert_eq!(last_error_line(&p).await.unwrap(), "executable not found");
+        std::fs::write(&p, "not json\n").unwrap();
+        assert_eq!(last_error_line(&p).await, None);
     }
 
     #[test]

@@ -56,17 +56,14 @@ pub fn setup(paths: &StdioPaths) -> Result<(ChildStdio, Copier)> {
         None
     } else {
         let (r, w) = pipe()?;
-        let fifo = paths.stdin.clone();
+        // A non-blocking open never waits for the client; epoll reports the FIFO readable
+        // only once a writer has connected, and hung up once it has gone.
+        let mut src = pipe::OpenOptions::new()
+            .open_receiver(Path::new(&paths.stdin))
+            .map_err(|e| Error::io(format!("open stdin fifo {}", paths.stdin), e))?;
+        let mut dst =
+            pipe::Sender::from_owned_fd(w).map_err(|e| Error::io("register stdin pipe", e))?;
         copier.stdin = Some(tokio::spawn(async move {
-            // Opening a FIFO for reading blocks until the client opens its end.
-            let src = tokio::task::spawn_blocking(move || std::fs::File::open(&fifo)).await;
-            let Ok(Ok(src)) = src else { return };
-            let Ok(mut src) = pipe::Receiver::from_file(src) else {
-                return;
-            };
-            let Ok(mut dst) = pipe::Sender::from_owned_fd(w) else {
-                return;
-            };
             let _ = tokio::io::copy(&mut src, &mut dst).await;
             let _ = dst.shutdown().await;
         }));

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole Airlock test suite, from a fresh Debian 12 machine (as root):
+# installs what is missing, builds, checks formatting and lints, then runs unit tests and
+# the integration tests against private containerd 1.6 and 2.1 instances.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings" >&2
+cargo clippy --workspace --all-targets -- -D warnings
+
+# The integration harness runs the release binaries just built by setup.sh.
+export AIRLOCK_BIN_DIR="$PWD/target/release"
+export AIRLOCK_CONTAINERD2_DIR="${AIRLOCK_CONTAINERD2_DIR:-/var/cache/airlock-test/containerd2}"
+echo "== cargo test --workspace" >&2
+cargo test --workspace -- --test-threads="${AIRLOCK_TEST_THREADS:-2}"
