@@ -108,7 +108,9 @@ fn waitid_nohang(fd: RawFd) -> std::io::Result<Option<u32>> {
 mod tests {
     use super::*;
 
+    // The children are reaped through their pidfds, not through `Child::wait`.
     #[tokio::test]
+    #[allow(clippy::zombie_processes)]
     async fn exit_status_of_a_child() {
         let child = std::process::Command::new("/bin/sh")
             .args(["-c", "exit 7"])
@@ -119,6 +121,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[allow(clippy::zombie_processes)]
     async fn killed_child_reports_128_plus_signal() {
         let child = std::process::Command::new("/bin/sleep")
             .arg("30")
