@@ -152,11 +152,30 @@ pub struct Envelope {
 /// A live subscription; events are buffered by a background task.
 pub struct EventStream {
     rx: mpsc::UnboundedReceiver<Result<Envelope>>,
+    pending: std::collections::VecDeque<Envelope>,
+    sync_topic: String,
 }
 
 impl EventStream {
     /// Next event, or `None` after `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> Option<Result<Envelope>> {
+        if let Some(e) = self.pending.pop_front() {
+            return Some(Ok(e));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let e = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .ok()
+                .flatten()?;
+            match e {
+                Ok(e) if e.topic == self.sync_topic => continue,
+                other => return Some(other),
+            }
+        }
+    }
+
+    async fn next_raw(&mut self, timeout: Duration) -> Option<Result<Envelope>> {
         tokio::time::timeout(timeout, self.rx.recv())
             .await
             .ok()
@@ -411,15 +430,32 @@ impl Client {
     }
 
     /// Subscribes to events matching `filters` (containerd filter syntax, e.g.
-    /// `namespace==foo`, `topic~="/tasks/"`).
-    pub async fn subscribe(&self, filters: Vec<String>) -> Result<EventStream> {
-        let mut stream = EventsClient::new(self.channel())
-            .subscribe(Request::new(SubscribeRequest { filters }))
-            .await
-            .context("events.subscribe")?
-            .into_inner();
+    /// `namespace==foo`, `topic~="/tasks/"`; entries are OR-ed).
+    ///
+    /// containerd sends the stream's response headers only with the first event, so the call runs
+    /// in a background task; to know the subscription is live before returning, a sync event is
+    /// published on a private topic and awaited.
+    pub async fn subscribe(&self, mut filters: Vec<String>) -> Result<EventStream> {
+        static SYNC: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let sync_topic = format!(
+            "/airlock-test/sync{}x{}",
+            std::process::id(),
+            SYNC.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        filters.push(format!("topic==\"{sync_topic}\""));
         let (tx, rx) = mpsc::unbounded_channel();
+        let channel = self.channel();
         tokio::spawn(async move {
+            let stream = EventsClient::new(channel)
+                .subscribe(Request::new(SubscribeRequest { filters }))
+                .await;
+            let mut stream = match stream {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow!("events.subscribe: {e}")));
+                    return;
+                }
+            };
             loop {
                 match stream.message().await {
                     Ok(Some(env)) => {
@@ -447,7 +483,45 @@ impl Client {
                 }
             }
         });
-        Ok(EventStream { rx })
+        let mut es = EventStream {
+            rx,
+            pending: Default::default(),
+            sync_topic: sync_topic.clone(),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            self.publish_sync(&sync_topic).await?;
+            match es.next_raw(Duration::from_millis(300)).await {
+                Some(Ok(e)) if e.topic == sync_topic => return Ok(es),
+                Some(Ok(e)) => es.pending.push_back(e),
+                Some(Err(e)) => return Err(e),
+                None if tokio::time::Instant::now() >= deadline => {
+                    anyhow::bail!("event subscription not live after 10s")
+                }
+                None => {}
+            }
+        }
+    }
+
+    async fn publish_sync(&self, topic: &str) -> Result<()> {
+        use containerd_client::services::v1::PublishRequest;
+        let ev = containerd_client::events::TaskOom {
+            container_id: "airlock-test-sync".into(),
+        };
+        EventsClient::new(self.channel())
+            .publish(req(
+                "default",
+                PublishRequest {
+                    topic: topic.into(),
+                    event: Some(Any {
+                        type_url: "containerd.events.TaskOOM".into(),
+                        value: ev.encode_to_vec(),
+                    }),
+                },
+            ))
+            .await
+            .context("events.publish")?;
+        Ok(())
     }
 }
 
