@@ -182,6 +182,25 @@ impl EventStream {
             .flatten()
     }
 
+    /// Collects events until `done` holds (returns true) or `timeout` passes (returns false);
+    /// stream errors end the collection early.
+    pub async fn collect_for(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&[Envelope]) -> bool,
+    ) -> (Vec<Envelope>, bool) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut v = Vec::new();
+        while !done(&v) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(Ok(e)) => v.push(e),
+                _ => return (v, false),
+            }
+        }
+        (v, true)
+    }
+
     /// Collects events until `done` returns true on the collected list, or `timeout` passes.
     pub async fn collect_until(
         &mut self,

@@ -86,7 +86,12 @@ impl Case {
     }
 
     fn assert_no_leaks(&self) {
-        let l: Leaks = leaks::wait_no_leaks(&self.ctd, &self.ns, &self.ids, CLEANUP);
+        let rt = self.rt;
+        let ns = self.ns.clone();
+        let l: Leaks =
+            leaks::wait_no_leaks_except(&self.ctd, &self.ns, &self.ids, CLEANUP, move |l| {
+                tolerate_peer_quirks(rt, &ns, l)
+            });
         assert!(l.is_empty(), "leaks in {}: {l:#?}", self.ns);
     }
 
@@ -97,6 +102,31 @@ impl Case {
             .unwrap()
             .block_on(f)
     }
+}
+
+/// Known behaviour of the peer runtimes (containerd's runc.v2 shim, used for runc and crun) that
+/// Airlock must not copy; tolerated for peers only, and printed so it stays visible.
+///
+/// - After `kill -9` of the shim, containerd runs `containerd-shim-runc-v2 delete`, which cleans
+///   the container but leaves the shim's socket in /run/containerd/s (1.6 and 2.1). The test
+///   removes the stale socket so the host stays clean.
+fn tolerate_peer_quirks(rt: Runtime, ns: &str, l: &mut Leaks) {
+    if rt == Runtime::Airlock {
+        return;
+    }
+    for s in l.shim_sockets.drain(..) {
+        eprintln!(
+            "peer quirk ({rt}, {ns}): stale shim socket {} removed",
+            s.display()
+        );
+        let _ = std::fs::remove_file(&s);
+    }
+}
+
+/// containerd 2.x with the runc.v2 shim: TaskDelete is sent by the shim right before containerd
+/// shuts it down, and under load it is sometimes lost (seen here with 3 parallel tests).
+fn task_delete_event_may_be_lost(rt: Runtime, v: Version) -> bool {
+    rt != Runtime::Airlock && v == Version::V2_1
 }
 
 fn ctr_rt_args(rt: Runtime) -> Vec<String> {
@@ -417,15 +447,30 @@ fn events(rt: Runtime, v: Version) {
             .spec(&ns, &id, &["sh", "-c", "sleep 0.2; exit 7"])
             .unwrap();
         let run = client.run(&ns, &id, rt, spec, T).await;
+        let wait = if task_delete_event_may_be_lost(rt, v) {
+            Duration::from_secs(5)
+        } else {
+            T
+        };
         let evs = ev
-            .collect_until(T, |v| {
+            .collect_for(wait, |v| {
                 v.iter().any(|e| matches!(&e.event, E::Delete { .. }))
             })
             .await;
         (run, evs)
     });
     let run = run.unwrap_or_else(|e| panic!("{e:#}\n{}", ctd.log_grep(&id)));
-    let evs = evs.unwrap();
+    let (evs, got_delete) = evs;
+    if !got_delete {
+        assert!(
+            task_delete_event_may_be_lost(rt, v),
+            "no TaskDelete event; got {evs:#?}"
+        );
+        eprintln!(
+            "peer quirk ({rt}, containerd {}): TaskDelete event lost",
+            v.label()
+        );
+    }
     assert_eq!(run.exit_status, 7);
     let mine: Vec<&E> = evs
         .iter()
@@ -447,6 +492,7 @@ fn events(rt: Runtime, v: Version) {
             ..
         }] => {
             assert_eq!([*p1, *p2, *p3, *p4], [pid; 4], "pids: {mine:#?}");
+            assert!(got_delete);
             assert_eq!((*s3, *s4), (7, 7), "{mine:#?}");
             assert_eq!(
                 exec_id, &id,
@@ -462,6 +508,13 @@ fn events(rt: Runtime, v: Version) {
             if let Some(w) = run.exited_at {
                 assert_eq!(w, t3, "Wait and TaskExit disagree on exited_at");
             }
+        }
+        [E::Create { pid: p1, .. }, E::Start { pid: p2, .. }, E::Exit {
+            pid: p3,
+            exit_status: 7,
+            ..
+        }] if !got_delete => {
+            assert_eq!([*p1, *p2, *p3], [pid; 3], "pids: {mine:#?}");
         }
         other => panic!("unexpected task events: {other:#?}"),
     }
