@@ -65,6 +65,11 @@ impl Running {
         })
     }
 
+    /// Whether the child has exited (its output is then collected by [`Running::wait`]).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -74,9 +74,20 @@ impl Case {
     }
 
     fn wait_for_proc(&self, id: &str, name: &str) {
+        self.wait_for_proc_or(id, name, || false)
+    }
+
+    /// Waits for a `name` process in container `id`; gives up early when `gone()` says the
+    /// container cannot appear any more (e.g. `ctr run` already exited).
+    fn wait_for_proc_or(&self, id: &str, name: &str, mut gone: impl FnMut() -> bool) {
+        let mut given_up = false;
         let ok = proc_util::wait_until(T, Duration::from_millis(20), || {
-            !self.container_procs_named(id, name).is_empty()
+            given_up = gone();
+            given_up || !self.container_procs_named(id, name).is_empty()
         });
+        if given_up {
+            return; // the caller reports why
+        }
         assert!(
             ok,
             "no `{name}` process of {id} appeared; tasks: {:?}\n{}",
@@ -188,12 +199,22 @@ fn stdout_stderr(rt: Runtime, v: Version) {
 fn kill_signal(rt: Runtime, v: Version, sig: &str, script: &str, want: i32) {
     let mut c = Case::new(rt, v, &format!("kill-{sig}"));
     let id = c.id(&format!("kill{}", sig.to_lowercase()));
-    let run = c
+    let mut run = c
         .ctd
         .ctr_run_spawn(&c.ns, rt, &[], &id, &["sh", "-c", script])
         .unwrap();
     // The trap is installed once the loop's `sleep` runs.
-    c.wait_for_proc(&id, "sleep");
+    let mut exited = false;
+    c.wait_for_proc_or(&id, "sleep", || {
+        exited = exited || run.exited();
+        exited
+    });
+    if exited {
+        panic!(
+            "ctr run ended before the container was running: {:?}",
+            run.wait(T)
+        );
+    }
     let k = c.ctr(&["tasks", "kill", "-s", sig, &id]);
     assert!(k.success(), "ctr tasks kill: {k:?}");
     let out = run
@@ -498,8 +519,8 @@ fn events(rt: Runtime, v: Version) {
                 exec_id, &id,
                 "TaskExit.id of the init process is the container id"
             );
-            let t3 = t3.clone().expect("TaskExit.exited_at");
-            let t4 = t4.clone().expect("TaskDelete.exited_at");
+            let t3 = (*t3).expect("TaskExit.exited_at");
+            let t4 = (*t4).expect("TaskDelete.exited_at");
             assert!(
                 t3.seconds >= before,
                 "exited_at {t3:?} before the test began"
