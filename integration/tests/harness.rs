@@ -87,3 +87,29 @@ fn image_imports_and_runs_v1_6() {
     assert!(out.success(), "{out:?}");
     assert!(out.stdout.starts_with("hi\n"), "{out:?}");
 }
+
+/// CRI can be switched on (for later CRI tests); the runtimes appear in its config.
+fn cri_plugin_loads(v: Version) {
+    let ctd = Containerd::builder().version(v).cri(true).start().unwrap();
+    let out = ctd.ctr_ok(None, &["plugins", "ls"]).unwrap();
+    let cri = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("io.containerd.grpc.v1") && l.split_whitespace().nth(1) == Some("cri"))
+        .unwrap_or_else(|| panic!("no cri plugin: {}", out.stdout));
+    assert!(
+        cri.trim_end().ends_with("ok"),
+        "{cri}\n{}",
+        ctd.log_grep("cri")
+    );
+}
+
+#[test]
+fn cri_plugin_loads_v1_6() {
+    cri_plugin_loads(Version::V1_6);
+}
+
+#[test]
+fn cri_plugin_loads_v2_1() {
+    cri_plugin_loads(Version::V2_1);
+}
