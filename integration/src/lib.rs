@@ -1,1 +1,68 @@
-//! Integration harness.
+//! End-to-end harness for Airlock.
+//!
+//! It starts a private containerd (root, state, sockets and config under a temp dir) with the
+//! `airlock`, `runc` and `crun` runtimes registered, builds a busybox-static image in OCI layout and
+//! imports it, and drives containerd through `ctr` and its gRPC API. Everything it starts is stopped
+//! when the [`Containerd`] value is dropped, also when a test panics.
+//!
+//! ```no_run
+//! use airlock_integration::{Containerd, Runtime, Version};
+//! let ctd = Containerd::builder().version(Version::V1_6).start().unwrap();
+//! let ns = ctd.new_namespace("demo").unwrap(); // unique name, busybox imported into it
+//! let out = ctd.ctr_run(&ns, Runtime::Runc, "c1", &["sh", "-c", "echo hi"]).unwrap();
+//! assert_eq!(out.stdout, "hi\n");
+//! ```
+
+pub mod client;
+pub mod containerd;
+pub mod image;
+pub mod leaks;
+pub mod proc_util;
+pub mod runtime;
+pub mod shared;
+
+pub use client::{Client, TaskEvent};
+pub use containerd::{Builder, Containerd, CtrOutput, Version};
+pub use image::{busybox_image_tar, IMAGE_REF};
+pub use leaks::{find_leaks, Leaks};
+pub use runtime::Runtime;
+pub use shared::shared;
+
+use std::path::PathBuf;
+
+/// The workspace root (parent of this crate's manifest dir).
+pub fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration crate has a parent dir")
+        .to_path_buf()
+}
+
+/// The cargo target dir (`CARGO_TARGET_DIR` or `<workspace>/target`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                workspace_dir().join(d)
+            }
+        }
+        None => workspace_dir().join("target"),
+    }
+}
+
+/// Directory holding `containerd-shim-airlock-v2`: `AIRLOCK_BIN_DIR`, else `target/release` if the
+/// shim was built there, else `target/debug`.
+pub fn airlock_bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("AIRLOCK_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let release = target_dir().join("release");
+    if release.join("containerd-shim-airlock-v2").is_file() {
+        release
+    } else {
+        target_dir().join("debug")
+    }
+}
