@@ -2,7 +2,7 @@
 
 use crate::proc_util::{self, Output, Running};
 use crate::runtime::Runtime;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -594,23 +594,6 @@ impl Containerd {
         crate::Client::connect(&self.socket()).await
     }
 
-    /// Runs `f` in a fresh current-thread tokio runtime with a connected client.
-    pub fn with_client<T>(
-        &self,
-        f: impl for<'c> FnOnce(
-            &'c crate::Client,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + 'c>>,
-    ) -> Result<T> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let c = self.client().await?;
-            f(&c).await
-        })
-    }
-
     fn cleanup_containers(&self) {
         let t = Duration::from_secs(15);
         let Ok(nss) = self.ctr_timeout(None, &["namespaces", "ls", "-q"], t) else {
@@ -803,9 +786,4 @@ impl std::fmt::Debug for Containerd {
             .field("dir", &self.dir.as_ref().map(|d| d.path().to_path_buf()))
             .finish()
     }
-}
-
-/// Convenience for errors that should carry containerd's log.
-pub fn with_log(ctd: &Containerd, e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow!("{e}\ncontainerd log tail:\n{}", ctd.log_tail(30))
 }
