@@ -17,3 +17,7 @@ export AIRLOCK_BIN_DIR="$PWD/target/release"
 export AIRLOCK_CONTAINERD2_DIR="${AIRLOCK_CONTAINERD2_DIR:-/var/cache/airlock-test/containerd2}"
 echo "== cargo test --workspace" >&2
 cargo test --workspace -- --test-threads="${AIRLOCK_TEST_THREADS:-2}"
+
+# The benchmark harness, as a smoke run only: it proves the harness works, never asserts a time.
+echo "== airlock-bench --quick" >&2
+"$PWD/target/release/airlock-bench" --quick --out "$PWD/target/bench-smoke"
