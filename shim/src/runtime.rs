@@ -121,6 +121,14 @@ impl Runtime {
             "airlock-runtime"
         );
         let result = if status.success() {
+            // The runtime's own phase timings, for explaining a slow start (`AIRLOCK_LOG=debug`).
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                if let Ok(text) = tokio::fs::read_to_string(&log).await {
+                    for line in text.lines() {
+                        tracing::debug!(target: "airlock_runtime", "{line}");
+                    }
+                }
+            }
             Ok(())
         } else {
             Err(Error::Runtime(last_error_line(&log).await.unwrap_or_else(

@@ -80,16 +80,21 @@ pub fn setup(paths: &StdioPaths) -> Result<(ChildStdio, Copier)> {
 }
 
 fn output(path: &str, copier: &mut Copier) -> Result<Option<OwnedFd>> {
-    if path.is_empty() {
-        return Ok(None);
-    }
     let (r, w) = pipe()?;
+    let mut src =
+        pipe::Receiver::from_owned_fd(r).map_err(|e| Error::io("register stdio pipe", e))?;
+    if path.is_empty() {
+        // No client stream: discard. Not /dev/null: libcontainer 0.7 replaces a /dev/null
+        // stdio fd with the container's /dev/null opened read-only, so writes would fail EBADF.
+        copier.outputs.push(tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut src, &mut tokio::io::sink()).await;
+        }));
+        return Ok(Some(w));
+    }
     // containerd opened the read side before Create, so a non-blocking open succeeds.
     let mut dst = pipe::OpenOptions::new()
         .open_sender(Path::new(path))
         .map_err(|e| Error::io(format!("open stdio fifo {path}"), e))?;
-    let mut src =
-        pipe::Receiver::from_owned_fd(r).map_err(|e| Error::io("register stdio pipe", e))?;
     copier.outputs.push(tokio::spawn(async move {
         let _ = tokio::io::copy(&mut src, &mut dst).await;
     }));

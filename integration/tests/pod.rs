@@ -1,0 +1,182 @@
+//! Airlock-specific end-to-end cases: one shim per pod, and policies chosen and enforced at
+//! create, through a real containerd (1.6 and 2.1).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use airlock_integration::containerd::{Containerd, Version};
+use airlock_integration::{leaks, shared, Runtime};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(45);
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn uid(label: &str) -> String {
+    format!(
+        "{label}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn spec(
+    ctd: &Containerd,
+    ns: &str,
+    id: &str,
+    args: &[&str],
+    edit: impl FnOnce(&mut Value),
+) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&ctd.spec(ns, id, args).unwrap()).unwrap();
+    edit(&mut v);
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn annotate(v: &mut Value, key: &str, value: &str) {
+    let obj = v.as_object_mut().unwrap();
+    let ann = obj.entry("annotations").or_insert_with(|| json!({}));
+    ann[key] = json!(value);
+}
+
+fn assert_clean(ctd: &Containerd, ns: &str, ids: &[String]) {
+    let l = leaks::wait_no_leaks(ctd, ns, ids, Duration::from_secs(10));
+    assert!(l.is_empty(), "leaks: {l:#?}");
+}
+
+/// Containers carrying the same CRI sandbox id are served by one shim, which exits once the
+/// last of them is deleted.
+fn pod_shares_one_shim(v: Version) {
+    let ctd = shared(v).unwrap();
+    let ns = ctd.new_namespace("pod-shim").unwrap();
+    let pod = uid("pod");
+    let ids = [uid("sandbox"), uid("app")];
+    let loop_ = [
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while :; do sleep 0.1; done",
+    ];
+    rt().block_on(async {
+        let c = ctd.client().await.unwrap();
+        for id in &ids {
+            let s = spec(&ctd, &ns, id, &loop_, |v| {
+                annotate(v, "io.kubernetes.cri.sandbox-id", &pod)
+            });
+            c.create(&ns, id, Runtime::Airlock, s).await.unwrap();
+            c.start(&ns, id).await.unwrap();
+        }
+        let shims: Vec<_> = ctd
+            .shims()
+            .into_iter()
+            .filter(|s| s.namespace == ns)
+            .collect();
+        assert_eq!(shims.len(), 1, "one shim for the pod, got {shims:#?}");
+        // Both inits are the shim's children (it is their subreaper).
+        for id in &ids {
+            let procs = leaks::processes_of(&ns, id);
+            assert!(!procs.is_empty(), "container {id} has no processes");
+        }
+        for id in &ids {
+            c.kill(&ns, id, libc::SIGTERM as u32, false).await.unwrap();
+            let (status, _) = c.wait(&ns, id, T).await.unwrap();
+            assert_eq!(status, 0, "trapped TERM exits 0");
+            c.delete_task(&ns, id).await.unwrap();
+            c.delete_container(&ns, id).await.unwrap();
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ctd.shims().iter().any(|s| s.namespace == ns) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pod shim still running after its last container was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_clean(&ctd, &ns, &ids);
+}
+
+/// A pod asking for more than its policy allows is refused at create with a message that names
+/// the field and the policy, and nothing is left behind.
+fn policy_refusal(v: Version) {
+    let ctd = shared(v).unwrap();
+    let ns = ctd.new_namespace("policy-refuse").unwrap();
+    let id = uid("sysadmin");
+    let s = spec(&ctd, &ns, &id, &["true"], |v| {
+        for set in ["bounding", "effective", "permitted"] {
+            v["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_SYS_ADMIN"));
+        }
+    });
+    let err = rt()
+        .block_on(async {
+            let c = ctd.client().await.unwrap();
+            c.create(&ns, &id, Runtime::Airlock, s).await
+        })
+        .expect_err("CAP_SYS_ADMIN must be refused by agent-strict");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("process.capabilities"), "{msg}");
+    assert!(msg.contains("agent-strict"), "{msg}");
+    assert!(msg.contains("CAP_SYS_ADMIN"), "{msg}");
+    assert_clean(&ctd, &ns, &[id]);
+}
+
+/// The `airlock.dev/policy` annotation picks a selectable policy; an unknown one is refused.
+fn policy_annotation(v: Version) {
+    let ctd = shared(v).unwrap();
+    let ns = ctd.new_namespace("policy-pick").unwrap();
+    // Exit 2: rootfs not writable; exit 3: stdout (no client stream) not writable.
+    let write_root = ["sh", "-c", "touch /written || exit 2; echo ok || exit 3"];
+    let (strict, default, unknown) = (uid("strict"), uid("default"), uid("unknown"));
+    rt().block_on(async {
+        let c = ctd.client().await.unwrap();
+        let s = spec(&ctd, &ns, &strict, &write_root, |_| {});
+        let r = c.run(&ns, &strict, Runtime::Airlock, s, T).await.unwrap();
+        assert_eq!(r.exit_status, 2, "agent-strict has a read-only rootfs");
+
+        let s = spec(&ctd, &ns, &default, &write_root, |v| {
+            annotate(v, "airlock.dev/policy", "agent-default")
+        });
+        let r = c.run(&ns, &default, Runtime::Airlock, s, T).await.unwrap();
+        assert_eq!(r.exit_status, 0, "agent-default has a writable rootfs");
+
+        let s = spec(&ctd, &ns, &unknown, &["true"], |v| {
+            annotate(v, "airlock.dev/policy", "no-such-policy")
+        });
+        let err = c
+            .create(&ns, &unknown, Runtime::Airlock, s)
+            .await
+            .expect_err("an unknown policy must be refused");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("no-such-policy") && msg.contains("agent-strict"),
+            "{msg}"
+        );
+    });
+    assert_clean(&ctd, &ns, &[strict, default, unknown]);
+}
+
+macro_rules! versions {
+    ($($name:ident => $v:expr),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn pod_shares_one_shim() { super::pod_shares_one_shim($v) }
+            #[test]
+            fn policy_refusal() { super::policy_refusal($v) }
+            #[test]
+            fn policy_annotation() { super::policy_annotation($v) }
+        }
+    )*};
+}
+
+versions! {
+    airlock_v1_6 => Version::V1_6,
+    airlock_v2_1 => Version::V2_1,
+}
