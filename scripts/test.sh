@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole Airlock test suite, from a fresh Debian 12 machine (as root):
 # installs what is missing, builds, checks formatting and lints, then runs unit tests and
-# the integration tests against private containerd 1.6 and 2.1 instances.
+# the integration tests against private containerd 1.6 and 2.1 instances, and last the cgroup v2
+# tests inside the test node (integration/node/run.sh; AIRLOCK_SKIP_NODE=1 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,3 +18,8 @@ export AIRLOCK_BIN_DIR="$PWD/target/release"
 export AIRLOCK_CONTAINERD2_DIR="${AIRLOCK_CONTAINERD2_DIR:-/var/cache/airlock-test/containerd2}"
 echo "== cargo test --workspace" >&2
 cargo test --workspace -- --test-threads="${AIRLOCK_TEST_THREADS:-2}"
+
+if [ "${AIRLOCK_SKIP_NODE:-0}" != 1 ]; then
+  echo "== cgroup v2 test node (integration/node/run.sh)" >&2
+  bash integration/node/run.sh
+fi
