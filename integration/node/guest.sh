@@ -33,18 +33,19 @@ fi
 say "cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 
 # Writable state on tmpfs: containerd's private root/state (under TMPDIR), shim sockets
-# (/run/containerd/s), Airlock's state (/run/airlock), the image cache.
-writable() {
+# (/run/containerd/s), Airlock's state (/run/airlock), the image cache. virtme-ng makes /tmp an
+# overlay over the host's (read-only) /tmp, which overlayfs refuses as an upperdir, so anything
+# that is not a tmpfs already gets a fresh one.
+tmpfs_on() {
   local d=$1
   mkdir -p "$d" 2>/dev/null || true
-  if ! (: >"$d/.airlock-node-probe") 2>/dev/null; then
-    mount -t tmpfs -o mode=755,size=${2:-512m} tmpfs "$d" || fail "tmpfs on $d"
+  if [ "$(stat -fc %T "$d")" != tmpfs ] || ! mountpoint -q "$d"; then
+    mount -t tmpfs -o "mode=${3:-755},size=$2" tmpfs "$d" || fail "tmpfs on $d"
   fi
-  rm -f "$d/.airlock-node-probe"
 }
-writable /run 256m
-writable /tmp 1g
-writable /var/cache/airlock-test 256m
+tmpfs_on /run 256m
+tmpfs_on /tmp 1g 1777
+tmpfs_on /var/cache/airlock-test 256m
 mkdir -p /run/containerd /run/airlock
 
 # containerd's overlayfs snapshotter; the cloud kernel ships overlay as a module.
@@ -60,6 +61,7 @@ export PATH=$bin_dir:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 
 say "running $(basename "$test_bin") $*"
 start=$(date +%s.%N)
-"$test_bin" "$@"
-code=$?
+# One stream (stderr into stdout) keeps the lines in order; the whole log is also kept on the host.
+"$test_bin" "$@" 2>&1 | tee "$results/tests.log"
+code=${PIPESTATUS[0]}
 say "tests exited $code after $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}') s"

@@ -9,7 +9,7 @@
 # KVM exists, else QEMU software emulation), streams the tests' output, returns their exit status,
 # and always tears the VM and its helpers (virtiofsd) down, also on failure or timeout.
 #
-# Environment: AIRLOCK_NODE_TIMEOUT (whole boot+tests, seconds, default 1200),
+# Environment: AIRLOCK_NODE_KNOWN_GAPS=1 (also run tests of known gaps), AIRLOCK_NODE_TIMEOUT (whole boot+tests, seconds, default 1200),
 # AIRLOCK_NODE_ACCEL=kvm|tcg (override the choice), AIRLOCK_NODE_MEMORY (default 2G),
 # AIRLOCK_NODE_CPUS (default 2), AIRLOCK_NODE_KERNEL (default: newest /boot/vmlinuz-*-cloud-amd64),
 # AIRLOCK_BIN_DIR (shim + runtime binaries; default: `cargo build --release` into target/release).
@@ -87,9 +87,16 @@ test_bin=$(cargo test -p airlock-integration --test cgroupv2 --no-run --message-
 
 # --- boot and run -----------------------------------------------------------------------------
 mkdir -p "$results"
-rm -f "$results/exit-code"
+rm -f "$results/exit-code" "$results/tests.log"
 # The tests are #[ignore]d so that a host `cargo test` skips them; here they run.
-args=(--ignored --test-threads="${AIRLOCK_NODE_TEST_THREADS:-2}" "$@")
+args=(--ignored --test-threads="${AIRLOCK_NODE_TEST_THREADS:-2}")
+# known_gaps:: holds tests of behaviour Airlock does not have yet (see tests/cgroupv2.rs).
+if [ "${AIRLOCK_NODE_KNOWN_GAPS:-0}" != 1 ]; then
+  args+=(--skip known_gaps::)
+  say "skipping known_gaps:: (AIRLOCK_NODE_KNOWN_GAPS=1 runs them): device rules need a BPF program" \
+    "(libcgroups feature cgroupsv2_devices); a shared cgroup parent outlives its last container"
+fi
+args+=("$@")
 guest_cmd=$(printf '%q ' "$root/integration/node/guest.sh" "$results" "$bin_dir" "$test_bin" "${args[@]}")
 
 vm_pid=
@@ -136,5 +143,6 @@ if [ ! -f "$results/exit-code" ]; then
   exit 2
 fi
 code=$(cat "$results/exit-code")
-say "node run took ${elapsed} s in all (boot + tests + shutdown), tests exited $code"
+say "node run took ${elapsed} s in all (boot + tests + shutdown), tests exited $code" \
+  "(full log: ${results#$root/}/tests.log)"
 exit "$code"
