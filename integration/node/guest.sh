@@ -21,6 +21,7 @@ fail() {
   exit 1
 }
 
+say "booted in $(cut -d' ' -f1 /proc/uptime) s (guest uptime at the start of guest.sh)"
 say "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print int($2/1024) " MiB"}' /proc/meminfo)"
 
 # cgroup v2 only: a cgroup2 mount at /sys/fs/cgroup and no v1 hierarchy anywhere.

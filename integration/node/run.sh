@@ -58,9 +58,9 @@ fi
 vng_accel=()
 append=()
 case "$accel" in
-  kvm) say "accelerator: KVM — $why" ;;
+  kvm) say "accelerator: KVM - $why" ;;
   tcg)
-    say "accelerator: QEMU software emulation (TCG) — $why; expect ~20 s to boot"
+    say "accelerator: QEMU software emulation (TCG) - $why; expect ~20 s to boot"
     vng_accel=(--disable-kvm)
     # Under emulation the TSC calibration against the emulated PIT is slow and unreliable.
     khz=$(awk -F': *' '/^cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
@@ -100,8 +100,9 @@ args+=("$@")
 guest_cmd=$(printf '%q ' "$root/integration/node/guest.sh" "$results" "$bin_dir" "$test_bin" "${args[@]}")
 
 vm_pid=
-teardown() {
-  local rc=$?
+cat_pid=
+tmp=$(mktemp -d)
+kill_session() {
   if [ -n "$vm_pid" ]; then
     # Everything we started (vng, qemu, virtiofsd) is in the session setsid gave vm_pid.
     local pids
@@ -116,6 +117,14 @@ teardown() {
       [ -n "$pids" ] && kill -KILL $pids 2>/dev/null || true
     fi
   fi
+}
+teardown() {
+  local rc=$?
+  kill_session
+  if [ -n "$cat_pid" ]; then
+    kill "$cat_pid" 2>/dev/null || true
+  fi
+  rm -rf "$tmp"
   exit "$rc"
 }
 trap teardown EXIT
@@ -124,13 +133,21 @@ trap 'exit 143' TERM
 
 say "booting $(basename "$kernel") (memory ${AIRLOCK_NODE_MEMORY:-2G}, ${AIRLOCK_NODE_CPUS:-2} cpus, timeout ${timeout_s} s)"
 t0=$(date +%s.%N)
+# vng/QEMU reopen their stdout (/proc/self/fd/1): on a regular file that is a new description at
+# offset 0 that overwrites what came before, so their output goes through a pipe to us.
+console=$tmp/console
+mkfifo "$console"
+cat "$console" &
+cat_pid=$!
 setsid timeout -k 10 "$timeout_s" vng --run "$kernel" "${vng_accel[@]}" "${append[@]}" \
   --memory "${AIRLOCK_NODE_MEMORY:-2G}" --cpus "${AIRLOCK_NODE_CPUS:-2}" \
-  --rwdir "$results" --exec "$guest_cmd" </dev/null &
+  --rwdir "$results" --exec "$guest_cmd" </dev/null >"$console" 2>&1 &
 vm_pid=$!
 set +e
 wait "$vm_pid"
 vm_rc=$?
+kill_session # helpers that outlived vng would keep the pipe open
+wait "$cat_pid"
 set -e
 elapsed=$(awk -v s="$t0" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
 
