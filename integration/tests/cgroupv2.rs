@@ -93,7 +93,12 @@ impl Pod {
     /// `ctr run -d` under Airlock; returns the container's cgroup (read from its init's
     /// /proc/PID/cgroup, i.e. where the runtime really put it).
     fn start(&self, extra: &[&str], id: &str, args: &[&str]) -> Cgroup {
-        let mut v = vec!["run", "-d", "--runtime", Runtime::Airlock.runtime_type()];
+        self.start_with(Runtime::Airlock, extra, id, args)
+    }
+
+    /// Like [`Pod::start`] under another runtime (a peer as a control).
+    fn start_with(&self, rt: Runtime, extra: &[&str], id: &str, args: &[&str]) -> Cgroup {
+        let mut v = vec!["run", "-d", "--runtime", rt.runtime_type()];
         v.extend_from_slice(extra);
         v.extend_from_slice(&[IMAGE_REF, id]);
         v.extend_from_slice(args);
@@ -448,19 +453,24 @@ mod known_gaps {
     #[ignore = "needs the cgroup v2 test node: integration/node/run.sh"]
     fn devices_rules_are_enforced_by_a_bpf_program() {
         let pod = Pod::new("devices");
+        let args = ["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"];
+        // Control: runc attaches a device program under cgroup v2, so the probe must see it.
+        let rid = pod.id("runc");
+        let rcg = pod.start_with(Runtime::Runc, &[], &rid, &args);
+        let runc_n = attached_device_programs(&rcg.path);
+        pod.remove(&rid);
         let id = pod.id("devices");
-        let cg = pod.start(
-            &[],
-            &id,
-            &["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"],
-        );
+        let cg = pod.start(&[], &id, &args);
         let n = attached_device_programs(&cg.path);
         pod.remove(&id);
+        let runc_n = runc_n.unwrap_or_else(|e| panic!("BPF_PROG_QUERY (runc): {e}"));
+        assert!(runc_n > 0, "the probe sees no device program even for runc");
         let n = n.unwrap_or_else(|e| panic!("BPF_PROG_QUERY on {}: {e}", cg.path.display()));
         assert!(
             n > 0,
-            "no BPF_CGROUP_DEVICE program on {}: device rules are not enforced under cgroup v2 \
-             (airlock-runtime needs libcgroups/libcontainer feature `cgroupsv2_devices`)",
+            "no BPF_CGROUP_DEVICE program on {} (runc's container has {runc_n}): device rules \
+             are not enforced under cgroup v2 (airlock-runtime needs the libcgroups/libcontainer \
+             feature `cgroupsv2_devices`)",
             cg.path.display()
         );
     }
