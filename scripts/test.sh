@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole Airlock test suite, from a fresh Debian 12 machine (as root):
 # installs what is missing, builds, checks formatting and lints, then runs unit tests and
-# the integration tests against private containerd 1.6 and 2.1 instances.
+# the integration tests against private containerd 1.6 and 2.1 instances, and last the cgroup v2
+# tests inside the test node (integration/node/run.sh; AIRLOCK_SKIP_NODE=1 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,3 +22,8 @@ cargo test --workspace -- --test-threads="${AIRLOCK_TEST_THREADS:-2}"
 # The benchmark harness, as a smoke run only: it proves the harness works, never asserts a time.
 echo "== airlock-bench --quick" >&2
 "$PWD/target/release/airlock-bench" --quick --out "$PWD/target/bench-smoke"
+
+if [ "${AIRLOCK_SKIP_NODE:-0}" != 1 ]; then
+  echo "== cgroup v2 test node (integration/node/run.sh)" >&2
+  bash integration/node/run.sh
+fi
