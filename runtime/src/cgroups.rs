@@ -139,12 +139,34 @@ pub fn missing_parents(
     out
 }
 
-/// What a create recorded about the cgroup parents it made; saved as `airlock.json` in the
-/// container's state dir.
+/// What a create recorded about the cgroup parents of its container; saved as `airlock.json`
+/// in the container's state dir.
+///
+/// Parents that an Airlock create made are also marked in a registry shared by all containers
+/// of the state root (`<root>/cgroup-parents/`), so whichever container of a namespace is
+/// deleted last removes them, not only the one whose create made them. A parent that existed
+/// before Airlock touched it is never marked, so never removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupRecord {
     /// Parent directories that did not exist before create, deepest first per hierarchy.
     pub created_parents: Vec<PathBuf>,
+    /// Every parent directory of the container's cgroup, deepest first per hierarchy.
+    #[serde(default)]
+    pub parents: Vec<PathBuf>,
+}
+
+/// The registry of cgroup parents Airlock created, under a state root.
+pub fn parent_registry(root: &Path) -> PathBuf {
+    root.join("cgroup-parents")
+}
+
+fn marker(registry: &Path, dir: &Path) -> PathBuf {
+    use std::fmt::Write;
+    let mut name = String::with_capacity(dir.as_os_str().len() * 2);
+    for b in dir.as_os_str().as_encoded_bytes() {
+        let _ = write!(name, "{b:02x}");
+    }
+    registry.join(name)
 }
 
 impl CgroupRecord {
@@ -154,20 +176,51 @@ impl CgroupRecord {
         let hierarchies = managed_hierarchies(&parse_mountinfo(&text));
         Ok(Self {
             created_parents: missing_parents(&hierarchies, cgroup_path, |p| p.exists()),
+            parents: missing_parents(&hierarchies, cgroup_path, |_| false),
         })
     }
 
-    /// Removes the recorded parents that are now empty. Returns the ones removed.
-    pub fn remove_empty_parents(&self) -> Vec<PathBuf> {
-        let mut removed = Vec::new();
+    /// Marks the parents this create made in the shared registry.
+    pub fn mark_created(&self, registry: &Path) -> std::io::Result<()> {
+        if self.created_parents.is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(registry)?;
         for dir in &self.created_parents {
+            std::fs::write(marker(registry, dir), dir.as_os_str().as_encoded_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the parents that Airlock created (this container's create or, per the registry,
+    /// another's) and that are now empty. Returns the ones removed.
+    pub fn remove_empty_parents(&self, registry: &Path) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        let candidates = if self.parents.is_empty() {
+            &self.created_parents
+        } else {
+            &self.parents
+        };
+        for dir in candidates {
+            let mark = marker(registry, dir);
+            if !self.created_parents.contains(dir) && !mark.exists() {
+                continue;
+            }
             match std::fs::remove_dir(dir) {
-                Ok(()) => removed.push(dir.clone()),
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&mark);
+                    removed.push(dir.clone());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let _ = std::fs::remove_file(&mark);
+                }
                 Err(e) => {
                     tracing::debug!(dir = %dir.display(), error = %e, "cgroup parent kept");
                 }
             }
         }
+        // Leave no empty registry behind (fails harmlessly while other markers remain).
+        let _ = std::fs::remove_dir(registry);
         removed
     }
 }
@@ -243,23 +296,65 @@ mod tests {
     #[test]
     fn removes_only_empty_recorded_dirs() {
         let d = tempfile::tempdir().unwrap();
+        let reg = d.path().join("reg");
         let a = d.path().join("a");
         let b = a.join("b");
         std::fs::create_dir_all(b.join("other")).unwrap();
         let rec = CgroupRecord {
             created_parents: vec![b.clone(), a.clone()],
+            parents: vec![b.clone(), a.clone()],
         };
         // b still has a child: nothing removed
-        assert!(rec.remove_empty_parents().is_empty());
+        assert!(rec.remove_empty_parents(&reg).is_empty());
         std::fs::remove_dir(b.join("other")).unwrap();
-        assert_eq!(rec.remove_empty_parents(), vec![b, a.clone()]);
+        assert_eq!(rec.remove_empty_parents(&reg), vec![b, a.clone()]);
         assert!(!a.exists());
+    }
+
+    #[test]
+    fn last_container_removes_parents_another_create_made() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = d.path().join("reg");
+        let ns = d.path().join("ns");
+        let pre = d.path().join("pre");
+        std::fs::create_dir_all(ns.join("a")).unwrap();
+        std::fs::create_dir_all(ns.join("b")).unwrap();
+        std::fs::create_dir_all(pre.join("c")).unwrap();
+        // Container a's create made `ns`; b's found it there.
+        let a = CgroupRecord {
+            created_parents: vec![ns.clone()],
+            parents: vec![ns.clone()],
+        };
+        let b = CgroupRecord {
+            created_parents: vec![],
+            parents: vec![ns.clone()],
+        };
+        a.mark_created(&reg).unwrap();
+        // a is deleted first: b still lives in ns.
+        std::fs::remove_dir(ns.join("a")).unwrap();
+        assert!(a.remove_empty_parents(&reg).is_empty());
+        // b deleted last removes ns, thanks to the registry.
+        std::fs::remove_dir(ns.join("b")).unwrap();
+        assert_eq!(b.remove_empty_parents(&reg), vec![ns.clone()]);
+        assert!(
+            std::fs::read_dir(&reg).unwrap().next().is_none(),
+            "marker removed"
+        );
+        // A parent nobody marked is never removed, even when empty.
+        std::fs::remove_dir(pre.join("c")).unwrap();
+        let c = CgroupRecord {
+            created_parents: vec![],
+            parents: vec![pre.clone()],
+        };
+        assert!(c.remove_empty_parents(&reg).is_empty());
+        assert!(pre.exists());
     }
 
     #[test]
     fn record_roundtrips_as_json() {
         let rec = CgroupRecord {
             created_parents: vec!["/x".into()],
+            parents: vec!["/x".into()],
         };
         let s = serde_json::to_string(&rec).unwrap();
         assert_eq!(serde_json::from_str::<CgroupRecord>(&s).unwrap(), rec);

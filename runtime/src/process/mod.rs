@@ -28,7 +28,7 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use tracing::{debug, info, info_span};
 
-use crate::cgroups::CgroupRecord;
+use crate::cgroups::{parent_registry, CgroupRecord};
 use crate::error::{one_line_chain, Result, RuntimeError};
 use crate::executor::{extract_message, AirlockExecutor};
 use crate::spec::{cgroup_path, load_bundle};
@@ -224,7 +224,10 @@ impl ProcessRuntime {
         };
 
         let pid = container.pid().map(|p| p.as_raw()).unwrap_or(-1);
-        if !record.created_parents.is_empty() {
+        if let Err(e) = record.mark_created(&parent_registry(&self.root)) {
+            tracing::warn!(error = %e, "could not mark created cgroup parents; they may be left on delete");
+        }
+        if !record.parents.is_empty() {
             let json = serde_json::to_vec(&record).expect("record serializes");
             if let Err(e) = std::fs::write(dir.join(RECORD_FILE), json) {
                 tracing::warn!(error = %e, "could not save cgroup record; parents may be left on delete");
@@ -268,7 +271,7 @@ impl ProcessRuntime {
         // libcontainer removes the leaf only when the failure happened after forking;
         // removing again is a no-op when it is gone.
         remove_cgroup_leaf(id, cg_path);
-        record.remove_empty_parents();
+        record.remove_empty_parents(&parent_registry(&self.root));
         reap_children();
     }
 
@@ -325,7 +328,7 @@ impl ProcessRuntime {
                 tracing::warn!(error = %one_line_chain(&e), "state unreadable, removing dir");
                 std::fs::remove_dir_all(&dir)
                     .map_err(|e| RuntimeError::Io(format!("removing {}: {e}", dir.display())))?;
-                record.remove_empty_parents();
+                record.remove_empty_parents(&parent_registry(&self.root));
                 return Ok(());
             }
             Err(e) => return Err(RuntimeError::backend(id, "load", &e)),
@@ -339,7 +342,7 @@ impl ProcessRuntime {
             },
             e => RuntimeError::backend(id, "delete", &e),
         })?;
-        record.remove_empty_parents();
+        record.remove_empty_parents(&parent_registry(&self.root));
         Ok(())
     }
 
