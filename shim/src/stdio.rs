@@ -118,10 +118,16 @@ fn output(path: &str, copier: &mut Copier) -> Result<Option<OwnedFd>> {
         return Ok(None);
     }
     let (r, w) = pipe()?;
-    // containerd opened the read side before Create, so a non-blocking open succeeds.
-    let mut dst = pipe::OpenOptions::new()
-        .open_sender(Path::new(path))
-        .map_err(|e| Error::io(format!("open stdio fifo {path}"), e))?;
+    // containerd opens the read side before Create, so a non-blocking open succeeds. For an
+    // exec, ctr may open its read side a moment later (ENXIO: no reader yet): then open the
+    // FIFO read-write, which never waits; output is buffered until the reader arrives.
+    let dst = match pipe::OpenOptions::new().open_sender(Path::new(path)) {
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => pipe::OpenOptions::new()
+            .read_write(true)
+            .open_sender(Path::new(path)),
+        r => r,
+    };
+    let mut dst = dst.map_err(|e| Error::io(format!("open stdio fifo {path}"), e))?;
     let mut src =
         pipe::Receiver::from_owned_fd(r).map_err(|e| Error::io("register stdio pipe", e))?;
     copier.outputs.push(tokio::spawn(async move {
