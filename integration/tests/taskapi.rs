@@ -6,7 +6,7 @@
 //! Select: `cargo test -p airlock-integration --test taskapi -- airlock_`.
 
 use airlock_integration::containerd::{Containerd, Version};
-use airlock_integration::{proc_util, shared, Runtime, TaskEvent};
+use airlock_integration::{leaks, proc_util, shared, Runtime, TaskEvent};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -121,6 +121,15 @@ impl Case {
         self.ctr_ok(&["containers", "rm", id]);
     }
 
+    /// Airlock leaves nothing behind (processes, cgroups, mounts, state, sockets).
+    fn assert_no_leaks(&self) {
+        if self.rt != Runtime::Airlock {
+            return;
+        }
+        let l = leaks::wait_no_leaks(&self.ctd, &self.ns, &self.ids, Duration::from_secs(10));
+        assert!(l.is_empty(), "leaks in {}: {l:#?}", self.ns);
+    }
+
     fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> proc_util::Output {
         let mut a = vec!["tasks", "exec", "--exec-id", exec_id, id];
         a.extend_from_slice(args);
@@ -210,6 +219,23 @@ fn pause_resume(rt: Runtime, v: Version) {
     let r = t.iter().position(|t| t == "/tasks/resumed");
     assert!(p.is_some() && p < r, "events: {t:?}");
     c.remove(&id);
+    c.assert_no_leaks();
+}
+
+/// SIGKILL reaches a paused container (it is thawed to die), and the exit is reported.
+fn kill_paused(rt: Runtime, v: Version) {
+    let mut c = Case::new(rt, v, "killpaused");
+    let id = c.id("killpaused");
+    c.run_detached(&id, COUNTER_LOOP);
+    c.ctr_ok(&["tasks", "pause", &id]);
+    assert_eq!(c.status(&id), "PAUSED");
+    let out = c.ctr(&["tasks", "delete", &id]);
+    assert!(!out.success(), "deleting a paused task must fail: {out:?}");
+    c.ctr_ok(&["tasks", "kill", "-s", "KILL", &id]);
+    c.wait_status(&id, "STOPPED");
+    c.ctr_ok(&["tasks", "delete", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
+    c.assert_no_leaks();
 }
 
 /// `ctr task metrics` prints the cgroup figures: real, non-zero ones.
@@ -243,6 +269,7 @@ fn stats(rt: Runtime, v: Version) {
     assert!(pids >= 1, "pids.current is 0:\n{}", out.stdout);
     assert!(cpu > 0, "cpu usage is 0:\n{}", out.stdout);
     c.remove(&id);
+    c.assert_no_leaks();
 }
 
 /// `ctr task update` changes the limits in the container's cgroup.
@@ -271,6 +298,7 @@ fn update(rt: Runtime, v: Version) {
     // The memory limit set before is kept (fields left out are not changed).
     assert_eq!(read_file(&mem.join(limit)), "67108864");
     c.remove(&id);
+    c.assert_no_leaks();
 }
 
 /// Exec output and exit code, in the container's namespaces and under its init's
@@ -347,6 +375,7 @@ fn exec(rt: Runtime, v: Version) {
     });
     assert_eq!(exit, Some(5));
     c.remove(&id);
+    c.assert_no_leaks();
 }
 
 /// Many execs at once, each with its own output and exit code.
@@ -372,6 +401,7 @@ fn exec_concurrent(rt: Runtime, v: Version) {
         assert_eq!(out.stdout.trim(), format!("exec{i}"), "exec {i}: {out:?}");
     }
     c.remove(&id);
+    c.assert_no_leaks();
 }
 
 /// Exec into a stopped container fails with a clear error.
@@ -390,6 +420,7 @@ fn exec_stopped(rt: Runtime, v: Version) {
     }
     c.ctr_ok(&["tasks", "delete", &id]);
     c.ctr_ok(&["containers", "rm", &id]);
+    c.assert_no_leaks();
 }
 
 /// Pids lists every process of the container (the init and an exec'd sleep); an exec can be
@@ -440,6 +471,7 @@ fn pids_and_exec_lifecycle(rt: Runtime, v: Version) {
     c.wait_status(&id, "STOPPED");
     c.ctr_ok(&["tasks", "delete", &id]);
     c.ctr_ok(&["containers", "rm", &id]);
+    c.assert_no_leaks();
 }
 
 /// `kill --all` reaches every process of the container.
@@ -457,6 +489,7 @@ fn kill_all(rt: Runtime, v: Version) {
     c.wait_status(&id, "STOPPED");
     c.ctr_ok(&["tasks", "delete", &id]);
     c.ctr_ok(&["containers", "rm", &id]);
+    c.assert_no_leaks();
 }
 
 /// `ctr run` with piped stdin: `cat` gets the input, then EOF (CloseIO), and exits.
@@ -494,6 +527,46 @@ fn stdin_cat(rt: Runtime, v: Version) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(status.success(), "{status:?} {stdout}");
     assert_eq!(stdout.trim(), "hello from stdin");
+    c.assert_no_leaks();
+}
+
+/// Prints the latency of `ctr task exec` and other calls (p50/p95 of 20); run with
+/// `-- --ignored --nocapture measure_`.
+fn measure(rt: Runtime, v: Version) {
+    let mut c = Case::new(rt, v, "measure");
+    let id = c.id("measure");
+    c.run_detached(&id, "trap 'exit 0' TERM; while :; do usleep 50000; done");
+    let time = |f: &mut dyn FnMut(usize)| {
+        let mut d: Vec<Duration> = (0..20)
+            .map(|i| {
+                let t = Instant::now();
+                f(i);
+                t.elapsed()
+            })
+            .collect();
+        d.sort();
+        (d[10], d[18])
+    };
+    let exec = time(&mut |i| {
+        let out = c.exec(&id, &format!("m{i}"), &["true"]);
+        assert!(out.success(), "{out:?}");
+    });
+    let pause = time(&mut |_| {
+        c.ctr_ok(&["tasks", "pause", &id]);
+        c.ctr_ok(&["tasks", "resume", &id]);
+    });
+    let metrics = time(&mut |_| {
+        c.ctr_ok(&["tasks", "metrics", &id]);
+    });
+    let ps = time(&mut |_| {
+        c.ctr_ok(&["tasks", "ps", &id]);
+    });
+    eprintln!(
+        "MEASURE {rt} {}: ctr exec true {:?}/{:?}; pause+resume {:?}/{:?}; metrics {:?}/{:?}; ps {:?}/{:?} (p50/p95)",
+        v.label(),
+        exec.0, exec.1, pause.0, pause.1, metrics.0, metrics.1, ps.0, ps.1
+    );
+    c.remove(&id);
 }
 
 macro_rules! cases {
@@ -504,6 +577,10 @@ macro_rules! cases {
         #[test]
         fn pause_resume() {
             super::pause_resume(RT, V)
+        }
+        #[test]
+        fn kill_paused() {
+            super::kill_paused(RT, V)
         }
         #[test]
         fn stats() {
@@ -532,6 +609,11 @@ macro_rules! cases {
         #[test]
         fn kill_all() {
             super::kill_all(RT, V)
+        }
+        #[test]
+        #[ignore]
+        fn measure_latency() {
+            super::measure(RT, V)
         }
         #[test]
         fn stdin_cat() {

@@ -716,7 +716,15 @@ impl TaskService {
                 c.id
             )));
         }
-        match c.pidfd.signal(req.signal as i32) {
+        let r = c.pidfd.signal(req.signal as i32);
+        if r.is_ok() && req.signal == libc::SIGKILL as u32 && *c.phase.lock().await == Phase::Paused
+        {
+            // A frozen process dies only once thawed (runc does the same).
+            if let Err(e) = self.runtime.resume(&c.id).await {
+                warn!(id = %c.id, "thaw after SIGKILL of a paused container: {e}");
+            }
+        }
+        match r {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(Error::NotFound(format!(
                 "process {} of container {}: already finished",
