@@ -1085,6 +1085,33 @@ mod tests {
     }
 
     #[test]
+    fn exec_is_confined_to_the_inits_capabilities_and_no_new_privs() {
+        let init: oci_spec::runtime::Process = serde_json::from_str(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"],"noNewPrivileges":true,
+                "capabilities":{"bounding":["CAP_KILL"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"]}}"#,
+        )
+        .unwrap();
+        let mut exec: oci_spec::runtime::Process = serde_json::from_str(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["id"],"noNewPrivileges":false,
+                "capabilities":{"bounding":["CAP_KILL","CAP_SYS_ADMIN"],"effective":["CAP_SYS_ADMIN"],
+                "permitted":["CAP_KILL","CAP_SYS_ADMIN"],"ambient":["CAP_SYS_ADMIN"]}}"#,
+        )
+        .unwrap();
+        confine_exec(&mut exec, &init);
+        let caps = exec.capabilities().clone().unwrap();
+        let names = |c: &Option<oci_spec::runtime::Capabilities>| {
+            let mut v: Vec<String> = c.iter().flatten().map(|c| c.to_string()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(caps.bounding()), vec!["KILL"]);
+        assert!(names(caps.effective()).is_empty());
+        assert_eq!(names(caps.permitted()), vec!["KILL"]);
+        assert!(names(caps.ambient()).is_empty());
+        assert_eq!(exec.no_new_privileges(), Some(true));
+    }
+
+    #[test]
     fn timestamps() {
         let t = SystemTime::UNIX_EPOCH + Duration::new(5, 7);
         let ts = timestamp(t);
