@@ -28,6 +28,10 @@ pub const SNAPSHOTTER: &str = "overlayfs";
 /// Type URL containerd uses for OCI runtime specs.
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
+/// Type URL containerd uses for OCI LinuxResources (task updates).
+pub const RESOURCES_TYPE_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+
 /// A connected client.
 #[derive(Clone)]
 pub struct Client {
@@ -352,6 +356,42 @@ impl Client {
             ))
             .await
             .map_err(|s| anyhow!("tasks.kill: {:?}: {}", s.code(), s.message()))?;
+        Ok(())
+    }
+
+    /// Changes the task's resources: `resources_json` is an OCI LinuxResources object (ctr 1.6
+    /// has no `tasks update`).
+    pub async fn update(&self, ns: &str, id: &str, resources_json: &str) -> Result<()> {
+        TasksClient::new(self.channel())
+            .update(req(
+                ns,
+                containerd_client::services::v1::UpdateTaskRequest {
+                    container_id: id.into(),
+                    resources: Some(Any {
+                        type_url: RESOURCES_TYPE_URL.into(),
+                        value: resources_json.as_bytes().to_vec(),
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map_err(|s| anyhow!("tasks.update: {:?}: {}", s.code(), s.message()))?;
+        Ok(())
+    }
+
+    /// Closes the stdin of the task (or of exec `exec_id`).
+    pub async fn close_stdin(&self, ns: &str, id: &str, exec_id: &str) -> Result<()> {
+        TasksClient::new(self.channel())
+            .close_io(req(
+                ns,
+                containerd_client::services::v1::CloseIoRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    stdin: true,
+                },
+            ))
+            .await
+            .map_err(|s| anyhow!("tasks.close_io: {:?}: {}", s.code(), s.message()))?;
         Ok(())
     }
 

@@ -104,6 +104,36 @@ impl Runtime {
             .arg("--pid-file")
             .arg(pid_file)
             .arg(id);
+        self.run_with_stdio(cmd, stdio, &log, "create").await
+    }
+
+    /// Start an extra process (OCI Process JSON at `process`) in the running container;
+    /// returns once it runs, its pid in `pid_file`. The process inherits `stdio`.
+    pub async fn exec(
+        &self,
+        id: &str,
+        process: &Path,
+        pid_file: &Path,
+        log: &Path,
+        stdio: ChildStdio,
+    ) -> Result<()> {
+        let mut cmd = self.command(Some(log));
+        cmd.arg("exec")
+            .arg("--process")
+            .arg(process)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id);
+        self.run_with_stdio(cmd, stdio, log, "exec").await
+    }
+
+    async fn run_with_stdio(
+        &self,
+        mut cmd: Command,
+        stdio: ChildStdio,
+        log: &Path,
+        what: &str,
+    ) -> Result<()> {
         cmd.stdin(stdio.stdin.map(Stdio::from).unwrap_or_else(Stdio::null));
         cmd.stdout(stdio.stdout.map(Stdio::from).unwrap_or_else(Stdio::null));
         cmd.stderr(stdio.stderr.map(Stdio::from).unwrap_or_else(Stdio::null));
@@ -116,7 +146,7 @@ impl Runtime {
             .await
             .map_err(|e| Error::io(format!("wait for {}", self.binary.display()), e))?;
         tracing::debug!(
-            step = "create",
+            step = what,
             elapsed_us = start.elapsed().as_micros() as u64,
             "airlock-runtime"
         );
@@ -131,12 +161,31 @@ impl Runtime {
             }
             Ok(())
         } else {
-            Err(Error::Runtime(last_error_line(&log).await.unwrap_or_else(
-                || format!("{RUNTIME_BINARY} create failed with {status}"),
+            Err(Error::Runtime(last_error_line(log).await.unwrap_or_else(
+                || format!("{RUNTIME_BINARY} {what} failed with {status}"),
             )))
         };
-        let _ = tokio::fs::remove_file(&log).await;
+        let _ = tokio::fs::remove_file(log).await;
         result
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        let mut cmd = self.command(None);
+        cmd.arg("pause").arg(id);
+        self.run(cmd, "pause").await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        let mut cmd = self.command(None);
+        cmd.arg("resume").arg(id);
+        self.run(cmd, "resume").await
+    }
+
+    /// Apply an OCI LinuxResources JSON file to the container's cgroup.
+    pub async fn update(&self, id: &str, resources: &Path) -> Result<()> {
+        let mut cmd = self.command(None);
+        cmd.arg("update").arg("--resources").arg(resources).arg(id);
+        self.run(cmd, "update").await
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {

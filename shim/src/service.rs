@@ -7,12 +7,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use containerd_shim::api::{
-    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
-    DeleteResponse, Empty, KillRequest, PidsRequest, PidsResponse, ShutdownRequest, StartRequest,
-    StartResponse, StateRequest, StateResponse, WaitRequest, WaitResponse,
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest,
+    PidsRequest, PidsResponse, ResumeRequest, ShutdownRequest, StartRequest, StartResponse,
+    StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest,
+    WaitResponse,
 };
 use containerd_shim::asynchronous::publisher::RemotePublisher;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskResumed, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{EnumOrUnknown, MessageDyn, MessageField};
 use containerd_shim::protos::topics;
@@ -22,6 +27,7 @@ use oci_spec::runtime::Spec;
 use tokio::sync::{watch, Mutex};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::cgroup::Cgroup;
 use crate::error::{Error, Result};
 use crate::pidfd::{ExitInfo, PidFd};
 use crate::runtime::Runtime;
@@ -34,7 +40,27 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 enum Phase {
     Created,
     Running,
+    Paused,
     Stopped(ExitInfo),
+}
+
+/// An extra process started in a container (`ctr task exec`).
+struct Exec {
+    id: String,
+    /// The OCI Process JSON handed to the runtime.
+    spec: PathBuf,
+    stdio: StdioPaths,
+    pidfd: std::sync::OnceLock<Arc<PidFd>>,
+    phase: Mutex<Phase>,
+    exited_tx: watch::Sender<Option<ExitInfo>>,
+    exited: watch::Receiver<Option<ExitInfo>>,
+    copier: Arc<Mutex<Copier>>,
+}
+
+impl Exec {
+    fn pid(&self) -> u32 {
+        self.pidfd.get().map(|p| p.pid() as u32).unwrap_or(0)
+    }
 }
 
 struct Container {
@@ -46,11 +72,36 @@ struct Container {
     phase: Mutex<Phase>,
     exited: watch::Receiver<Option<ExitInfo>>,
     copier: Arc<Mutex<Copier>>,
+    execs: Mutex<HashMap<String, Arc<Exec>>>,
+    /// Found on first use (Pids, Stats), never on the start path.
+    cgroup: std::sync::OnceLock<Cgroup>,
 }
 
 impl Container {
     fn pid(&self) -> u32 {
         self.pidfd.pid() as u32
+    }
+
+    fn cgroup(&self) -> Result<&Cgroup> {
+        if let Some(c) = self.cgroup.get() {
+            return Ok(c);
+        }
+        let cg = Cgroup::of_pid(self.pidfd.pid()).map_err(|_| {
+            Error::FailedPrecondition(format!(
+                "container {} has exited; its cgroup is gone",
+                self.id
+            ))
+        })?;
+        Ok(self.cgroup.get_or_init(|| cg))
+    }
+
+    async fn exec(&self, exec_id: &str) -> Result<Arc<Exec>> {
+        self.execs
+            .lock()
+            .await
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id} in container {}", self.id)))
     }
 }
 
@@ -179,6 +230,8 @@ impl TaskService {
             phase: Mutex::new(Phase::Created),
             exited: rx,
             copier: Arc::new(Mutex::new(copier)),
+            execs: Mutex::new(HashMap::new()),
+            cgroup: std::sync::OnceLock::new(),
         });
         self.containers
             .lock()
@@ -259,6 +312,21 @@ impl TaskService {
                     }
                 }
             };
+            // Execs die with the init's pid namespace; report their exits before the init's
+            // (as runc's shim does). Without a private pid namespace, kill them.
+            let execs: Vec<_> = c.execs.lock().await.values().cloned().collect();
+            for e in &execs {
+                if let Some(p) = e.pidfd.get() {
+                    if e.exited.borrow().is_none() {
+                        let _ = p.signal(libc::SIGKILL);
+                    }
+                }
+            }
+            for e in &execs {
+                if e.pidfd.get().is_some() {
+                    let _ = tokio::time::timeout(DRAIN_LIMIT, wait_watch(&e.exited)).await;
+                }
+            }
             c.copier.lock().await.drain(DRAIN_LIMIT).await;
             *c.phase.lock().await = Phase::Stopped(exit);
             let _ = tx.send(Some(exit));
@@ -281,32 +349,17 @@ impl TaskService {
     }
 
     async fn wait_exit(c: &Container) -> ExitInfo {
-        let mut rx = c.exited.clone();
-        loop {
-            if let Some(e) = *rx.borrow_and_update() {
-                return e;
-            }
-            if rx.changed().await.is_err() {
-                // The watcher is gone without a result; report what a killed process reports.
-                return ExitInfo {
-                    status: 255,
-                    at: SystemTime::now(),
-                };
-            }
-        }
+        wait_watch(&c.exited).await
     }
 
     async fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(Error::NotFound(format!(
-                "exec {} in {}",
-                req.exec_id, req.id
-            )));
-        }
         let c = self.get(&req.id).await?;
+        if !req.exec_id.is_empty() {
+            return self.delete_exec(&c, &req.exec_id).await;
+        }
         let phase = *c.phase.lock().await;
         match phase {
-            Phase::Running => {
+            Phase::Running | Phase::Paused => {
                 return Err(Error::FailedPrecondition(format!(
                     "container {} is running; kill it before deleting it",
                     c.id
@@ -323,7 +376,7 @@ impl TaskService {
         if c.rootfs_mounted {
             unmount(&c.bundle.join("rootfs"));
         }
-        c.copier.lock().await.close_stdin();
+        c.copier.lock().await.abort_stdin();
         self.containers.lock().await.remove(&c.id);
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
@@ -345,14 +398,314 @@ impl TaskService {
         })
     }
 
-    async fn do_kill(&self, req: KillRequest) -> Result<()> {
-        if !req.exec_id.is_empty() {
-            return Err(Error::NotFound(format!(
-                "exec {} in {}",
-                req.exec_id, req.id
+    /// Register an exec (containerd calls Exec, then Start with the exec id).
+    async fn do_exec(&self, req: ExecProcessRequest) -> Result<()> {
+        let c = self.get(&req.id).await?;
+        validate_id(&req.exec_id)?;
+        match *c.phase.lock().await {
+            Phase::Running => {}
+            Phase::Stopped(_) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot exec in container {}: it has stopped; exec needs a running container",
+                    c.id
+                )))
+            }
+            p => {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot exec in container {}: it is {}; exec needs a running container",
+                    c.id,
+                    if p == Phase::Paused {
+                        "paused"
+                    } else {
+                        "not started"
+                    }
+                )))
+            }
+        }
+        if req.terminal {
+            return Err(Error::InvalidArgument(
+                "terminal (tty) exec is not supported by airlock yet; run exec without -t".into(),
+            ));
+        }
+        let any = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("exec request carries no process spec".into()))?;
+        let mut process: oci_spec::runtime::Process =
+            serde_json::from_slice(&any.value).map_err(|e| {
+                Error::InvalidArgument(format!("exec process spec is not an OCI Process: {e}"))
+            })?;
+        let init = read_init_process(&c.bundle).await?;
+        confine_exec(&mut process, &init);
+        let spec = c.bundle.join(format!("exec-{}.json", req.exec_id));
+        let mut execs = c.execs.lock().await;
+        if execs.contains_key(&req.exec_id) {
+            return Err(Error::AlreadyExists(format!(
+                "exec {} in container {}",
+                req.exec_id, c.id
             )));
         }
+        let raw = serde_json::to_vec(&process)
+            .map_err(|e| Error::InvalidArgument(format!("cannot serialise exec spec: {e}")))?;
+        tokio::fs::write(&spec, raw)
+            .await
+            .map_err(|e| Error::io(format!("write {}", spec.display()), e))?;
+        let (tx, rx) = watch::channel(None);
+        execs.insert(
+            req.exec_id.clone(),
+            Arc::new(Exec {
+                id: req.exec_id.clone(),
+                spec,
+                stdio: StdioPaths {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                },
+                pidfd: std::sync::OnceLock::new(),
+                phase: Mutex::new(Phase::Created),
+                exited_tx: tx,
+                exited: rx,
+                copier: Arc::new(Mutex::new(Copier::default())),
+            }),
+        );
+        drop(execs);
+        self.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: c.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn start_exec(&self, c: &Arc<Container>, exec_id: &str) -> Result<u32> {
+        let e = c.exec(exec_id).await?;
+        let t0 = Instant::now();
+        {
+            let mut phase = e.phase.lock().await;
+            if *phase != Phase::Created {
+                return Err(Error::FailedPrecondition(format!(
+                    "exec {exec_id} in container {} was already started",
+                    c.id
+                )));
+            }
+            if *c.phase.lock().await != Phase::Running {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot start exec {exec_id}: container {} is not running",
+                    c.id
+                )));
+            }
+            let (child, copier) = stdio::setup(&e.stdio)?;
+            let pid_file = c.bundle.join(format!("exec-{exec_id}.pid"));
+            let log = c.bundle.join(format!("exec-{exec_id}.log"));
+            let r = self
+                .runtime
+                .exec(&c.id, &e.spec, &pid_file, &log, child)
+                .await;
+            if let Err(err) = r {
+                let _ = tokio::fs::remove_file(&pid_file).await;
+                return Err(err);
+            }
+            let pid = read_pid(&pid_file).await;
+            let _ = tokio::fs::remove_file(&pid_file).await;
+            let pid = pid?;
+            let pidfd = Arc::new(
+                PidFd::open(pid).map_err(|err| Error::io(format!("open pidfd of {pid}"), err))?,
+            );
+            let _ = e.pidfd.set(pidfd);
+            *e.copier.lock().await = copier;
+            *phase = Phase::Running;
+        }
+        self.spawn_exec_watcher(c.clone(), e.clone());
+        let pid = e.pid();
+        self.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            Box::new(TaskExecStarted {
+                container_id: c.id.clone(),
+                exec_id: exec_id.to_string(),
+                pid,
+                ..Default::default()
+            }),
+        )
+        .await;
+        info!(
+            exec_id,
+            pid,
+            exec_us = t0.elapsed().as_micros() as u64,
+            "exec started"
+        );
+        Ok(pid)
+    }
+
+    fn spawn_exec_watcher(&self, c: Arc<Container>, e: Arc<Exec>) {
+        let publisher = self.publisher.clone();
+        let namespace = self.namespace.clone();
+        tokio::spawn(async move {
+            let Some(pidfd) = e.pidfd.get().cloned() else {
+                return;
+            };
+            let exit = pidfd.wait().await.unwrap_or_else(|err| {
+                warn!(id = %c.id, exec_id = %e.id, "waiting for the exec failed: {err}");
+                ExitInfo {
+                    status: 255,
+                    at: SystemTime::now(),
+                }
+            });
+            e.copier.lock().await.drain(DRAIN_LIMIT).await;
+            *e.phase.lock().await = Phase::Stopped(exit);
+            let _ = e.exited_tx.send(Some(exit));
+            info!(id = %c.id, exec_id = %e.id, status = exit.status, "exec exited");
+            publish(
+                &publisher,
+                &namespace,
+                topics::TASK_EXIT_EVENT_TOPIC,
+                Box::new(TaskExit {
+                    container_id: c.id.clone(),
+                    id: e.id.clone(),
+                    pid: pidfd.pid() as u32,
+                    exit_status: exit.status,
+                    exited_at: MessageField::some(timestamp(exit.at)),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        });
+    }
+
+    async fn delete_exec(&self, c: &Container, exec_id: &str) -> Result<DeleteResponse> {
+        let e = c.exec(exec_id).await?;
+        let phase = *e.phase.lock().await;
+        let exit = match phase {
+            Phase::Created => ExitInfo {
+                status: 0,
+                at: SystemTime::now(),
+            },
+            Phase::Stopped(x) => x,
+            _ => {
+                return Err(Error::FailedPrecondition(format!(
+                    "exec {exec_id} in container {} is running; kill it before deleting it",
+                    c.id
+                )))
+            }
+        };
+        e.copier.lock().await.abort_stdin();
+        let _ = tokio::fs::remove_file(&e.spec).await;
+        c.execs.lock().await.remove(exec_id);
+        Ok(DeleteResponse {
+            pid: e.pid(),
+            exit_status: exit.status,
+            exited_at: MessageField::some(timestamp(exit.at)),
+            ..Default::default()
+        })
+    }
+
+    async fn do_pause(&self, id: &str, pause: bool) -> Result<()> {
+        let c = self.get(id).await?;
+        {
+            let mut phase = c.phase.lock().await;
+            let want = if pause { Phase::Running } else { Phase::Paused };
+            if *phase != want {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot {} container {}: it is {}",
+                    if pause { "pause" } else { "resume" },
+                    c.id,
+                    phase_name(*phase)
+                )));
+            }
+            if pause {
+                self.runtime.pause(&c.id).await?;
+                *phase = Phase::Paused;
+            } else {
+                self.runtime.resume(&c.id).await?;
+                *phase = Phase::Running;
+            }
+        }
+        if pause {
+            self.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id: c.id.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        } else {
+            self.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id: c.id.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    async fn do_update(&self, req: UpdateTaskRequest) -> Result<()> {
         let c = self.get(&req.id).await?;
+        if let Phase::Stopped(_) = *c.phase.lock().await {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot update container {}: it has stopped",
+                c.id
+            )));
+        }
+        let any = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("update carries no resources".into()))?;
+        // containerd sends the runtime-spec LinuxResources as a JSON-typed Any; check it
+        // here so a bad request gets a clear error without running the runtime.
+        serde_json::from_slice::<oci_spec::runtime::LinuxResources>(&any.value).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "update resources ({}) are not an OCI LinuxResources JSON: {e}",
+                any.type_url
+            ))
+        })?;
+        let file = c.bundle.join("update-resources.json");
+        tokio::fs::write(&file, &any.value)
+            .await
+            .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
+        let r = self.runtime.update(&c.id, &file).await;
+        let _ = tokio::fs::remove_file(&file).await;
+        r
+    }
+
+    async fn do_close_io(&self, req: CloseIORequest) -> Result<()> {
+        let c = self.get(&req.id).await?;
+        if !req.stdin {
+            return Ok(());
+        }
+        let copier = if req.exec_id.is_empty() {
+            c.copier.clone()
+        } else {
+            c.exec(&req.exec_id).await?.copier.clone()
+        };
+        copier.lock().await.close_stdin();
+        Ok(())
+    }
+
+    async fn do_kill(&self, req: KillRequest) -> Result<()> {
+        let c = self.get(&req.id).await?;
+        if !req.exec_id.is_empty() {
+            let e = c.exec(&req.exec_id).await?;
+            let Some(p) = e.pidfd.get().filter(|_| e.exited.borrow().is_none()) else {
+                return Err(Error::NotFound(format!(
+                    "process of exec {} in {}: not running",
+                    e.id, c.id
+                )));
+            };
+            return match p.signal(req.signal as i32) {
+                Err(err) if err.raw_os_error() == Some(libc::ESRCH) => Err(Error::NotFound(
+                    format!("process of exec {} in {}: already finished", e.id, c.id),
+                )),
+                r => r.map_err(|err| Error::io(format!("signal exec {}", e.id), err)),
+            };
+        }
         if req.all {
             return self.runtime.kill(&c.id, req.signal, true).await;
         }
@@ -363,7 +716,15 @@ impl TaskService {
                 c.id
             )));
         }
-        match c.pidfd.signal(req.signal as i32) {
+        let r = c.pidfd.signal(req.signal as i32);
+        if r.is_ok() && req.signal == libc::SIGKILL as u32 && *c.phase.lock().await == Phase::Paused
+        {
+            // A frozen process dies only once thawed (runc does the same).
+            if let Err(e) = self.runtime.resume(&c.id).await {
+                warn!(id = %c.id, "thaw after SIGKILL of a paused container: {e}");
+            }
+        }
+        match r {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(Error::NotFound(format!(
                 "process {} of container {}: already finished",
@@ -371,6 +732,22 @@ impl TaskService {
                 c.id
             ))),
             Err(e) => Err(Error::io(format!("signal {} to {}", req.signal, c.id), e)),
+        }
+    }
+}
+
+async fn wait_watch(rx: &watch::Receiver<Option<ExitInfo>>) -> ExitInfo {
+    let mut rx = rx.clone();
+    loop {
+        if let Some(e) = *rx.borrow_and_update() {
+            return e;
+        }
+        if rx.changed().await.is_err() {
+            // The watcher is gone without a result; report what a killed process reports.
+            return ExitInfo {
+                status: 255,
+                at: SystemTime::now(),
+            };
         }
     }
 }
@@ -386,6 +763,61 @@ async fn publish(
         .await
     {
         warn!(topic, "publish event failed: {e}");
+    }
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Created => "created, not started",
+        Phase::Running => "running",
+        Phase::Paused => "paused",
+        Phase::Stopped(_) => "stopped",
+    }
+}
+
+/// The init's process as the policy left it in the bundle's config.json.
+async fn read_init_process(bundle: &Path) -> Result<oci_spec::runtime::Process> {
+    let path = bundle.join("config.json");
+    let raw = tokio::fs::read(&path)
+        .await
+        .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+    let spec: Spec = serde_json::from_slice(&raw).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "the bundle's OCI spec {} is malformed: {e}",
+            path.display()
+        ))
+    })?;
+    spec.process()
+        .clone()
+        .ok_or_else(|| Error::InvalidArgument(format!("{} has no process", path.display())))
+}
+
+/// Holds an exec to the policy of its container's init: containerd builds the exec's
+/// process from its own copy of the spec (before our policy), so its capabilities are cut
+/// down to the init's, and no_new_privs is kept when the init has it.
+fn confine_exec(exec: &mut oci_spec::runtime::Process, init: &oci_spec::runtime::Process) {
+    use oci_spec::runtime::{Capabilities, LinuxCapabilities};
+    let empty = Capabilities::new();
+    let inter =
+        |mine: &Option<Capabilities>, theirs: &Option<Capabilities>| -> Option<Capabilities> {
+            let theirs = theirs.as_ref().unwrap_or(&empty);
+            Some(
+                mine.as_ref()
+                    .map(|m| m.intersection(theirs).cloned().collect())
+                    .unwrap_or_default(),
+            )
+        };
+    let ic = init.capabilities().clone().unwrap_or_default();
+    let ec = exec.capabilities().clone().unwrap_or_else(|| ic.clone());
+    let mut caps = LinuxCapabilities::default();
+    caps.set_bounding(inter(ec.bounding(), ic.bounding()));
+    caps.set_effective(inter(ec.effective(), ic.effective()));
+    caps.set_permitted(inter(ec.permitted(), ic.permitted()));
+    caps.set_inheritable(inter(ec.inheritable(), ic.inheritable()));
+    caps.set_ambient(inter(ec.ambient(), ic.ambient()));
+    exec.set_capabilities(Some(caps));
+    if init.no_new_privileges() == Some(true) {
+        exec.set_no_new_privileges(Some(true));
     }
 }
 
@@ -418,6 +850,38 @@ async fn read_pid(path: &Path) -> Result<i32> {
     })
 }
 
+fn state_response(
+    c: &Container,
+    exec_id: &str,
+    phase: Phase,
+    pid: u32,
+    stdio: &StdioPaths,
+) -> StateResponse {
+    let mut resp = StateResponse {
+        id: c.id.clone(),
+        exec_id: exec_id.to_string(),
+        bundle: c.bundle.display().to_string(),
+        pid,
+        stdin: stdio.stdin.clone(),
+        stdout: stdio.stdout.clone(),
+        stderr: stdio.stderr.clone(),
+        terminal: stdio.terminal,
+        ..Default::default()
+    };
+    let status = match phase {
+        Phase::Created => Status::CREATED,
+        Phase::Running => Status::RUNNING,
+        Phase::Paused => Status::PAUSED,
+        Phase::Stopped(e) => {
+            resp.exit_status = e.status;
+            resp.exited_at = MessageField::some(timestamp(e.at));
+            Status::STOPPED
+        }
+    };
+    resp.status = EnumOrUnknown::new(status);
+    resp
+}
+
 /// Lazily unmount the container's rootfs (it may still be busy for a moment).
 pub fn unmount(target: &Path) {
     if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
@@ -444,13 +908,14 @@ impl Task for TaskService {
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         let span = info_span!("start", id = %req.id);
         async {
-            if !req.exec_id.is_empty() {
-                return Err(Error::NotFound(format!(
-                    "exec {} in {}",
-                    req.exec_id, req.id
-                )));
-            }
             let c = self.get(&req.id).await?;
+            if !req.exec_id.is_empty() {
+                let pid = self.start_exec(&c, &req.exec_id).await?;
+                return Ok(StartResponse {
+                    pid,
+                    ..Default::default()
+                });
+            }
             let t0 = Instant::now();
             {
                 let mut phase = c.phase.lock().await;
@@ -488,32 +953,56 @@ impl Task for TaskService {
     }
 
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(Error::NotFound(format!("exec {} in {}", req.exec_id, req.id)).into());
-        }
         let c = self.get(&req.id).await?;
-        let phase = *c.phase.lock().await;
-        let mut resp = StateResponse {
-            id: c.id.clone(),
-            bundle: c.bundle.display().to_string(),
-            pid: c.pid(),
-            stdin: c.stdio.stdin.clone(),
-            stdout: c.stdio.stdout.clone(),
-            stderr: c.stdio.stderr.clone(),
-            terminal: c.stdio.terminal,
+        if req.exec_id.is_empty() {
+            let phase = *c.phase.lock().await;
+            return Ok(state_response(&c, "", phase, c.pid(), &c.stdio));
+        }
+        let e = c.exec(&req.exec_id).await?;
+        let phase = *e.phase.lock().await;
+        Ok(state_response(&c, &e.id, phase, e.pid(), &e.stdio))
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        let span = info_span!("pause", id = %req.id);
+        self.do_pause(&req.id, true).instrument(span).await?;
+        Ok(Empty::default())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        let span = info_span!("resume", id = %req.id);
+        self.do_pause(&req.id, false).instrument(span).await?;
+        Ok(Empty::default())
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        let span = info_span!("exec", id = %req.id, exec_id = %req.exec_id);
+        self.do_exec(req).instrument(span).await.map_err(|e| {
+            warn!("exec failed: {e}");
+            e
+        })?;
+        Ok(Empty::default())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        let span = info_span!("close_io", id = %req.id, exec_id = %req.exec_id);
+        self.do_close_io(req).instrument(span).await?;
+        Ok(Empty::default())
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let span = info_span!("update", id = %req.id);
+        self.do_update(req).instrument(span).await?;
+        Ok(Empty::default())
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        let c = self.get(&req.id).await?;
+        let stats = c.cgroup()?.metrics()?;
+        Ok(StatsResponse {
+            stats: MessageField::some(stats),
             ..Default::default()
-        };
-        let status = match phase {
-            Phase::Created => Status::CREATED,
-            Phase::Running => Status::RUNNING,
-            Phase::Stopped(e) => {
-                resp.exit_status = e.status;
-                resp.exited_at = MessageField::some(timestamp(e.at));
-                Status::STOPPED
-            }
-        };
-        resp.status = EnumOrUnknown::new(status);
-        Ok(resp)
+        })
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
@@ -523,11 +1012,13 @@ impl Task for TaskService {
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(Error::NotFound(format!("exec {} in {}", req.exec_id, req.id)).into());
-        }
         let c = self.get(&req.id).await?;
-        let exit = Self::wait_exit(&c).await;
+        let exit = if req.exec_id.is_empty() {
+            Self::wait_exit(&c).await
+        } else {
+            let e = c.exec(&req.exec_id).await?;
+            wait_watch(&e.exited).await
+        };
         Ok(WaitResponse {
             exit_status: exit.status,
             exited_at: MessageField::some(timestamp(exit.at)),
@@ -542,11 +1033,15 @@ impl Task for TaskService {
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         let c = self.get(&req.id).await?;
+        let pids = c.cgroup()?.procs()?;
         Ok(PidsResponse {
-            processes: vec![ProcessInfo {
-                pid: c.pid(),
-                ..Default::default()
-            }],
+            processes: pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         })
     }
@@ -587,6 +1082,33 @@ mod tests {
         assert!(validate_id("").is_err());
         assert!(validate_id("../x").is_err());
         assert!(validate_id("a/b").is_err());
+    }
+
+    #[test]
+    fn exec_is_confined_to_the_inits_capabilities_and_no_new_privs() {
+        let init: oci_spec::runtime::Process = serde_json::from_str(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"],"noNewPrivileges":true,
+                "capabilities":{"bounding":["CAP_KILL"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"]}}"#,
+        )
+        .unwrap();
+        let mut exec: oci_spec::runtime::Process = serde_json::from_str(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["id"],"noNewPrivileges":false,
+                "capabilities":{"bounding":["CAP_KILL","CAP_SYS_ADMIN"],"effective":["CAP_SYS_ADMIN"],
+                "permitted":["CAP_KILL","CAP_SYS_ADMIN"],"ambient":["CAP_SYS_ADMIN"]}}"#,
+        )
+        .unwrap();
+        confine_exec(&mut exec, &init);
+        let caps = exec.capabilities().clone().unwrap();
+        let names = |c: &Option<oci_spec::runtime::Capabilities>| {
+            let mut v: Vec<String> = c.iter().flatten().map(|c| c.to_string()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(caps.bounding()), vec!["KILL"]);
+        assert!(names(caps.effective()).is_empty());
+        assert_eq!(names(caps.permitted()), vec!["KILL"]);
+        assert!(names(caps.ambient()).is_empty());
+        assert_eq!(exec.no_new_privileges(), Some(true));
     }
 
     #[test]

@@ -9,8 +9,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
-use tokio::io::AsyncWriteExt;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -36,6 +39,8 @@ pub struct ChildStdio {
 pub struct Copier {
     outputs: Vec<JoinHandle<()>>,
     stdin: Option<JoinHandle<()>>,
+    /// Asks the stdin copier to forward what is already written, then close (CloseIO).
+    stdin_close: Option<Arc<Notify>>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -63,9 +68,12 @@ pub fn setup(paths: &StdioPaths) -> Result<(ChildStdio, Copier)> {
             .map_err(|e| Error::io(format!("open stdin fifo {}", paths.stdin), e))?;
         let mut dst =
             pipe::Sender::from_owned_fd(w).map_err(|e| Error::io("register stdin pipe", e))?;
+        let close = Arc::new(Notify::new());
+        copier.stdin_close = Some(close.clone());
         copier.stdin = Some(tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut src, &mut dst).await;
+            copy_stdin(&mut src, &mut dst, &close).await;
             let _ = dst.shutdown().await;
+            // Dropping `dst` closes the pipe: the container reads EOF.
         }));
         Some(r)
     };
@@ -77,6 +85,32 @@ pub fn setup(paths: &StdioPaths) -> Result<(ChildStdio, Copier)> {
         },
         copier,
     ))
+}
+
+/// Copies the stdin FIFO into the container's pipe until EOF, or until `close` is notified;
+/// then forwards what the client had already written and stops.
+async fn copy_stdin(src: &mut pipe::Receiver, dst: &mut pipe::Sender, close: &Notify) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        tokio::select! {
+            r = src.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if dst.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            _ = close.notified() => {
+                while let Ok(n) = src.try_read(&mut buf) {
+                    if n == 0 || dst.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                return;
+            }
+        }
+    }
 }
 
 fn output(path: &str, copier: &mut Copier) -> Result<Option<OwnedFd>> {
@@ -91,10 +125,16 @@ fn output(path: &str, copier: &mut Copier) -> Result<Option<OwnedFd>> {
         }));
         return Ok(Some(w));
     }
-    // containerd opened the read side before Create, so a non-blocking open succeeds.
-    let mut dst = pipe::OpenOptions::new()
-        .open_sender(Path::new(path))
-        .map_err(|e| Error::io(format!("open stdio fifo {path}"), e))?;
+    // containerd opens the read side before Create, so a non-blocking open succeeds. For an
+    // exec, ctr may open its read side a moment later (ENXIO: no reader yet): then open the
+    // FIFO read-write, which never waits; output is buffered until the reader arrives.
+    let dst = match pipe::OpenOptions::new().open_sender(Path::new(path)) {
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => pipe::OpenOptions::new()
+            .read_write(true)
+            .open_sender(Path::new(path)),
+        r => r,
+    };
+    let mut dst = dst.map_err(|e| Error::io(format!("open stdio fifo {path}"), e))?;
     copier.outputs.push(tokio::spawn(async move {
         let _ = tokio::io::copy(&mut src, &mut dst).await;
     }));
@@ -112,8 +152,16 @@ impl Copier {
         }
     }
 
-    /// Close the container's stdin (CloseIO).
+    /// Close the container's stdin (CloseIO) after forwarding what the client wrote.
     pub fn close_stdin(&mut self) {
+        if let Some(n) = self.stdin_close.take() {
+            n.notify_one();
+        }
+    }
+
+    /// Stop copying stdin at once (delete).
+    pub fn abort_stdin(&mut self) {
+        self.stdin_close = None;
         if let Some(h) = self.stdin.take() {
             h.abort();
         }
@@ -125,7 +173,7 @@ impl Drop for Copier {
         for h in self.outputs.drain(..) {
             h.abort();
         }
-        self.close_stdin();
+        self.abort_stdin();
     }
 }
 

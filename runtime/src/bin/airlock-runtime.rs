@@ -69,6 +69,25 @@ enum Command {
     },
     /// Print the OCI state JSON.
     State { id: String },
+    /// Freeze every process of the container (cgroup freezer).
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Change the resource limits of a container: an OCI LinuxResources JSON read from
+    /// --resources FILE, or from stdin when FILE is `-` or missing.
+    Update {
+        #[arg(long, short)]
+        resources: Option<PathBuf>,
+        id: String,
+    },
+    /// Run an extra process (an OCI Process JSON) in the running container, detached.
+    Exec {
+        #[arg(long, short)]
+        process: PathBuf,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        id: String,
+    },
 }
 
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
@@ -134,6 +153,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::State { id } => {
             let state = rt.state(&id)?;
             println!("{}", serde_json::to_string_pretty(&state)?);
+        }
+        Command::Pause { id } => rt.pause(&id)?,
+        Command::Resume { id } => rt.resume(&id)?,
+        Command::Update { resources, id } => {
+            let raw = match resources.as_deref() {
+                Some(p) if p != std::path::Path::new("-") => std::fs::read(p)
+                    .with_context(|| format!("cannot read resources file {}", p.display()))?,
+                _ => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                        .context("cannot read resources from stdin")?;
+                    buf
+                }
+            };
+            let res: oci_spec::runtime::LinuxResources = serde_json::from_slice(&raw)
+                .context("resources are not an OCI LinuxResources JSON object")?;
+            rt.update(&id, &res)?;
+        }
+        Command::Exec {
+            process,
+            pid_file,
+            id,
+        } => {
+            rt.exec(&id, &process, pid_file.as_deref(), None)?;
         }
     }
     Ok(())

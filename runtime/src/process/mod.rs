@@ -346,6 +346,128 @@ impl ProcessRuntime {
         Ok(())
     }
 
+    fn cgroup_manager(&self, c: &Container) -> Result<libcgroups::common::AnyCgroupManager> {
+        let id = c.id().to_owned();
+        let cfg = libcgroups::common::CgroupConfig {
+            cgroup_path: c
+                .spec()
+                .map_err(|e| RuntimeError::backend(&id, "load config of", &e))?
+                .cgroup_path,
+            systemd_cgroup: false,
+            container_name: id.clone(),
+        };
+        libcgroups::common::create_cgroup_manager(cfg).map_err(|e| RuntimeError::Backend {
+            id,
+            action: "open the cgroup of",
+            detail: e.to_string(),
+        })
+    }
+
+    /// Freezes every process of the container (cgroup freezer).
+    pub fn pause(&self, id: &str) -> Result<()> {
+        let _span = info_span!("pause", id).entered();
+        let mut c = self.load(id)?;
+        c.pause().map_err(|e| match e {
+            LibcontainerError::IncorrectStatus(s) => RuntimeError::WrongState {
+                id: id.to_owned(),
+                action: "pause",
+                status: status_str(s).into(),
+                hint: "only a running container can be paused",
+            },
+            e => RuntimeError::backend(id, "pause", &e),
+        })
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<()> {
+        let _span = info_span!("resume", id).entered();
+        let mut c = self.load(id)?;
+        c.resume().map_err(|e| match e {
+            LibcontainerError::IncorrectStatus(s) => RuntimeError::WrongState {
+                id: id.to_owned(),
+                action: "resume",
+                status: status_str(s).into(),
+                hint: "only a paused container can be resumed",
+            },
+            e => RuntimeError::backend(id, "resume", &e),
+        })
+    }
+
+    /// Applies new resource limits to the container's cgroup. Fields left out of
+    /// `resources` are not changed.
+    pub fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        use libcgroups::common::{CgroupManager, ControllerOpt};
+        let _span = info_span!("update", id).entered();
+        let c = self.load(id)?;
+        if matches!(c.status(), ContainerStatus::Stopped) {
+            return Err(RuntimeError::WrongState {
+                id: id.to_owned(),
+                action: "update",
+                status: "stopped".into(),
+                hint: "limits can only be changed while the container exists and runs",
+            });
+        }
+        let m = self.cgroup_manager(&c)?;
+        m.apply(&ControllerOpt {
+            resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        })
+        .map_err(|e| RuntimeError::Backend {
+            id: id.to_owned(),
+            action: "update",
+            detail: e.to_string(),
+        })
+    }
+
+    /// Runs an extra process (`process` is an OCI `Process`) inside the running container:
+    /// its namespaces and cgroup, with the capabilities and no_new_privs the process names.
+    /// Returns once the process runs (its host pid is written to `pid_file`); the process
+    /// becomes a child of the caller's subreaper when this runtime process exits.
+    pub fn exec(
+        &self,
+        id: &str,
+        process: &Path,
+        pid_file: Option<&Path>,
+        executor: Option<AirlockExecutor>,
+    ) -> Result<i32> {
+        let t0 = Instant::now();
+        let _span = info_span!("exec", id).entered();
+        let c = self.load(id)?;
+        if !matches!(
+            c.status(),
+            ContainerStatus::Running | ContainerStatus::Created
+        ) {
+            return Err(RuntimeError::WrongState {
+                id: id.to_owned(),
+                action: "exec in",
+                status: status_str(c.status()).into(),
+                hint: "exec needs a running container",
+            });
+        }
+        let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+            .with_root_path(&self.root)
+            .and_then(|b| b.with_pid_file(pid_file))
+            .map(|b| b.with_executor(executor.unwrap_or_default()))
+            .and_then(|b| {
+                b.as_tenant()
+                    .with_process(Some(process))
+                    .with_detach(true)
+                    .build()
+            })
+            .map_err(|e| {
+                reap_children();
+                map_create_error(id, &e)
+            })?;
+        info!(
+            pid = pid.as_raw(),
+            total_us = t0.elapsed().as_micros() as u64,
+            "exec process running"
+        );
+        Ok(pid.as_raw())
+    }
+
     /// The container's OCI state.
     pub fn state(&self, id: &str) -> Result<ContainerState> {
         let c = self.load(id)?;
