@@ -90,11 +90,9 @@ mkdir -p "$results"
 rm -f "$results/exit-code" "$results/tests.log"
 # The tests are #[ignore]d so that a host `cargo test` skips them; here they run.
 args=(--ignored --test-threads="${AIRLOCK_NODE_TEST_THREADS:-2}")
-# known_gaps:: holds tests of behaviour Airlock does not have yet (see tests/cgroupv2.rs).
+# A known_gaps:: module, when there is one, holds tests of behaviour Airlock does not have yet.
 if [ "${AIRLOCK_NODE_KNOWN_GAPS:-0}" != 1 ]; then
   args+=(--skip known_gaps::)
-  say "skipping known_gaps:: (AIRLOCK_NODE_KNOWN_GAPS=1 runs them): device rules need a BPF program" \
-    "(libcgroups feature cgroupsv2_devices); a shared cgroup parent outlives its last container"
 fi
 args+=("$@")
 guest_cmd=$(printf '%q ' "$root/integration/node/guest.sh" "$results" "$bin_dir" "$test_bin" "${args[@]}")

@@ -179,11 +179,14 @@ pub fn busybox_image_tar_in(cache_dir: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(cache_dir)?;
     let data = build_oci_tar(&busybox)?;
-    // Write then rename, so parallel test binaries never see a partial file.
+    // Write then rename, so parallel tests (threads and binaries) never see a partial file;
+    // the temp name is unique per writer.
+    static WRITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = cache_dir.join(format!(
-        ".busybox-{}.{}.tmp",
+        ".busybox-{}.{}.{}.tmp",
         &key[..16],
-        std::process::id()
+        std::process::id(),
+        WRITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::write(&tmp, &data)?;
     std::fs::rename(&tmp, &path)?;

@@ -412,16 +412,16 @@ fn cgroup_and_created_parents_are_removed_on_delete() {
     assert!(wait_gone(&parent), "{} left after delete", parent.display());
 }
 
-// --- known gaps -----------------------------------------------------------------------------
+// --- gaps this node found, now fixed --------------------------------------------------------
 
-/// Tests of behaviour Airlock does not have yet. run.sh skips `known_gaps::` unless
-/// `AIRLOCK_NODE_KNOWN_GAPS=1`; when a fix lands, move its test out of this module.
-mod known_gaps {
+/// Tests of behaviour the node first showed missing (kept together; run.sh skips a
+/// `known_gaps::` module if one is added again, unless `AIRLOCK_NODE_KNOWN_GAPS=1`).
+mod found_by_the_node {
     use super::*;
 
     /// Two containers of one namespace, the one whose create made `/sys/fs/cgroup/<ns>` deleted
-    /// first: the parent must go when the last container goes. Today airlock-runtime removes
-    /// only parents that the deleted container's own create made, so the parent is left.
+    /// first: the parent must go when the last container goes (airlock-runtime marks the parents
+    /// it creates in a registry shared by the namespace's containers).
     #[test]
     #[ignore = "needs the cgroup v2 test node: integration/node/run.sh"]
     fn shared_parent_is_removed_with_the_last_container() {
