@@ -618,10 +618,7 @@ macro_rules! cases {
         fn exec_concurrent() {
             super::exec_concurrent(RT, V)
         }
-        // Known bug (containerd 1.6): after a failed exec start the shim disconnects
-        // instead of shutting down cleanly at the end and leaves its socket; 2.1 passes.
         #[test]
-        #[ignore]
         fn exec_missing_binary() {
             super::exec_missing_binary(RT, V)
         }

@@ -24,6 +24,8 @@ pub struct AirlockShim {
     namespace: String,
     id: String,
     bundle: PathBuf,
+    /// The ttrpc socket this shim serves (serve mode only).
+    socket: String,
 }
 
 /// The key that groups containers into one shim: the pod's sandbox id, else the container's.
@@ -74,6 +76,7 @@ impl Shim for AirlockShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             bundle,
+            socket: args.socket.clone(),
         }
     }
 
@@ -107,6 +110,12 @@ impl Shim for AirlockShim {
 
     async fn wait(&mut self) {
         self.exit.wait().await;
+        // Remove our socket ourselves: the crate removes it through the bundle's `address` file,
+        // which containerd may already have deleted with the bundle by then.
+        let path = self.socket.trim_start_matches("unix://");
+        if !path.is_empty() {
+            let _ = tokio::fs::remove_file(path).await;
+        }
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
