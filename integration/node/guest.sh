@@ -45,7 +45,23 @@ tmpfs_on() {
   fi
 }
 tmpfs_on /run 256m
+# A checkout (or binaries) living under /tmp — CI clones anywhere — would vanish under the new
+# /tmp: keep the old /tmp (with the results mount inside it) reachable and bind back what we need.
+root=$(cd "$(dirname "$0")/../.." && pwd)
+keep=()
+for p in "$root" "$bin_dir" "$(dirname "$test_bin")" "$results"; do
+  case "$p" in /tmp/*) keep+=("$p") ;; esac
+done
+if [ "${#keep[@]}" -gt 0 ]; then
+  mkdir -p /run/airlock-host-tmp
+  mount --rbind /tmp /run/airlock-host-tmp || fail "bind the host's /tmp aside"
+fi
 tmpfs_on /tmp 1g 1777
+for p in "${keep[@]}"; do
+  [ -e "$p" ] && continue # already reachable through an earlier bind
+  mkdir -p "$p"
+  mount --rbind "/run/airlock-host-tmp/${p#/tmp/}" "$p" || fail "bind $p back under the new /tmp"
+done
 tmpfs_on /var/cache/airlock-test 256m
 mkdir -p /run/containerd /run/airlock
 
