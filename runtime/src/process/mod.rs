@@ -278,28 +278,20 @@ impl ProcessRuntime {
     /// Lets the init exec the workload.
     pub fn start(&self, id: &str) -> Result<()> {
         let mut c = self.load(id)?;
-        c.start().map_err(|e| match e {
-            LibcontainerError::IncorrectStatus(s) => RuntimeError::WrongState {
-                id: id.to_owned(),
-                action: "start",
-                status: status_str(s).into(),
-                hint: "only a created container can be started",
-            },
-            e => RuntimeError::backend(id, "start", &e),
-        })
+        c.start()
+            .map_err(|e| lifecycle_error(id, "start", "only a created container can be started", e))
     }
 
     /// Sends `signal` to the init, or with `all` to every process in the container's cgroup.
     pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
         let mut c = self.load(id)?;
-        c.kill(signal, all).map_err(|e| match e {
-            LibcontainerError::IncorrectStatus(s) => RuntimeError::WrongState {
-                id: id.to_owned(),
-                action: "kill",
-                status: status_str(s).into(),
-                hint: "the container has no running process to signal",
-            },
-            e => RuntimeError::backend(id, "kill", &e),
+        c.kill(signal, all).map_err(|e| {
+            lifecycle_error(
+                id,
+                "kill",
+                "the container has no running process to signal",
+                e,
+            )
         })
     }
 
@@ -333,15 +325,8 @@ impl ProcessRuntime {
             }
             Err(e) => return Err(RuntimeError::backend(id, "load", &e)),
         };
-        c.delete(force).map_err(|e| match e {
-            LibcontainerError::IncorrectStatus(s) => RuntimeError::WrongState {
-                id: id.to_owned(),
-                action: "delete",
-                status: status_str(s).into(),
-                hint: "stop it first or use delete --force",
-            },
-            e => RuntimeError::backend(id, "delete", &e),
-        })?;
+        c.delete(force)
+            .map_err(|e| lifecycle_error(id, "delete", "stop it first or use delete --force", e))?;
         record.remove_empty_parents(&parent_registry(&self.root));
         Ok(())
     }
@@ -367,30 +352,16 @@ impl ProcessRuntime {
     pub fn pause(&self, id: &str) -> Result<()> {
         let _span = info_span!("pause", id).entered();
         let mut c = self.load(id)?;
-        c.pause().map_err(|e| match e {
-            LibcontainerError::IncorrectStatus(s) => RuntimeError::WrongState {
-                id: id.to_owned(),
-                action: "pause",
-                status: status_str(s).into(),
-                hint: "only a running container can be paused",
-            },
-            e => RuntimeError::backend(id, "pause", &e),
-        })
+        c.pause()
+            .map_err(|e| lifecycle_error(id, "pause", "only a running container can be paused", e))
     }
 
     /// Thaws a paused container.
     pub fn resume(&self, id: &str) -> Result<()> {
         let _span = info_span!("resume", id).entered();
         let mut c = self.load(id)?;
-        c.resume().map_err(|e| match e {
-            LibcontainerError::IncorrectStatus(s) => RuntimeError::WrongState {
-                id: id.to_owned(),
-                action: "resume",
-                status: status_str(s).into(),
-                hint: "only a paused container can be resumed",
-            },
-            e => RuntimeError::backend(id, "resume", &e),
-        })
+        c.resume()
+            .map_err(|e| lifecycle_error(id, "resume", "only a paused container can be resumed", e))
     }
 
     /// Applies new resource limits to the container's cgroup. Fields left out of
@@ -480,6 +451,25 @@ impl ProcessRuntime {
             annotations: c.state.annotations.clone().unwrap_or_default(),
             created: c.created().map(|t| t.to_rfc3339()),
         })
+    }
+}
+
+/// Maps a libcontainer lifecycle error: a wrong-state error says what state the container is in
+/// and what to do (`hint`); anything else is a backend failure of `action`.
+fn lifecycle_error(
+    id: &str,
+    action: &'static str,
+    hint: &'static str,
+    e: LibcontainerError,
+) -> RuntimeError {
+    match e {
+        LibcontainerError::IncorrectStatus(s) => RuntimeError::WrongState {
+            id: id.to_owned(),
+            action,
+            status: status_str(s).into(),
+            hint,
+        },
+        e => RuntimeError::backend(id, action, &e),
     }
 }
 
