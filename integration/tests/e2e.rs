@@ -174,6 +174,26 @@ fn stdout_stderr(rt: Runtime, v: Version) {
         ],
     );
     assert!(out.success(), "{out:?}");
+    // Known peer behaviour: ctr/containerd with the Go runc.v2 shim now and then delivers none
+    // of a short-lived container's output (seen once in ~10 matrix runs on 2.1). Peers get one
+    // retry; airlock none.
+    let out = if rt != Runtime::Airlock && out.stdout.is_empty() && out.stderr.is_empty() {
+        eprintln!(
+            "peer quirk: {rt} on {} lost all output; retrying once",
+            v.label()
+        );
+        let id = c.id("stdio-retry");
+        c.run(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "echo out1; echo err1 >&2; echo out2; echo err2 >&2",
+            ],
+        )
+    } else {
+        out
+    };
     assert_eq!(out.stdout, "out1\nout2\n", "{out:?}");
     assert_eq!(out.stderr, "err1\nerr2\n", "{out:?}");
 
