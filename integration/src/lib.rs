@@ -17,6 +17,7 @@ pub mod client;
 pub mod containerd;
 pub mod image;
 pub mod leaks;
+pub mod probe;
 pub mod proc_util;
 pub mod runtime;
 pub mod shared;

@@ -9,8 +9,11 @@
 //! This crate does no I/O beyond reading policy files.
 
 mod model;
+mod seccomp;
+pub mod syscalls;
 
 pub use model::{Filesystem, Limits, Namespaces, Policy, ProcessRules, Tmpfs};
+pub use seccomp::{is_syscall, native_arch, Seccomp, SeccompMode, SeccompProgram};
 
 use std::path::Path;
 

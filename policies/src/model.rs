@@ -8,6 +8,7 @@ use oci_spec::runtime::{
 };
 use serde::Deserialize;
 
+use crate::seccomp::{native_arch, Seccomp, SeccompMode, SeccompProgram};
 use crate::{Error, Result};
 
 /// Capabilities containerd puts in every default spec. A spec asking for a capability from
@@ -69,6 +70,9 @@ pub struct Policy {
     pub namespaces: Namespaces,
     #[serde(default)]
     pub limits: Limits,
+    /// Absent means the default: enforce the `agent` allowlist.
+    #[serde(default)]
+    pub seccomp: Seccomp,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -161,7 +165,31 @@ impl Policy {
                 return Err(self.invalid(format!("limits.pids must be >= 1, got {p}")));
             }
         }
+        if self.seccomp.mode != SeccompMode::Off {
+            let arch = native_arch().ok_or_else(|| {
+                self.invalid(format!(
+                    "seccomp: this architecture ({}) has no filter support; set mode = \"off\"",
+                    std::env::consts::ARCH
+                ))
+            })?;
+            self.seccomp.validate(arch).map_err(|m| self.invalid(m))?;
+        }
         Ok(())
+    }
+
+    /// Compiles the policy's seccomp filter for this machine; `None` when seccomp is off.
+    /// Callers cache the result: it depends only on the policy.
+    pub fn compile_seccomp(&self) -> Result<Option<SeccompProgram>> {
+        if self.seccomp.mode == SeccompMode::Off {
+            return Ok(None);
+        }
+        let arch = native_arch().ok_or_else(|| {
+            self.invalid(format!(
+                "seccomp: no filter support on {}",
+                std::env::consts::ARCH
+            ))
+        })?;
+        self.seccomp.compile(arch).map_err(|m| self.invalid(m))
     }
 
     fn refused(
@@ -186,6 +214,7 @@ impl Policy {
         self.apply_process(spec, &mut enforced)?;
         self.apply_filesystem(spec, &mut enforced);
         self.apply_limits(spec, &mut enforced);
+        enforced.push(self.seccomp_summary());
         Ok(enforced)
     }
 
@@ -316,6 +345,17 @@ impl Policy {
             linux.set_readonly_paths(Some(ro));
             enforced.push("masked /proc and /sys paths: as runc, at least".into());
         }
+    }
+
+    fn seccomp_summary(&self) -> String {
+        let s = &self.seccomp;
+        let what = match s.mode {
+            SeccompMode::Off => return "seccomp: off".into(),
+            SeccompMode::Enforce => format!("enforce (denied -> {})", s.errno),
+            SeccompMode::Audit => "audit (denied syscalls are logged, not failed)".into(),
+        };
+        let count = native_arch().map_or(0, |a| s.seccomp_allowed_len(a));
+        format!("seccomp: {what}, {} allowlist of {count} syscalls", s.base)
     }
 
     fn apply_limits(&self, spec: &mut Spec, enforced: &mut Vec<String>) {

@@ -70,6 +70,9 @@ pub enum RuntimeError {
         detail: String,
     },
 
+    #[error("seccomp program {path} is unusable: {detail}; recompile it from the policy (the shim writes it per container)")]
+    SeccompProgram { path: PathBuf, detail: String },
+
     #[error("{0}")]
     Io(String),
 

@@ -34,6 +34,12 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 #[derive(Clone)]
 pub struct BpfProgram(Arc<[libc::sock_filter]>);
 
+impl std::fmt::Debug for BpfProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BpfProgram({} instructions)", self.0.len())
+    }
+}
+
 impl BpfProgram {
     pub fn new(instructions: Vec<libc::sock_filter>) -> Self {
         Self(instructions.into())
@@ -41,6 +47,50 @@ impl BpfProgram {
 
     pub fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// Reads a program stored as an array of `struct sock_filter` in host byte order (the
+    /// format `airlock-policies` writes), checking only its shape: the kernel verifies the
+    /// program itself when it is installed.
+    pub fn from_file(path: &Path) -> Result<Self, RuntimeError> {
+        let bad = |detail: String| RuntimeError::SeccompProgram {
+            path: path.to_owned(),
+            detail,
+        };
+        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        Self::from_bytes(&bytes).map_err(bad)
+    }
+
+    /// See [`BpfProgram::from_file`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        const MAX_INSNS: usize = 4096;
+        if bytes.is_empty() || !bytes.len().is_multiple_of(8) || bytes.len() / 8 > MAX_INSNS {
+            return Err(format!(
+                "{} bytes is not a program of 1 to {MAX_INSNS} 8-byte instructions",
+                bytes.len()
+            ));
+        }
+        let insns = bytes
+            .chunks_exact(8)
+            .map(|c| libc::sock_filter {
+                code: u16::from_ne_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        Ok(Self::new(insns))
+    }
+
+    /// The program in the format [`BpfProgram::from_bytes`] reads.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() * 8);
+        for i in self.0.iter() {
+            out.extend_from_slice(&i.code.to_ne_bytes());
+            out.extend_from_slice(&[i.jt, i.jf]);
+            out.extend_from_slice(&i.k.to_ne_bytes());
+        }
+        out
     }
 
     pub fn is_empty(&self) -> bool {
@@ -92,6 +142,10 @@ impl AirlockExecutor {
     pub fn with_seccomp(mut self, program: BpfProgram) -> Self {
         self.seccomp = Some(program);
         self
+    }
+
+    pub fn seccomp(&self) -> Option<&BpfProgram> {
+        self.seccomp.as_ref()
     }
 
     pub(crate) fn with_create_started(mut self, t: Instant) -> Self {
@@ -291,6 +345,23 @@ mod tests {
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status));
         assert_eq!(libc::WEXITSTATUS(status), 0, "filter not effective");
+    }
+
+    #[test]
+    fn program_file_round_trips_and_rejects_bad_shapes() {
+        let p = BpfProgram::new(vec![libc::sock_filter {
+            code: 6,
+            jt: 1,
+            jf: 2,
+            k: 0x7fff_0000,
+        }]);
+        let back = BpfProgram::from_bytes(&p.to_bytes()).unwrap();
+        assert_eq!(back.to_bytes(), p.to_bytes());
+        assert!(BpfProgram::from_bytes(&[]).is_err());
+        assert!(BpfProgram::from_bytes(&[0; 12]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let err = BpfProgram::from_file(&dir.path().join("none.bpf")).unwrap_err();
+        assert!(err.to_string().contains("none.bpf"), "{err}");
     }
 
     #[test]

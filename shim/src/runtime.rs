@@ -93,6 +93,7 @@ impl Runtime {
         id: &str,
         bundle: &Path,
         pid_file: &Path,
+        seccomp: Option<&Path>,
         stdio: ChildStdio,
     ) -> Result<()> {
         // The runtime's own stderr is the container's stderr, so its error goes to a log file.
@@ -102,8 +103,11 @@ impl Runtime {
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id);
+            .arg(pid_file);
+        if let Some(seccomp) = seccomp {
+            cmd.arg("--seccomp").arg(seccomp);
+        }
+        cmd.arg(id);
         self.run_with_stdio(cmd, stdio, &log, "create").await
     }
 

@@ -105,6 +105,9 @@ impl Container {
     }
 }
 
+/// The policy's compiled seccomp program, written into each bundle for `airlock-runtime`.
+const SECCOMP_PROGRAM_FILE: &str = "airlock-seccomp.bpf";
+
 /// One shim serves all containers of one pod.
 pub struct TaskService {
     namespace: String,
@@ -113,6 +116,8 @@ pub struct TaskService {
     runtime: Runtime,
     default_policy: String,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Seccomp programs compiled once per policy (name) for the life of this shim.
+    seccomp_programs: std::sync::Mutex<HashMap<String, Option<Arc<[u8]>>>>,
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {
@@ -139,6 +144,7 @@ impl TaskService {
             runtime,
             default_policy,
             containers: Mutex::new(HashMap::new()),
+            seccomp_programs: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -167,7 +173,7 @@ impl TaskService {
             ));
         }
         let bundle = PathBuf::from(&req.bundle);
-        self.apply_policy(&bundle).await?;
+        let seccomp = self.apply_policy(&bundle).await?;
         let t_policy = t0.elapsed();
 
         let rootfs = bundle.join("rootfs");
@@ -202,7 +208,7 @@ impl TaskService {
         let pid_file = bundle.join("init.pid");
         if let Err(e) = self
             .runtime
-            .create(&req.id, &bundle, &pid_file, child)
+            .create(&req.id, &bundle, &pid_file, seccomp.as_deref(), child)
             .await
         {
             drop(copier);
@@ -273,8 +279,28 @@ impl TaskService {
         })
     }
 
-    /// Resolve the container's policy and write it into the bundle's config.json.
-    async fn apply_policy(&self, bundle: &Path) -> Result<()> {
+    /// The policy's seccomp program, compiled on first use and kept for this shim's life.
+    fn seccomp_program(&self, policy: &airlock_policies::Policy) -> Result<Option<Arc<[u8]>>> {
+        let mut cache = self.seccomp_programs.lock().expect("not poisoned");
+        if let Some(p) = cache.get(&policy.name) {
+            return Ok(p.clone());
+        }
+        let t = Instant::now();
+        let program = policy.compile_seccomp()?;
+        let bytes: Option<Arc<[u8]>> = program.as_ref().map(|p| p.to_bytes().into());
+        info!(
+            policy = %policy.name,
+            instructions = program.as_ref().map_or(0, |p| p.len()),
+            compile_us = t.elapsed().as_micros() as u64,
+            "seccomp filter compiled"
+        );
+        cache.insert(policy.name.clone(), bytes.clone());
+        Ok(bytes)
+    }
+
+    /// Resolve the container's policy and write it into the bundle's config.json; writes
+    /// the policy's seccomp program beside it and returns its path, if the policy has one.
+    async fn apply_policy(&self, bundle: &Path) -> Result<Option<PathBuf>> {
         let path = bundle.join("config.json");
         let raw = tokio::fs::read(&path).await.map_err(|e| {
             Error::InvalidArgument(format!(
@@ -295,7 +321,16 @@ impl TaskService {
             .map_err(|e| Error::InvalidArgument(format!("cannot serialise the OCI spec: {e}")))?;
         tokio::fs::write(&path, out)
             .await
-            .map_err(|e| Error::io(format!("write {}", path.display()), e))
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+        let Some(program) = self.seccomp_program(&policy)? else {
+            return Ok(None);
+        };
+        // In the bundle: containerd removes the bundle with the container.
+        let file = bundle.join(SECCOMP_PROGRAM_FILE);
+        tokio::fs::write(&file, &program[..])
+            .await
+            .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
+        Ok(Some(file))
     }
 
     fn spawn_exit_watcher(&self, c: Arc<Container>, tx: watch::Sender<Option<ExitInfo>>) {

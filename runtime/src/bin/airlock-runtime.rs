@@ -48,6 +48,10 @@ enum Command {
         bundle: PathBuf,
         #[arg(long = "pid-file")]
         pid_file: Option<PathBuf>,
+        /// A seccomp program (array of struct sock_filter, host byte order) installed just
+        /// before the workload's exec, and kept for exec processes.
+        #[arg(long)]
+        seccomp: Option<PathBuf>,
         id: String,
     },
     /// Let the container's init exec the workload.
@@ -135,6 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Create {
             bundle,
             pid_file,
+            seccomp,
             id,
         } => {
             rt.create(CreateOptions {
@@ -142,6 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bundle,
                 pid_file,
                 executor: None,
+                seccomp,
             })?;
         }
         Command::Start { id } => rt.start(&id)?,
@@ -228,6 +234,8 @@ mod tests {
             "/b",
             "--pid-file",
             "/p",
+            "--seccomp",
+            "/b/f.bpf",
             "c1",
         ])
         .unwrap();
@@ -237,9 +245,11 @@ mod tests {
             Command::Create {
                 bundle,
                 pid_file,
+                seccomp,
                 id,
             } => {
                 assert_eq!(bundle, PathBuf::from("/b"));
+                assert_eq!(seccomp, Some(PathBuf::from("/b/f.bpf")));
                 assert_eq!(pid_file, Some(PathBuf::from("/p")));
                 assert_eq!(id, "c1");
             }

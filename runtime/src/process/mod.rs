@@ -30,7 +30,7 @@ use tracing::{debug, info, info_span};
 
 use crate::cgroups::{parent_registry, CgroupRecord};
 use crate::error::{one_line_chain, Result, RuntimeError};
-use crate::executor::{extract_message, AirlockExecutor};
+use crate::executor::{extract_message, AirlockExecutor, BpfProgram};
 use crate::spec::{cgroup_path, load_bundle};
 
 /// Default state root (the shim passes `/run/airlock/<containerd-namespace>`).
@@ -38,6 +38,8 @@ pub const DEFAULT_ROOT: &str = "/run/airlock/default";
 
 /// Our bookkeeping file inside the container's state dir.
 pub const RECORD_FILE: &str = "airlock.json";
+/// The container's seccomp program, kept in its state dir for exec processes.
+pub const SECCOMP_FILE: &str = "seccomp.bpf";
 
 /// Options of [`ProcessRuntime::create`].
 #[derive(Clone, Default)]
@@ -48,6 +50,9 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     /// The executor (seccomp program etc.). Defaults to a plain [`AirlockExecutor`].
     pub executor: Option<AirlockExecutor>,
+    /// A seccomp program file (see [`BpfProgram::from_file`]) for the init and, kept in the
+    /// state dir, for every exec process.
+    pub seccomp: Option<PathBuf>,
 }
 
 /// Result of a successful create.
@@ -189,11 +194,15 @@ impl ProcessRuntime {
                 .map_err(|e| RuntimeError::Io(format!("reading /proc/self/mountinfo: {e}")))?
         };
 
-        let executor = opts
+        let mut executor = opts
             .executor
             .clone()
             .unwrap_or_default()
             .with_create_started(t0);
+        if let Some(path) = &opts.seccomp {
+            let _s = info_span!("seccomp_load").entered();
+            executor = executor.with_seccomp(BpfProgram::from_file(path)?);
+        }
 
         // libcontainer writes the pid file as soon as the init is forked, before it is
         // ready; a failed create must not leave a pid file naming a dead process.
@@ -202,7 +211,7 @@ impl ProcessRuntime {
         let t_build = Instant::now();
         let built = {
             let _s = info_span!("libcontainer_build").entered();
-            self.build(id, &bundle.dir, opts.pid_file.as_deref(), executor)
+            self.build(id, &bundle.dir, opts.pid_file.as_deref(), executor.clone())
         };
         let build_us = t_build.elapsed().as_micros() as u64;
 
@@ -226,6 +235,16 @@ impl ProcessRuntime {
         let pid = container.pid().map(|p| p.as_raw()).unwrap_or(-1);
         if let Err(e) = record.mark_created(&parent_registry(&self.root)) {
             tracing::warn!(error = %e, "could not mark created cgroup parents; they may be left on delete");
+        }
+        if let Some(prog) = executor.seccomp() {
+            if let Err(e) = std::fs::write(dir.join(SECCOMP_FILE), prog.to_bytes()) {
+                // Without it an exec would run unfiltered: refuse the container instead.
+                let _ = self.delete(id, true);
+                return Err(RuntimeError::Io(format!(
+                    "cannot keep the seccomp program in {}: {e}; check the state root",
+                    dir.display()
+                )));
+            }
         }
         if !record.parents.is_empty() {
             let json = serde_json::to_vec(&record).expect("record serializes");
@@ -417,10 +436,15 @@ impl ProcessRuntime {
                 hint: "exec needs a running container",
             });
         }
+        let mut executor = executor.unwrap_or_default();
+        let seccomp = self.container_dir(id).join(SECCOMP_FILE);
+        if executor.seccomp().is_none() && seccomp.exists() {
+            executor = executor.with_seccomp(BpfProgram::from_file(&seccomp)?);
+        }
         let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .with_root_path(&self.root)
             .and_then(|b| b.with_pid_file(pid_file))
-            .map(|b| b.with_executor(executor.unwrap_or_default()))
+            .map(|b| b.with_executor(executor))
             .and_then(|b| {
                 b.as_tenant()
                     .with_process(Some(process))
