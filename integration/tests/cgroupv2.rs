@@ -226,6 +226,24 @@ fn limits_from_policy_and_pod_land_in_cgroup_files() {
     );
 }
 
+/// A pod that sets no limits gets the policy's defaults (agent-strict: memory 1g, no swap
+/// beyond it, 2 CPUs) in memory.max, memory.swap.max and cpu.max.
+#[test]
+#[ignore = "needs the cgroup v2 test node: integration/node/run.sh"]
+fn policy_default_limits_apply_when_the_pod_sets_none() {
+    let pod = Pod::new("deflimits");
+    let id = pod.id("deflimits");
+    let cg = pod.start(
+        &[],
+        &id,
+        &["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"],
+    );
+    assert_eq!(cg.read_u64("memory.max"), 1 << 30, "memory.max");
+    assert_eq!(cg.read("memory.swap.max"), "0", "memory.swap.max");
+    assert_eq!(cg.read("cpu.max"), "200000 100000", "cpu.max");
+    pod.remove(&id);
+}
+
 /// A pod may ask for less than the policy: its own pids limit (below 512) wins, through the
 /// gRPC API with linux.resources set in the spec, cpu quota/period included.
 #[test]

@@ -111,6 +111,13 @@ pub struct Namespaces {
 pub struct Limits {
     /// Upper bound on the container's pids.max.
     pub pids: Option<i64>,
+    /// memory.max when the pod sets no memory limit (a size such as 1g).
+    pub memory: Option<String>,
+    /// Swap the container may use beyond `memory` (memory.swap.max), when the pod sets no
+    /// memory limit; "0" means none.
+    pub swap: Option<String>,
+    /// CPUs (cpu.max quota / period) when the pod sets no CPU quota, e.g. 2 or 0.5.
+    pub cpus: Option<f64>,
 }
 
 impl Policy {
@@ -163,6 +170,27 @@ impl Policy {
         if let Some(p) = self.limits.pids {
             if p < 1 {
                 return Err(self.invalid(format!("limits.pids must be >= 1, got {p}")));
+            }
+        }
+        for (field, value) in [("memory", &self.limits.memory), ("swap", &self.limits.swap)] {
+            if let Some(v) = value {
+                if parse_size(v).is_none() {
+                    return Err(self.invalid(format!(
+                        "limits.{field}: {v:?} is not a size such as 512m or 2g"
+                    )));
+                }
+            }
+        }
+        if self.limits.swap.is_some() && self.limits.memory.is_none() {
+            return Err(self.invalid(
+                "limits.swap needs limits.memory (swap is counted on top of it)".into(),
+            ));
+        }
+        if let Some(c) = self.limits.cpus {
+            if !(c >= 0.01 && c <= 1024.0) {
+                return Err(self.invalid(format!(
+                    "limits.cpus must be between 0.01 and 1024, got {c}"
+                )));
             }
         }
         if self.seccomp.mode != SeccompMode::Off {
@@ -359,9 +387,6 @@ impl Policy {
     }
 
     fn apply_limits(&self, spec: &mut Spec, enforced: &mut Vec<String>) {
-        let Some(ceiling) = self.limits.pids else {
-            return;
-        };
         let Some(linux) = spec.linux_mut() else {
             return;
         };
@@ -369,19 +394,56 @@ impl Policy {
             .resources()
             .clone()
             .unwrap_or_else(|| LinuxResourcesBuilder::default().build().expect("empty"));
-        let asked = resources.pids().as_ref().map(|p| p.limit());
-        let limit = match asked {
-            Some(a) if a > 0 && a < ceiling => a,
-            _ => ceiling,
-        };
-        resources.set_pids(Some(
-            LinuxPidsBuilder::default()
-                .limit(limit)
-                .build()
-                .expect("limit set"),
-        ));
+        if let Some(ceiling) = self.limits.pids {
+            let asked = resources.pids().as_ref().map(|p| p.limit());
+            let limit = match asked {
+                Some(a) if a > 0 && a < ceiling => a,
+                _ => ceiling,
+            };
+            resources.set_pids(Some(
+                LinuxPidsBuilder::default()
+                    .limit(limit)
+                    .build()
+                    .expect("limit set"),
+            ));
+            enforced.push(format!("pids.max: {limit}"));
+        }
+        if let Some(memory) = self.limits.memory.as_deref().and_then(parse_size) {
+            let mut m = resources.memory().clone().unwrap_or_default();
+            if m.limit().is_none_or(|l| l <= 0) {
+                let limit = memory as i64;
+                m.set_limit(Some(limit));
+                // OCI's swap is memory + swap.
+                if let Some(swap) = self.limits.swap.as_deref().and_then(parse_size) {
+                    m.set_swap(Some(limit.saturating_add(swap as i64)));
+                }
+                enforced.push(format!(
+                    "memory.max: {} (default; the pod set none){}",
+                    self.limits.memory.as_deref().unwrap_or_default(),
+                    self.limits
+                        .swap
+                        .as_deref()
+                        .map(|s| format!(", swap {s}"))
+                        .unwrap_or_default()
+                ));
+                resources.set_memory(Some(m));
+            } else {
+                enforced.push("memory.max: the pod's own limit".into());
+            }
+        }
+        if let Some(cpus) = self.limits.cpus {
+            let mut c = resources.cpu().clone().unwrap_or_default();
+            if c.quota().is_none_or(|q| q <= 0) {
+                const PERIOD: u64 = 100_000;
+                c.set_period(Some(PERIOD));
+                c.set_quota(Some((cpus * PERIOD as f64).round() as i64));
+                resources.set_cpu(Some(c));
+                enforced.push(format!("cpu.max: {cpus} CPUs (default; the pod set none)"));
+            } else {
+                enforced.push("cpu.max: the pod's own quota".into());
+            }
+        }
         linux.set_resources(Some(resources));
-        enforced.push(format!("pids.max: {limit}"));
     }
 }
 
@@ -529,6 +591,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("x.toml") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn default_limits_apply_only_when_the_pod_sets_none() {
+        let strict = builtin("agent-strict").unwrap();
+        let mut spec = default_spec();
+        strict.apply(&mut spec).unwrap();
+        let r = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        let m = r.memory().as_ref().unwrap();
+        assert_eq!(m.limit(), Some(1 << 30));
+        assert_eq!(m.swap(), Some(1 << 30), "no swap beyond memory");
+        let c = r.cpu().as_ref().unwrap();
+        assert_eq!((c.quota(), c.period()), (Some(200_000), Some(100_000)));
+
+        let mut spec = default_spec();
+        let mut res = LinuxResourcesBuilder::default().build().unwrap();
+        let mut mem = oci_spec::runtime::LinuxMemory::default();
+        mem.set_limit(Some(4 << 30));
+        res.set_memory(Some(mem));
+        spec.linux_mut().as_mut().unwrap().set_resources(Some(res));
+        strict.apply(&mut spec).unwrap();
+        let r = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        assert_eq!(r.memory().as_ref().unwrap().limit(), Some(4 << 30));
+    }
+
+    #[test]
+    fn bad_limits_name_the_field() {
+        let base = "name = \"x\"\n[process]\nno_new_privileges = true\ncapabilities = []\n[filesystem]\nreadonly_rootfs = true\n[limits]\n";
+        for (extra, field) in [
+            ("memory = \"lots\"", "limits.memory"),
+            ("swap = \"1g\"", "limits.swap"),
+            ("cpus = 0.0", "limits.cpus"),
+        ] {
+            let e = Policy::parse(&format!("{base}{extra}\n"), "x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 
     #[test]
