@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 log() { printf '\n== %s\n' "$*" >&2; }
 
 PKGS=(containerd runc crun runsc busybox-static libseccomp-dev protobuf-compiler
-      libelf-dev zlib1g-dev pkg-config iproute2 util-linux)
+      libelf-dev zlib1g-dev pkg-config iproute2 util-linux containernetworking-plugins)
 # The cgroup v2 test node (integration/node/run.sh): QEMU, Debian's cloud kernel (booted as the
 # guest; cgroup v2 only), and libcap-ng for building virtiofsd.
 if [ "${AIRLOCK_SKIP_NODE:-0}" != 1 ]; then

@@ -108,7 +108,9 @@ impl Builder {
         self
     }
 
-    /// Enable the CRI plugin (off by default).
+    /// Enable the CRI plugin (off by default). containerd then runs in a network namespace of
+    /// its own (`unshare --net`) with a CNI bridge config, so pod networks never touch the
+    /// host's; the images CRI needs are imported with [`Containerd::import_cri_images`].
     pub fn cri(mut self, on: bool) -> Self {
         self.cri = on;
         self
@@ -184,7 +186,17 @@ impl Containerd {
         let _ = writeln!(c, "[{cri}]");
         // Root here lacks CAP_SYS_RESOURCE (see ARCHITECTURE.md).
         let _ = writeln!(c, "  restrict_oom_score_adj = true");
-        let _ = writeln!(c, "  sandbox_image = \"airlock.test/pause:latest\"");
+        let _ = writeln!(c, "  sandbox_image = \"{}\"", crate::image::PAUSE_REF);
+        // Streaming (exec -it, attach) listens on loopback only, on a free port.
+        let _ = writeln!(c, "  stream_server_address = \"127.0.0.1\"");
+        let _ = writeln!(c, "  stream_server_port = \"0\"");
+        let _ = writeln!(c, "[{cri}.cni]");
+        let _ = writeln!(c, "  bin_dir = \"{CNI_BIN_DIR}\"");
+        let _ = writeln!(
+            c,
+            "  conf_dir = {}",
+            toml_str(&dir.join("cni").join("net.d"))
+        );
         let _ = writeln!(c, "[{cri}.containerd]");
         let _ = writeln!(c, "  snapshotter = \"overlayfs\"");
         let _ = writeln!(c, "  default_runtime_name = \"runc\"");
@@ -197,7 +209,10 @@ impl Containerd {
                     let _ = writeln!(c, "  BinaryName = \"{}\"", rt.name());
                     let _ = writeln!(c, "  SystemdCgroup = false");
                 }
-                Runtime::Airlock => {}
+                Runtime::Airlock => {
+                    // What deploy/ registers: pods pick a policy with airlock.dev/policy.
+                    let _ = writeln!(c, "  pod_annotations = [\"airlock.dev/*\"]");
+                }
             }
         }
         c
@@ -235,6 +250,9 @@ impl Containerd {
             .context("temp dir")?;
         let cfg = dir.path().join("config.toml");
         std::fs::write(&cfg, Self::config(&b, dir.path()))?;
+        if b.cri {
+            write_cni_config(dir.path())?;
+        }
         let log = std::fs::File::create(dir.path().join("containerd.log"))?;
 
         let shim_bin = dir.path().join("bin");
@@ -250,16 +268,24 @@ impl Containerd {
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
         let hybrid = proc_util::is_mount_of_type(Path::new("/sys/fs/cgroup/unified"), "cgroup2");
+        // With CRI on, containerd runs in a network namespace of its own: the CNI bridge and
+        // the pods' veths live there, never on the host's network.
+        let netns: &[&str] = if b.cri { &["--net"] } else { &[] };
         let mut cmd = if hybrid {
             // crun refuses the hybrid layout: hide the v2 mount in a private mount namespace.
             let mut c = Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+            c.args(netns)
+                .args(["--mount", "--propagation", "private", "sh", "-c"])
                 .arg(
                     "mount -t tmpfs -o size=1m,mode=755 x /sys/fs/cgroup/unified && \
                      exec \"$0\" --config \"$1\"",
                 )
                 .arg(&containerd)
                 .arg(&cfg);
+            c
+        } else if b.cri {
+            let mut c = Command::new("unshare");
+            c.args(netns).arg(&containerd).arg("--config").arg(&cfg);
             c
         } else {
             let mut c = Command::new(&containerd);
@@ -506,9 +532,27 @@ impl Containerd {
         Ok(ns)
     }
 
+    /// Imports the busybox and sandbox (pause) images into CRI's namespace, `k8s.io`.
+    pub fn import_cri_images(&self) -> Result<()> {
+        self.import_image(CRI_NAMESPACE)?;
+        self.import_tar(CRI_NAMESPACE, &crate::image::pause_image_tar()?)
+    }
+
     /// Imports (and unpacks for overlayfs) the busybox image into `ns`.
     pub fn import_image(&self, ns: &str) -> Result<()> {
-        let tar = crate::image::busybox_image_tar()?;
+        self.import_tar(ns, &crate::image::busybox_image_tar()?)?;
+        let ls = self.ctr_ok(Some(ns), &["images", "ls", "-q"])?;
+        if !ls.stdout.lines().any(|l| l.trim() == crate::IMAGE_REF) {
+            bail!(
+                "image {} missing after import; images: {}",
+                crate::IMAGE_REF,
+                ls.stdout,
+            );
+        }
+        Ok(())
+    }
+
+    fn import_tar(&self, ns: &str, tar: &Path) -> Result<()> {
         let tar_s = tar.to_string_lossy().into_owned();
         let out = self.ctr_timeout(
             Some(ns),
@@ -521,16 +565,6 @@ impl Containerd {
                 out.stdout,
                 out.stderr,
                 self.log_tail(20)
-            );
-        }
-        let ls = self.ctr_ok(Some(ns), &["images", "ls", "-q"])?;
-        if !ls.stdout.lines().any(|l| l.trim() == crate::IMAGE_REF) {
-            bail!(
-                "image {} missing after import; images: {}; import said {}{}",
-                crate::IMAGE_REF,
-                ls.stdout,
-                out.stdout,
-                out.stderr
             );
         }
         Ok(())
@@ -786,4 +820,37 @@ impl std::fmt::Debug for Containerd {
             .field("dir", &self.dir.as_ref().map(|d| d.path().to_path_buf()))
             .finish()
     }
+}
+
+/// containerd's CRI namespace.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// Where Debian's containernetworking-plugins install the CNI plugins.
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+/// A bridge network for CRI pods (10.88.0.0/24, no NAT): it exists only inside containerd's
+/// private network namespace (see `Builder::cri`); IPAM state lives in the temp dir.
+fn write_cni_config(dir: &Path) -> Result<()> {
+    let net_d = dir.join("cni").join("net.d");
+    std::fs::create_dir_all(&net_d)?;
+    let conf = serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": "airlock-test",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": "airlock0",
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": "10.88.0.0/24" }]],
+                "dataDir": dir.join("cni").join("ipam"),
+            }
+        }]
+    });
+    std::fs::write(
+        net_d.join("10-airlock-test.conflist"),
+        serde_json::to_vec_pretty(&conf)?,
+    )?;
+    Ok(())
 }

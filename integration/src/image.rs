@@ -10,6 +10,14 @@ use std::path::{Path, PathBuf};
 /// Local image name; never resolved against a registry (images are imported only).
 pub const IMAGE_REF: &str = "airlock.test/busybox:latest";
 
+/// The CRI sandbox ("pause") image: the same busybox layer, a command that waits for a signal.
+pub const PAUSE_REF: &str = "airlock.test/pause:latest";
+const PAUSE_CMD: &[&str] = &[
+    "sh",
+    "-c",
+    "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done",
+];
+
 /// Host file the image is built from.
 pub const BUSYBOX: &str = "/bin/busybox";
 
@@ -86,8 +94,13 @@ fn rootfs_tar(busybox: &[u8]) -> Result<Vec<u8>> {
     Ok(b.into_inner()?)
 }
 
-/// Builds the OCI image-layout tarball in memory.
+/// Builds the OCI image-layout tarball of [`IMAGE_REF`] in memory.
 pub fn build_oci_tar(busybox: &[u8]) -> Result<Vec<u8>> {
+    build_image_tar(busybox, IMAGE_REF, &["sh"])
+}
+
+/// Builds an OCI image-layout tarball named `image_ref` whose command is `cmd`.
+fn build_image_tar(busybox: &[u8], image_ref: &str, cmd: &[&str]) -> Result<Vec<u8>> {
     let layer = rootfs_tar(busybox)?;
     let diff_id = format!("sha256:{}", sha256_hex(&layer));
     let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -101,7 +114,7 @@ pub fn build_oci_tar(busybox: &[u8]) -> Result<Vec<u8>> {
         "created": "1970-01-01T00:00:00Z",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["sh"],
+            "Cmd": cmd,
             "WorkingDir": "/"
         },
         "rootfs": { "type": "layers", "diff_ids": [diff_id] },
@@ -125,8 +138,7 @@ pub fn build_oci_tar(busybox: &[u8]) -> Result<Vec<u8>> {
     }))?;
     let manifest_digest = sha256_hex(&manifest);
 
-    let (name, tag) = IMAGE_REF.rsplit_once(':').expect("ref has a tag");
-    let _ = name;
+    let (_, tag) = image_ref.rsplit_once(':').expect("ref has a tag");
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -136,7 +148,7 @@ pub fn build_oci_tar(busybox: &[u8]) -> Result<Vec<u8>> {
             "size": manifest.len(),
             "platform": { "architecture": "amd64", "os": "linux" },
             "annotations": {
-                "io.containerd.image.name": IMAGE_REF,
+                "io.containerd.image.name": image_ref,
                 "org.opencontainers.image.ref.name": tag
             }
         }]
@@ -170,20 +182,47 @@ pub fn busybox_image_tar() -> Result<PathBuf> {
 
 /// Like [`busybox_image_tar`] with an explicit cache directory.
 pub fn busybox_image_tar_in(cache_dir: &Path) -> Result<PathBuf> {
+    cached_image_tar(cache_dir, "busybox", IMAGE_REF, &["sh"])
+}
+
+/// Path of the cached CRI sandbox image tarball ([`PAUSE_REF`]).
+pub fn pause_image_tar() -> Result<PathBuf> {
+    cached_image_tar(
+        &crate::target_dir().join("airlock-integration"),
+        "pause",
+        PAUSE_REF,
+        PAUSE_CMD,
+    )
+}
+
+fn cached_image_tar(
+    cache_dir: &Path,
+    name: &str,
+    image_ref: &str,
+    cmd: &[&str],
+) -> Result<PathBuf> {
     let busybox = std::fs::read(BUSYBOX)
         .with_context(|| format!("read {BUSYBOX} (apt install busybox-static)"))?;
-    let key = sha256_hex(&[FORMAT.as_bytes(), &busybox].concat());
-    let path = cache_dir.join(format!("busybox-{}.oci.tar", &key[..16]));
+    let key = sha256_hex(
+        &[
+            FORMAT.as_bytes(),
+            image_ref.as_bytes(),
+            cmd.join("\0").as_bytes(),
+            &busybox,
+        ]
+        .concat(),
+    );
+    let path = cache_dir.join(format!("{name}-{}.oci.tar", &key[..16]));
     if path.is_file() {
         return Ok(path);
     }
     std::fs::create_dir_all(cache_dir)?;
-    let data = build_oci_tar(&busybox)?;
+    let data = build_image_tar(&busybox, image_ref, cmd)?;
     // Write then rename, so parallel tests (threads and binaries) never see a partial file;
     // the temp name is unique per writer.
     static WRITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = cache_dir.join(format!(
-        ".busybox-{}.{}.{}.tmp",
+        ".{name}-{}.{}.{}.tmp",
         &key[..16],
         std::process::id(),
         WRITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)

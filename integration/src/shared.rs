@@ -9,7 +9,9 @@ use crate::containerd::{Containerd, Version};
 use anyhow::Result;
 use std::sync::{Arc, Mutex, Once};
 
-static INSTANCES: Mutex<Vec<(Version, Arc<Containerd>)>> = Mutex::new(Vec::new());
+/// An instance is keyed by its version and whether CRI is on.
+type Key = (Version, bool);
+static INSTANCES: Mutex<Vec<(Key, Arc<Containerd>)>> = Mutex::new(Vec::new());
 static HOOK: Once = Once::new();
 
 extern "C" fn teardown() {
@@ -23,6 +25,16 @@ extern "C" fn teardown() {
 
 /// The process-wide containerd of version `v`, started on first use.
 pub fn shared(v: Version) -> Result<Arc<Containerd>> {
+    shared_instance(v, false)
+}
+
+/// The process-wide containerd of version `v` with the CRI plugin on and the CRI images
+/// (busybox, pause) imported into `k8s.io`, started on first use.
+pub fn shared_cri(v: Version) -> Result<Arc<Containerd>> {
+    shared_instance(v, true)
+}
+
+fn shared_instance(v: Version, cri: bool) -> Result<Arc<Containerd>> {
     HOOK.call_once(|| {
         // SAFETY: registering a plain extern "C" fn with atexit(3).
         unsafe {
@@ -30,10 +42,13 @@ pub fn shared(v: Version) -> Result<Arc<Containerd>> {
         }
     });
     let mut g = INSTANCES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, c)) = g.iter().find(|(ver, _)| *ver == v) {
+    if let Some((_, c)) = g.iter().find(|(key, _)| *key == (v, cri)) {
         return Ok(c.clone());
     }
-    let c = Arc::new(Containerd::builder().version(v).start()?);
-    g.push((v, c.clone()));
+    let c = Arc::new(Containerd::builder().version(v).cri(cri).start()?);
+    if cri {
+        c.import_cri_images()?;
+    }
+    g.push(((v, cri), c.clone()));
     Ok(c)
 }

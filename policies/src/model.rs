@@ -1,6 +1,7 @@
 //! The policy data model and how it lowers an OCI spec.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use oci_spec::runtime::{
     Capability, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
@@ -182,12 +183,11 @@ impl Policy {
             }
         }
         if self.limits.swap.is_some() && self.limits.memory.is_none() {
-            return Err(self.invalid(
-                "limits.swap needs limits.memory (swap is counted on top of it)".into(),
-            ));
+            return Err(self
+                .invalid("limits.swap needs limits.memory (swap is counted on top of it)".into()));
         }
         if let Some(c) = self.limits.cpus {
-            if !(c >= 0.01 && c <= 1024.0) {
+            if !(0.01..=1024.0).contains(&c) {
                 return Err(self.invalid(format!(
                     "limits.cpus must be between 0.01 and 1024, got {c}"
                 )));
@@ -235,10 +235,22 @@ impl Policy {
     }
 
     /// Lower `spec` to this policy. Returns what was enforced, one line per rule, for
-    /// logs and `airlock policy explain`.
+    /// logs and `airlock policy explain`. A namespace the spec joins by path counts as the
+    /// host's: use [`Policy::apply_on_node`] where the node can tell.
     pub fn apply(&self, spec: &mut Spec) -> Result<Vec<String>> {
+        self.apply_on_node(spec, &|_, _| true)
+    }
+
+    /// Like [`Policy::apply`], with `is_host_ns(type, path)` telling whether a namespace the
+    /// spec joins by path is one of the node's own (a pod's containers join their sandbox's
+    /// namespaces by path; those are private).
+    pub fn apply_on_node(
+        &self,
+        spec: &mut Spec,
+        is_host_ns: &dyn Fn(LinuxNamespaceType, &Path) -> bool,
+    ) -> Result<Vec<String>> {
         let mut enforced = Vec::new();
-        self.apply_namespaces(spec, &mut enforced)?;
+        self.apply_namespaces(spec, is_host_ns, &mut enforced)?;
         self.apply_process(spec, &mut enforced)?;
         self.apply_filesystem(spec, &mut enforced);
         self.apply_limits(spec, &mut enforced);
@@ -246,21 +258,26 @@ impl Policy {
         Ok(enforced)
     }
 
-    fn apply_namespaces(&self, spec: &Spec, enforced: &mut Vec<String>) -> Result<()> {
-        let present: HashSet<LinuxNamespaceType> = spec
+    fn apply_namespaces(
+        &self,
+        spec: &Spec,
+        is_host_ns: &dyn Fn(LinuxNamespaceType, &Path) -> bool,
+        enforced: &mut Vec<String>,
+    ) -> Result<()> {
+        let private: HashSet<LinuxNamespaceType> = spec
             .linux()
             .as_ref()
             .and_then(|l| l.namespaces().as_ref())
             .map(|ns| {
                 ns.iter()
-                    .filter(|n| n.path().is_none())
+                    .filter(|n| n.path().as_ref().is_none_or(|p| !is_host_ns(n.typ(), p)))
                     .map(|n| n.typ())
                     .collect()
             })
             .unwrap_or_default();
         for name in ["network", "pid", "ipc", "uts"] {
             let typ = host_ns_type(name).expect("known");
-            if !present.contains(&typ) && !self.namespaces.allow_host.iter().any(|a| a == name) {
+            if !private.contains(&typ) && !self.namespaces.allow_host.iter().any(|a| a == name) {
                 return Err(self.refused(
                     "linux.namespaces",
                     format!("host {name} namespace"),
@@ -409,7 +426,7 @@ impl Policy {
             enforced.push(format!("pids.max: {limit}"));
         }
         if let Some(memory) = self.limits.memory.as_deref().and_then(parse_size) {
-            let mut m = resources.memory().clone().unwrap_or_default();
+            let mut m = (*resources.memory()).unwrap_or_default();
             if m.limit().is_none_or(|l| l <= 0) {
                 let limit = memory as i64;
                 m.set_limit(Some(limit));
@@ -483,6 +500,22 @@ mod tests {
         Spec::default()
     }
 
+    /// Rewrites (or drops, on `None`) each of the spec's namespaces.
+    fn edit_namespaces(
+        spec: &mut Spec,
+        f: impl Fn(oci_spec::runtime::LinuxNamespace) -> Option<oci_spec::runtime::LinuxNamespace>,
+    ) {
+        let linux = spec.linux_mut().as_mut().unwrap();
+        let ns = linux
+            .namespaces()
+            .clone()
+            .unwrap()
+            .into_iter()
+            .filter_map(f)
+            .collect();
+        linux.set_namespaces(Some(ns));
+    }
+
     #[test]
     fn strict_drops_default_caps_and_sets_nnp() {
         let mut spec = default_spec();
@@ -539,15 +572,9 @@ mod tests {
     #[test]
     fn host_network_refused_by_strict_allowed_by_baseline() {
         let mut spec = default_spec();
-        let linux = spec.linux_mut().as_mut().unwrap();
-        let ns: Vec<_> = linux
-            .namespaces()
-            .clone()
-            .unwrap()
-            .into_iter()
-            .filter(|n| n.typ() != LinuxNamespaceType::Network)
-            .collect();
-        linux.set_namespaces(Some(ns));
+        edit_namespaces(&mut spec, |n| {
+            (n.typ() != LinuxNamespaceType::Network).then_some(n)
+        });
         let mut s2 = spec.clone();
         let e = builtin("agent-strict")
             .unwrap()
@@ -556,6 +583,24 @@ mod tests {
             .to_string();
         assert!(e.contains("host network namespace"), "{e}");
         builtin("baseline").unwrap().apply(&mut s2).unwrap();
+    }
+
+    #[test]
+    fn joining_a_pod_namespace_by_path_is_private_on_a_node_that_says_so() {
+        let mut spec = default_spec();
+        edit_namespaces(&mut spec, |mut n| {
+            if n.typ() == LinuxNamespaceType::Network {
+                n.set_path(Some("/var/run/netns/cni-1".into()));
+            }
+            Some(n)
+        });
+        let strict = builtin("agent-strict").unwrap();
+        let mut s2 = spec.clone();
+        // Without a node to ask, a joined namespace counts as the host's.
+        assert!(strict.apply(&mut spec).is_err());
+        strict
+            .apply_on_node(&mut s2, &|_, p| p == Path::new("/proc/1/ns/net"))
+            .unwrap();
     }
 
     #[test]

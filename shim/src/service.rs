@@ -23,7 +23,7 @@ use containerd_shim::protos::protobuf::{EnumOrUnknown, MessageDyn, MessageField}
 use containerd_shim::protos::topics;
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::{Context, ExitSignal, Task, TtrpcContext, TtrpcResult};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use tokio::sync::{watch, Mutex};
 use tracing::{info, info_span, warn, Instrument};
 
@@ -103,6 +103,29 @@ impl Container {
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("exec {exec_id} in container {}", self.id)))
     }
+}
+
+/// Whether the namespace at `path` is the node's own (this shim's or PID 1's), as opposed to
+/// a pod's namespace that a container joins. Unknown paths count as the node's: refuse.
+fn is_node_namespace(typ: LinuxNamespaceType, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let name = match typ {
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        _ => return true,
+    };
+    let Ok(target) = std::fs::metadata(path) else {
+        return true;
+    };
+    ["/proc/self/ns", "/proc/1/ns"].iter().any(|dir| {
+        std::fs::metadata(Path::new(dir).join(name))
+            .is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+    })
 }
 
 /// The policy's compiled seccomp program, written into each bundle for `airlock-runtime`.
@@ -315,7 +338,7 @@ impl TaskService {
             ))
         })?;
         let policy = airlock_policies::select(spec.annotations().as_ref(), &self.default_policy)?;
-        let enforced = policy.apply(&mut spec)?;
+        let enforced = policy.apply_on_node(&mut spec, &is_node_namespace)?;
         info!(policy = %policy.name, enforced = %enforced.join("; "), "policy applied");
         let out = serde_json::to_vec(&spec)
             .map_err(|e| Error::InvalidArgument(format!("cannot serialise the OCI spec: {e}")))?;

@@ -1,0 +1,412 @@
+//! Airlock through containerd's CRI plugin, the API the kubelet uses (`k8s-cri` client), on
+//! containerd 1.6 and 2.1: pods with runtime handler `airlock`, their containers, exec, logs in
+//! the CRI format, policy selection and refusal, host-network and bridge-network pods.
+//!
+//! containerd runs with CRI on in a network namespace of its own (the harness's `cri(true)`),
+//! with a CNI bridge config; the busybox and pause images are imported into `k8s.io`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use airlock_integration::containerd::{Containerd, Version, CRI_NAMESPACE};
+use airlock_integration::shared::shared_cri;
+use airlock_integration::IMAGE_REF;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tonic::transport::Channel;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The CRI-enabled containerd of `v`; tests of one version take turns (they share `k8s.io`
+/// and count its shims).
+fn cri_containerd(v: Version) -> (Arc<Containerd>, std::sync::MutexGuard<'static, ()>) {
+    static TURN_16: Mutex<()> = Mutex::new(());
+    static TURN_21: Mutex<()> = Mutex::new(());
+    let turn = match v {
+        Version::V1_6 => &TURN_16,
+        Version::V2_1 => &TURN_21,
+    };
+    let guard = turn.lock().unwrap_or_else(|p| p.into_inner());
+    (shared_cri(v).expect("containerd with CRI"), guard)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+struct Cri {
+    client: RuntimeServiceClient<Channel>,
+    logs: tempfile::TempDir,
+}
+
+impl Cri {
+    async fn connect(ctd: &Containerd) -> Cri {
+        let c = ctd.client().await.expect("connect");
+        Cri {
+            client: RuntimeServiceClient::new(c.channel()),
+            logs: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn pod_config(
+        &self,
+        name: &str,
+        annotations: &[(&str, &str)],
+        network: NamespaceMode,
+    ) -> PodSandboxConfig {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let uid = format!("{name}-{}-{n}", std::process::id());
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: uid.clone(),
+                uid: uid.clone(),
+                namespace: "airlock-test".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.logs.path().join(&uid).display().to_string(),
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: network as i32,
+                        pid: NamespaceMode::Container as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn run_pod(&mut self, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
+        let r = self
+            .client
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: "airlock".into(),
+            })
+            .await?;
+        Ok(r.into_inner().pod_sandbox_id)
+    }
+
+    fn container_config(&self, name: &str, cmd: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: IMAGE_REF.into(),
+                ..Default::default()
+            }),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            linux: Some(LinuxContainerConfig::default()),
+            ..Default::default()
+        }
+    }
+
+    /// CreateContainer + StartContainer; returns the container id.
+    async fn start_container(
+        &mut self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        let id = self
+            .client
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(config),
+                sandbox_config: Some(pod_config.clone()),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        if let Err(e) = self
+            .client
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+        {
+            let _ = self
+                .client
+                .remove_container(RemoveContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await;
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    async fn exec_sync(&mut self, id: &str, cmd: &[&str]) -> ExecSyncResponse {
+        self.client
+            .exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout: 30,
+            })
+            .await
+            .expect("ExecSync")
+            .into_inner()
+    }
+
+    async fn status(&mut self, id: &str) -> ContainerStatus {
+        self.client
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("status")
+    }
+
+    /// Stop and remove the containers, then stop and remove the pod.
+    async fn teardown(&mut self, pod: &str, containers: &[String]) {
+        for id in containers {
+            self.client
+                .stop_container(StopContainerRequest {
+                    container_id: id.clone(),
+                    timeout: 10,
+                })
+                .await
+                .expect("StopContainer");
+            self.client
+                .remove_container(RemoveContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await
+                .expect("RemoveContainer");
+        }
+        self.client
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .expect("StopPodSandbox");
+        self.client
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .expect("RemovePodSandbox");
+    }
+}
+
+const LOOP: &[&str] = &[
+    "sh",
+    "-c",
+    "echo hello; echo oops >&2; trap 'exit 0' TERM; while :; do sleep 0.1; done",
+];
+
+fn airlock_shims(ctd: &Containerd) -> usize {
+    ctd.shims()
+        .into_iter()
+        .filter(|s| s.namespace == CRI_NAMESPACE && s.binary.contains("airlock"))
+        .count()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read_log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(PathBuf::from(dir).join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// The whole kubelet sequence for one pod with one container.
+fn pod_lifecycle(v: Version) {
+    let (ctd, _turn) = cri_containerd(v);
+    rt().block_on(async {
+        let mut cri = Cri::connect(&ctd).await;
+        let pc = cri.pod_config("life", &[], NamespaceMode::Pod);
+        let pod = cri
+            .run_pod(&pc)
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctd.log_tail(30)));
+        let cfg = cri.container_config("app", LOOP);
+        let app = cri
+            .start_container(&pod, &pc, cfg)
+            .await
+            .unwrap_or_else(|e| panic!("Create/StartContainer: {e}\n{}", ctd.log_tail(30)));
+        assert_eq!(
+            cri.status(&app).await.state,
+            ContainerState::ContainerRunning as i32
+        );
+        assert_eq!(airlock_shims(&ctd), 1, "sandbox and app share one shim");
+
+        // ExecSync runs under the container's policy: agent-strict has no capabilities.
+        let r = cri
+            .exec_sync(
+                &app,
+                &["sh", "-c", "grep CapEff /proc/self/status; echo exec-ok"],
+            )
+            .await;
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert_eq!(r.exit_code, 0, "{out}");
+        assert!(out.contains("exec-ok"), "{out}");
+        assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+        let r = cri.exec_sync(&app, &["sh", "-c", "exit 3"]).await;
+        assert_eq!(r.exit_code, 3);
+
+        // Logs in the CRI format: "<RFC3339Nano> <stream> <P|F> <line>".
+        let log_dir = PathBuf::from(&pc.log_directory);
+        wait_for("container logs", Duration::from_secs(10), || {
+            let l = read_log(&log_dir, "app");
+            l.contains(" stdout F hello") && l.contains(" stderr F oops")
+        });
+        let first = read_log(&log_dir, "app");
+        let ts = first.split_whitespace().next().unwrap_or_default();
+        assert!(
+            ts.contains('T') && ts.ends_with('Z'),
+            "timestamp {ts:?} in {first:?}"
+        );
+
+        // The pod's network: its own namespace on the CNI bridge, with an address from it.
+        let st = cri
+            .client
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        let ip = st.network.map(|n| n.ip).unwrap_or_default();
+        assert!(ip.starts_with("10.88.0."), "pod ip {ip:?}");
+        let r = cri.exec_sync(&app, &["ls", "/sys/class/net"]).await;
+        let nics = String::from_utf8_lossy(&r.stdout).to_string();
+        assert!(nics.contains("eth0") && nics.contains("lo"), "{nics}");
+
+        cri.teardown(&pod, std::slice::from_ref(&app)).await;
+        wait_for("the pod's shim to exit", Duration::from_secs(10), || {
+            airlock_shims(&ctd) == 0
+        });
+    });
+}
+
+/// Two app containers and the sandbox: one shim; the policy annotation picks agent-default
+/// for all of them.
+fn two_containers_with_policy_annotation(v: Version) {
+    let (ctd, _turn) = cri_containerd(v);
+    rt().block_on(async {
+        let mut cri = Cri::connect(&ctd).await;
+        let pc = cri.pod_config(
+            "two",
+            &[("airlock.dev/policy", "agent-default")],
+            NamespaceMode::Pod,
+        );
+        let pod = cri.run_pod(&pc).await.expect("RunPodSandbox");
+        let mut ids = Vec::new();
+        for name in ["one", "two"] {
+            let cfg = cri.container_config(name, LOOP);
+            ids.push(cri.start_container(&pod, &pc, cfg).await.expect("start"));
+        }
+        assert_eq!(airlock_shims(&ctd), 1, "one shim serves the whole pod");
+        for id in &ids {
+            let r = cri
+                .exec_sync(id, &["sh", "-c", "grep CapEff /proc/self/status"])
+                .await;
+            let out = String::from_utf8_lossy(&r.stdout).to_string();
+            // agent-default keeps CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID.
+            assert!(
+                out.contains("CapEff:") && !out.contains("CapEff:\t0000000000000000"),
+                "agent-default not applied: {out}"
+            );
+        }
+        cri.teardown(&pod, &ids).await;
+    });
+}
+
+/// A container asking for a capability beyond its policy is refused, with a message naming
+/// the field and the policy, and nothing of it keeps running.
+fn more_than_policy_is_refused(v: Version) {
+    let (ctd, _turn) = cri_containerd(v);
+    rt().block_on(async {
+        let mut cri = Cri::connect(&ctd).await;
+        let pc = cri.pod_config("refuse", &[], NamespaceMode::Pod);
+        let pod = cri.run_pod(&pc).await.expect("RunPodSandbox");
+        let mut cfg = cri.container_config("greedy", LOOP);
+        cfg.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                capabilities: Some(Capability {
+                    add_capabilities: vec!["SYS_ADMIN".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let err = cri
+            .start_container(&pod, &pc, cfg)
+            .await
+            .expect_err("SYS_ADMIN must be refused");
+        let msg = err.message();
+        assert!(
+            msg.contains("process.capabilities")
+                && msg.contains("agent-strict")
+                && msg.contains("SYS_ADMIN"),
+            "unclear refusal: {msg}"
+        );
+        cri.teardown(&pod, &[]).await;
+    });
+}
+
+/// agent-strict refuses a pod in the host's network namespace at RunPodSandbox, naming why.
+fn host_network_pod_is_refused(v: Version) {
+    let (ctd, _turn) = cri_containerd(v);
+    rt().block_on(async {
+        let mut cri = Cri::connect(&ctd).await;
+        let pc = cri.pod_config("hostnet", &[], NamespaceMode::Node);
+        let err = cri
+            .run_pod(&pc)
+            .await
+            .expect_err("host network must be refused by agent-strict");
+        let msg = err.message();
+        assert!(
+            msg.contains("host network namespace") && msg.contains("agent-strict"),
+            "unclear refusal: {msg}"
+        );
+        wait_for("no shim left", Duration::from_secs(10), || {
+            airlock_shims(&ctd) == 0
+        });
+    });
+}
+
+macro_rules! per_version {
+    ($($m:ident => $v:expr),*) => {$(
+        mod $m {
+            use super::*;
+            fn v() -> Version { $v }
+            #[test] fn pod_lifecycle() { super::pod_lifecycle(v()) }
+            #[test] fn two_containers_with_policy_annotation() { super::two_containers_with_policy_annotation(v()) }
+            #[test] fn more_than_policy_is_refused() { super::more_than_policy_is_refused(v()) }
+            #[test] fn host_network_pod_is_refused() { super::host_network_pod_is_refused(v()) }
+        }
+    )*};
+}
+
+per_version!(cri_v1_6 => Version::V1_6, cri_v2_1 => Version::V2_1);
