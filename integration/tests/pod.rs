@@ -162,6 +162,52 @@ fn policy_annotation(v: Version) {
     assert_clean(&ctd, &ns, &[strict, default, unknown]);
 }
 
+/// The pod's own seccomp profile applies on top of the policy's filter: containerd's default
+/// profile (`ctr run --seccomp`, what Kubernetes' RuntimeDefault gives) runs a workload, and a
+/// stricter profile (mkdir denied with EACCES) narrows what agent-strict allows.
+fn pod_seccomp_profile(v: Version) {
+    let ctd = shared(v).unwrap();
+    let ns = ctd.new_namespace("pod-seccomp").unwrap();
+    let t = Duration::from_secs(60);
+    let mkdir = ["sh", "-c", "mkdir /tmp/d && echo made"];
+    let out = ctd
+        .ctr_run_with(
+            &ns,
+            Runtime::Airlock,
+            &["--seccomp"],
+            &uid("rtdefault"),
+            &mkdir,
+            t,
+        )
+        .unwrap();
+    assert!(out.success() && out.stdout.contains("made"), "{out:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+            {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
+    )
+    .unwrap();
+    let profile = profile.display().to_string();
+    let out = ctd
+        .ctr_run_with(
+            &ns,
+            Runtime::Airlock,
+            &["--seccomp", "--seccomp-profile", &profile],
+            &uid("nomkdir"),
+            &mkdir,
+            t,
+        )
+        .unwrap();
+    assert!(
+        !out.success(),
+        "mkdir must fail under the pod's profile: {out:?}"
+    );
+    assert!(out.stderr.contains("Permission denied"), "{out:?}");
+}
+
 macro_rules! versions {
     ($($name:ident => $v:expr),* $(,)?) => {$(
         mod $name {
@@ -172,6 +218,8 @@ macro_rules! versions {
             fn policy_refusal() { super::policy_refusal($v) }
             #[test]
             fn policy_annotation() { super::policy_annotation($v) }
+            #[test]
+            fn pod_seccomp_profile() { super::pod_seccomp_profile($v) }
         }
     )*};
 }

@@ -9,10 +9,12 @@
 //! This crate does no I/O beyond reading policy files.
 
 mod model;
+mod pod_seccomp;
 mod seccomp;
 pub mod syscalls;
 
 pub use model::{Filesystem, Limits, Namespaces, Policy, ProcessRules, Tmpfs};
+pub use pod_seccomp::compile_pod_profile;
 pub use seccomp::{is_syscall, native_arch, Seccomp, SeccompMode, SeccompProgram};
 
 use std::path::Path;

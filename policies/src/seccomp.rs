@@ -127,6 +127,14 @@ impl SeccompProgram {
         self.instructions.is_empty()
     }
 
+    pub(crate) fn from_instructions(instructions: Vec<sock_filter>) -> Self {
+        SeccompProgram { instructions }
+    }
+
+    pub fn instructions(&self) -> &[sock_filter] {
+        &self.instructions
+    }
+
     /// The program as an array of `struct sock_filter` (8 bytes each, host byte order).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.instructions.len() * 8);

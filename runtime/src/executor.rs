@@ -127,7 +127,8 @@ impl BpfProgram {
 /// The Airlock executor. Cloned into the container init by libcontainer.
 #[derive(Clone, Default)]
 pub struct AirlockExecutor {
-    seccomp: Option<BpfProgram>,
+    /// Installed in order; the kernel runs them all and the most restrictive answer wins.
+    seccomp: Vec<BpfProgram>,
     /// When `create` began; CLOCK_MONOTONIC is shared across fork, so the init can report
     /// how long namespaces + cgroup + rootfs took.
     create_started: Option<Instant>,
@@ -138,14 +139,14 @@ impl AirlockExecutor {
         Self::default()
     }
 
-    /// Installs `program` just before exec.
+    /// Installs `program` just before exec (after those added before it).
     pub fn with_seccomp(mut self, program: BpfProgram) -> Self {
-        self.seccomp = Some(program);
+        self.seccomp.push(program);
         self
     }
 
-    pub fn seccomp(&self) -> Option<&BpfProgram> {
-        self.seccomp.as_ref()
+    pub fn seccomp(&self) -> &[BpfProgram] {
+        &self.seccomp
     }
 
     pub(crate) fn with_create_started(mut self, t: Instant) -> Self {
@@ -239,7 +240,7 @@ impl Executor for AirlockExecutor {
             .map(|a| CString::new(a.as_bytes()))
             .collect::<Result<_, _>>()
             .map_err(|_| ExecutorError::InvalidArg)?;
-        if let Some(prog) = &self.seccomp {
+        for prog in &self.seccomp {
             prog.install().map_err(|e| {
                 ExecutorError::Other(format!("installing the seccomp filter failed: {e}"))
             })?;

@@ -93,7 +93,7 @@ impl Runtime {
         id: &str,
         bundle: &Path,
         pid_file: &Path,
-        seccomp: Option<&Path>,
+        seccomp: &[PathBuf],
         stdio: ChildStdio,
     ) -> Result<()> {
         // The runtime's own stderr is the container's stderr, so its error goes to a log file.
@@ -104,8 +104,8 @@ impl Runtime {
             .arg(bundle)
             .arg("--pid-file")
             .arg(pid_file);
-        if let Some(seccomp) = seccomp {
-            cmd.arg("--seccomp").arg(seccomp);
+        for program in seccomp {
+            cmd.arg("--seccomp").arg(program);
         }
         cmd.arg(id);
         self.run_with_stdio(cmd, stdio, &log, "create").await

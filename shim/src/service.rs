@@ -128,8 +128,8 @@ fn is_node_namespace(typ: LinuxNamespaceType, path: &Path) -> bool {
     })
 }
 
-/// The policy's compiled seccomp program, written into each bundle for `airlock-runtime`.
-const SECCOMP_PROGRAM_FILE: &str = "airlock-seccomp.bpf";
+/// Compiled seccomp programs, shared by every container that needs them.
+type Programs = Arc<[Arc<[u8]>]>;
 
 /// One shim serves all containers of one pod.
 pub struct TaskService {
@@ -140,7 +140,7 @@ pub struct TaskService {
     default_policy: String,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Seccomp programs compiled once per policy (name) for the life of this shim.
-    seccomp_programs: std::sync::Mutex<HashMap<String, Option<Arc<[u8]>>>>,
+    seccomp_programs: std::sync::Mutex<HashMap<String, Programs>>,
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {
@@ -231,7 +231,7 @@ impl TaskService {
         let pid_file = bundle.join("init.pid");
         if let Err(e) = self
             .runtime
-            .create(&req.id, &bundle, &pid_file, seccomp.as_deref(), child)
+            .create(&req.id, &bundle, &pid_file, &seccomp, child)
             .await
         {
             drop(copier);
@@ -302,28 +302,35 @@ impl TaskService {
         })
     }
 
-    /// The policy's seccomp program, compiled on first use and kept for this shim's life.
-    fn seccomp_program(&self, policy: &airlock_policies::Policy) -> Result<Option<Arc<[u8]>>> {
+    /// Seccomp programs, compiled on first use and kept for this shim's life: `key` names what
+    /// `compile` compiles (a policy, or a pod's own profile).
+    fn seccomp_programs(
+        &self,
+        key: String,
+        compile: impl FnOnce() -> Result<Vec<airlock_policies::SeccompProgram>>,
+    ) -> Result<Programs> {
         let mut cache = self.seccomp_programs.lock().expect("not poisoned");
-        if let Some(p) = cache.get(&policy.name) {
+        if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
         let t = Instant::now();
-        let program = policy.compile_seccomp()?;
-        let bytes: Option<Arc<[u8]>> = program.as_ref().map(|p| p.to_bytes().into());
+        let programs = compile()?;
         info!(
-            policy = %policy.name,
-            instructions = program.as_ref().map_or(0, |p| p.len()),
+            what = %key.chars().take(40).collect::<String>(),
+            filters = programs.len(),
+            instructions = programs.iter().map(|p| p.len()).sum::<usize>(),
             compile_us = t.elapsed().as_micros() as u64,
-            "seccomp filter compiled"
+            "seccomp compiled"
         );
-        cache.insert(policy.name.clone(), bytes.clone());
+        let bytes: Programs = programs.iter().map(|p| p.to_bytes().into()).collect();
+        cache.insert(key, bytes.clone());
         Ok(bytes)
     }
 
-    /// Resolve the container's policy and write it into the bundle's config.json; writes
-    /// the policy's seccomp program beside it and returns its path, if the policy has one.
-    async fn apply_policy(&self, bundle: &Path) -> Result<Option<PathBuf>> {
+    /// Resolve the container's policy and write it into the bundle's config.json; writes the
+    /// seccomp programs to install (the pod's own profile first, the policy's last) beside it
+    /// and returns their paths.
+    async fn apply_policy(&self, bundle: &Path) -> Result<Vec<PathBuf>> {
         let path = bundle.join("config.json");
         let raw = tokio::fs::read(&path).await.map_err(|e| {
             Error::InvalidArgument(format!(
@@ -340,20 +347,39 @@ impl TaskService {
         let policy = airlock_policies::select(spec.annotations().as_ref(), &self.default_policy)?;
         let enforced = policy.apply_on_node(&mut spec, &is_node_namespace)?;
         info!(policy = %policy.name, enforced = %enforced.join("; "), "policy applied");
+
+        let mut programs: Vec<Arc<[u8]>> = Vec::new();
+        if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            let key = serde_json::to_string(profile).unwrap_or_default();
+            let pod = self.seccomp_programs(format!("pod profile {key}"), || {
+                airlock_policies::compile_pod_profile(profile).map_err(Error::InvalidArgument)
+            })?;
+            info!(
+                filters = pod.len(),
+                "the pod's own seccomp profile applies too"
+            );
+            programs.extend(pod.iter().cloned());
+        }
+        let own = self.seccomp_programs(format!("policy {}", policy.name), || {
+            Ok(policy.compile_seccomp()?.into_iter().collect())
+        })?;
+        programs.extend(own.iter().cloned());
+
         let out = serde_json::to_vec(&spec)
             .map_err(|e| Error::InvalidArgument(format!("cannot serialise the OCI spec: {e}")))?;
         tokio::fs::write(&path, out)
             .await
             .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
-        let Some(program) = self.seccomp_program(&policy)? else {
-            return Ok(None);
-        };
         // In the bundle: containerd removes the bundle with the container.
-        let file = bundle.join(SECCOMP_PROGRAM_FILE);
-        tokio::fs::write(&file, &program[..])
-            .await
-            .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
-        Ok(Some(file))
+        let mut files = Vec::with_capacity(programs.len());
+        for (i, program) in programs.iter().enumerate() {
+            let file = bundle.join(format!("airlock-seccomp-{i}.bpf"));
+            tokio::fs::write(&file, &program[..])
+                .await
+                .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
+            files.push(file);
+        }
+        Ok(files)
     }
 
     fn spawn_exit_watcher(&self, c: Arc<Container>, tx: watch::Sender<Option<ExitInfo>>) {

@@ -49,9 +49,10 @@ enum Command {
         #[arg(long = "pid-file")]
         pid_file: Option<PathBuf>,
         /// A seccomp program (array of struct sock_filter, host byte order) installed just
-        /// before the workload's exec, and kept for exec processes.
+        /// before the workload's exec, and kept for exec processes. Repeatable: all are
+        /// installed, in order.
         #[arg(long)]
-        seccomp: Option<PathBuf>,
+        seccomp: Vec<PathBuf>,
         id: String,
     },
     /// Let the container's init exec the workload.
@@ -249,7 +250,7 @@ mod tests {
                 id,
             } => {
                 assert_eq!(bundle, PathBuf::from("/b"));
-                assert_eq!(seccomp, Some(PathBuf::from("/b/f.bpf")));
+                assert_eq!(seccomp, vec![PathBuf::from("/b/f.bpf")]);
                 assert_eq!(pid_file, Some(PathBuf::from("/p")));
                 assert_eq!(id, "c1");
             }

@@ -38,8 +38,11 @@ pub const DEFAULT_ROOT: &str = "/run/airlock/default";
 
 /// Our bookkeeping file inside the container's state dir.
 pub const RECORD_FILE: &str = "airlock.json";
-/// The container's seccomp program, kept in its state dir for exec processes.
-pub const SECCOMP_FILE: &str = "seccomp.bpf";
+/// The container's seccomp programs, kept in its state dir for exec processes:
+/// `seccomp-0.bpf`, `seccomp-1.bpf`, ... in install order.
+fn seccomp_file(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("seccomp-{i}.bpf"))
+}
 
 /// Options of [`ProcessRuntime::create`].
 #[derive(Clone, Default)]
@@ -50,9 +53,9 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     /// The executor (seccomp program etc.). Defaults to a plain [`AirlockExecutor`].
     pub executor: Option<AirlockExecutor>,
-    /// A seccomp program file (see [`BpfProgram::from_file`]) for the init and, kept in the
-    /// state dir, for every exec process.
-    pub seccomp: Option<PathBuf>,
+    /// Seccomp program files (see [`BpfProgram::from_file`]), installed in this order in the
+    /// init and, kept in the state dir, in every exec process.
+    pub seccomp: Vec<PathBuf>,
 }
 
 /// Result of a successful create.
@@ -199,7 +202,7 @@ impl ProcessRuntime {
             .clone()
             .unwrap_or_default()
             .with_create_started(t0);
-        if let Some(path) = &opts.seccomp {
+        for path in &opts.seccomp {
             let _s = info_span!("seccomp_load").entered();
             executor = executor.with_seccomp(BpfProgram::from_file(path)?);
         }
@@ -236,8 +239,8 @@ impl ProcessRuntime {
         if let Err(e) = record.mark_created(&parent_registry(&self.root)) {
             tracing::warn!(error = %e, "could not mark created cgroup parents; they may be left on delete");
         }
-        if let Some(prog) = executor.seccomp() {
-            if let Err(e) = std::fs::write(dir.join(SECCOMP_FILE), prog.to_bytes()) {
+        for (i, prog) in executor.seccomp().iter().enumerate() {
+            if let Err(e) = std::fs::write(seccomp_file(&dir, i), prog.to_bytes()) {
                 // Without it an exec would run unfiltered: refuse the container instead.
                 let _ = self.delete(id, true);
                 return Err(RuntimeError::Io(format!(
@@ -437,9 +440,15 @@ impl ProcessRuntime {
             });
         }
         let mut executor = executor.unwrap_or_default();
-        let seccomp = self.container_dir(id).join(SECCOMP_FILE);
-        if executor.seccomp().is_none() && seccomp.exists() {
-            executor = executor.with_seccomp(BpfProgram::from_file(&seccomp)?);
+        if executor.seccomp().is_empty() {
+            let dir = self.container_dir(id);
+            for i in 0.. {
+                let file = seccomp_file(&dir, i);
+                if !file.exists() {
+                    break;
+                }
+                executor = executor.with_seccomp(BpfProgram::from_file(&file)?);
+            }
         }
         let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .with_root_path(&self.root)
