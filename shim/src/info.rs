@@ -17,7 +17,14 @@ pub fn features_json() -> serde_json::Value {
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
-            "seccomp": { "enabled": false },
+            // The pod's linux.seccomp is compiled with seccompiler and installed beside the
+            // policy's own filter (policies/src/pod_seccomp.rs); SCMP_ACT_NOTIFY is refused.
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
+                "operators": ["SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ"],
+                "archs": [match std::env::consts::ARCH { "x86_64" => "SCMP_ARCH_X86_64", "aarch64" => "SCMP_ARCH_AARCH64", _ => "SCMP_ARCH_NATIVE" }]
+            },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false }
         },
@@ -75,5 +82,6 @@ mod tests {
         assert_eq!(back.name, NAME);
         let f: serde_json::Value = serde_json::from_slice(&back.features.value).unwrap();
         assert_eq!(f["linux"]["cgroup"]["v2"], true);
+        assert_eq!(f["linux"]["seccomp"]["enabled"], true);
     }
 }
