@@ -62,6 +62,20 @@ for p in "${keep[@]}"; do
   mkdir -p "$p"
   mount --rbind "/run/airlock-host-tmp/${p#/tmp/}" "$p" || fail "bind $p back under the new /tmp"
 done
+# The private containerd 2.1 (integration/scripts/fetch-containerd2.sh) lives under /var/cache,
+# which virtme's init covers with a tmpfs: reach it through a non-recursive bind of the shared
+# root (which carries no submounts) and bind it aside, so the 2.1 tests run in the node too.
+ctd2=${AIRLOCK_CONTAINERD2_DIR:-/var/cache/airlock-test/containerd2}
+mkdir -p /run/airlock-hostroot /run/airlock-containerd2
+mount --bind / /run/airlock-hostroot || fail "bind the shared root aside"
+if [ -x "/run/airlock-hostroot$ctd2/usr/bin/containerd" ]; then
+  mount --bind "/run/airlock-hostroot$ctd2" /run/airlock-containerd2 || fail "bind $ctd2 aside"
+  export AIRLOCK_CONTAINERD2_DIR=/run/airlock-containerd2
+  say "containerd 2.1 available ($ctd2)"
+else
+  say "containerd 2.1 not found at $ctd2 on the host: its node tests will fail; run integration/scripts/fetch-containerd2.sh"
+fi
+umount /run/airlock-hostroot
 tmpfs_on /var/cache/airlock-test 256m
 mkdir -p /run/containerd /run/airlock
 

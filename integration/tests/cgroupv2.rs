@@ -61,8 +61,13 @@ struct Pod {
 
 impl Pod {
     fn new(label: &str) -> Self {
+        Self::on(Version::V1_6, label)
+    }
+
+    /// A pod on the shared containerd of version `v`.
+    fn on(v: Version, label: &str) -> Self {
         assert_cgroup_v2_node();
-        let ctd = shared(Version::V1_6).unwrap_or_else(|e| panic!("start containerd: {e:#}"));
+        let ctd = shared(v).unwrap_or_else(|e| panic!("start containerd {}: {e:#}", v.label()));
         let ns = ctd
             .new_namespace(&format!("cg2-{label}"))
             .unwrap_or_else(|e| panic!("namespace: {e:#}"));
@@ -226,8 +231,8 @@ fn limits_from_policy_and_pod_land_in_cgroup_files() {
     );
 }
 
-/// A pod that sets no limits gets the policy's defaults (agent-strict: memory 1g, no swap
-/// beyond it, 2 CPUs) in memory.max, memory.swap.max and cpu.max.
+/// A pod that sets no limits gets the policy's defaults (agent-strict: memory 1g, memory.high
+/// 768m, no swap beyond it, 2 CPUs) in memory.max, memory.high, memory.swap.max and cpu.max.
 #[test]
 #[ignore = "needs the cgroup v2 test node: integration/node/run.sh"]
 fn policy_default_limits_apply_when_the_pod_sets_none() {
@@ -240,8 +245,36 @@ fn policy_default_limits_apply_when_the_pod_sets_none() {
     );
     assert_eq!(cg.read_u64("memory.max"), 1 << 30, "memory.max");
     assert_eq!(cg.read("memory.swap.max"), "0", "memory.swap.max");
+    assert_eq!(cg.read_u64("memory.high"), 768 << 20, "memory.high");
     assert_eq!(cg.read("cpu.max"), "200000 100000", "cpu.max");
     pod.remove(&id);
+}
+
+/// The same through containerd 2.1 (Debian unstable's, unpacked privately): the policy's and
+/// the pod's limits land in the cgroup, and the cgroup is gone after delete.
+#[test]
+#[ignore = "needs the cgroup v2 test node: integration/node/run.sh"]
+fn containerd_2_1_limits_land_in_cgroup_files() {
+    let pod = Pod::on(Version::V2_1, "ctd21");
+    let id = pod.id("ctd21");
+    let cg = pod.start(
+        &["--memory-limit", "100663296"],
+        &id,
+        &["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"],
+    );
+    assert_eq!(cg.read_u64("pids.max"), STRICT_PIDS_MAX, "pids.max");
+    assert_eq!(cg.read_u64("memory.max"), 100663296, "memory.max");
+    assert_eq!(
+        cg.read("cpu.max"),
+        "200000 100000",
+        "policy's default cpu.max"
+    );
+    pod.remove(&id);
+    assert!(
+        wait_gone(&cg.path),
+        "{} left after delete",
+        cg.path.display()
+    );
 }
 
 /// A pod may ask for less than the policy: its own pids limit (below 512) wins, through the

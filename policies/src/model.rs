@@ -117,6 +117,9 @@ pub struct Limits {
     /// Swap the container may use beyond `memory` (memory.swap.max), when the pod sets no
     /// memory limit; "0" means none.
     pub swap: Option<String>,
+    /// memory.high (cgroup v2 only: the kernel throttles and reclaims above it) when the pod
+    /// sets no memory limit, e.g. 768m.
+    pub memory_high: Option<String>,
     /// CPUs (cpu.max quota / period) when the pod sets no CPU quota, e.g. 2 or 0.5.
     pub cpus: Option<f64>,
 }
@@ -173,7 +176,11 @@ impl Policy {
                 return Err(self.invalid(format!("limits.pids must be >= 1, got {p}")));
             }
         }
-        for (field, value) in [("memory", &self.limits.memory), ("swap", &self.limits.swap)] {
+        for (field, value) in [
+            ("memory", &self.limits.memory),
+            ("swap", &self.limits.swap),
+            ("memory_high", &self.limits.memory_high),
+        ] {
             if let Some(v) = value {
                 if parse_size(v).is_none() {
                     return Err(self.invalid(format!(
@@ -430,17 +437,36 @@ impl Policy {
             if m.limit().is_none_or(|l| l <= 0) {
                 let limit = memory as i64;
                 m.set_limit(Some(limit));
-                // OCI's swap is memory + swap.
+                // OCI's swap is memory + swap (cgroup v1's memsw). libcgroups' v2 manager
+                // skips writing a memory.swap.max of 0, so v2 also gets it through `unified`
+                // (which the v1 manager ignores), as does memory.high, which v1 lacks.
+                let mut unified = resources.unified().clone().unwrap_or_default();
                 if let Some(swap) = self.limits.swap.as_deref().and_then(parse_size) {
                     m.set_swap(Some(limit.saturating_add(swap as i64)));
+                    unified
+                        .entry("memory.swap.max".into())
+                        .or_insert_with(|| swap.to_string());
+                }
+                if let Some(high) = self.limits.memory_high.as_deref().and_then(parse_size) {
+                    unified
+                        .entry("memory.high".into())
+                        .or_insert_with(|| high.to_string());
+                }
+                if !unified.is_empty() {
+                    resources.set_unified(Some(unified));
                 }
                 enforced.push(format!(
-                    "memory.max: {} (default; the pod set none){}",
+                    "memory.max: {} (default; the pod set none){}{}",
                     self.limits.memory.as_deref().unwrap_or_default(),
                     self.limits
                         .swap
                         .as_deref()
                         .map(|s| format!(", swap {s}"))
+                        .unwrap_or_default(),
+                    self.limits
+                        .memory_high
+                        .as_deref()
+                        .map(|h| format!(", memory.high {h}"))
                         .unwrap_or_default()
                 ));
                 resources.set_memory(Some(m));
@@ -647,6 +673,9 @@ mod tests {
         let m = r.memory().as_ref().unwrap();
         assert_eq!(m.limit(), Some(1 << 30));
         assert_eq!(m.swap(), Some(1 << 30), "no swap beyond memory");
+        let unified = r.unified().as_ref().unwrap();
+        assert_eq!(unified["memory.swap.max"], "0");
+        assert_eq!(unified["memory.high"], (768u64 << 20).to_string());
         let c = r.cpu().as_ref().unwrap();
         assert_eq!((c.quota(), c.period()), (Some(200_000), Some(100_000)));
 
