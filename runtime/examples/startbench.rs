@@ -1,8 +1,11 @@
 //! Throwaway micro-benchmark (not part of the product): create + start + wait + delete of one
 //! bundle with several OCI runtimes, interleaved, as a subreaper like the shim.
 //!
-//! usage: startbench <bundle> <runs> name=/path/to/runtime [name=/path ...]
-//! The bundle's config.json should run /bin/true with terminal false.
+//! usage: startbench <bundle> <runs> name=/path/to/runtime[,bundle=DIR][,seccomp=FILE] ...
+//! The bundle's config.json should run /bin/true with terminal false. `bundle=` gives one
+//! runtime its own bundle (e.g. a policy-lowered config.json); `seccomp=` passes
+//! `--seccomp FILE` to its create (airlock-runtime only): variants of one runtime can be
+//! compared interleaved.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -33,11 +36,22 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let bundle = &args[1];
     let runs: usize = args[2].parse().unwrap();
-    let rts: Vec<(String, String)> = args[3..]
+    // (name, binary, bundle, extra create args)
+    let rts: Vec<(String, String, String, Vec<String>)> = args[3..]
         .iter()
         .map(|a| {
-            let (n, p) = a.split_once('=').unwrap();
-            (n.to_owned(), p.to_owned())
+            let (n, rest) = a.split_once('=').unwrap();
+            let mut parts = rest.split(',');
+            let bin = parts.next().unwrap().to_owned();
+            let (mut b, mut extra) = (bundle.clone(), Vec::new());
+            for opt in parts {
+                match opt.split_once('=') {
+                    Some(("bundle", d)) => b = d.to_owned(),
+                    Some(("seccomp", f)) => extra.extend(["--seccomp".to_owned(), f.to_owned()]),
+                    _ => panic!("unknown option {opt:?} in {a:?}"),
+                }
+            }
+            (n.to_owned(), bin, b, extra)
         })
         .collect();
     // SAFETY: plain prctl.
@@ -52,24 +66,16 @@ fn main() {
         for k in 0..rts.len() {
             // rotate the order each round so no runtime always goes first
             let j = (k + i) % rts.len();
-            let (name, bin) = &rts[j];
+            let (name, bin, bundle, extra) = &rts[j];
             let root = tmp.path().join(format!("root-{name}"));
             let root = root.to_str().unwrap();
             let id = format!("bench-{name}-{i}");
             let pid_file = tmp.path().join(format!("{id}.pid"));
             let t0 = Instant::now();
-            run(
-                bin,
-                root,
-                &[
-                    "create",
-                    "--bundle",
-                    bundle,
-                    "--pid-file",
-                    pid_file.to_str().unwrap(),
-                    &id,
-                ],
-            );
+            let mut create = vec!["create", "--bundle", bundle.as_str()];
+            create.extend(extra.iter().map(String::as_str));
+            create.extend(["--pid-file", pid_file.to_str().unwrap(), &id]);
+            run(bin, root, &create);
             let t1 = Instant::now();
             let pid: i32 = std::fs::read_to_string(&pid_file)
                 .unwrap()
@@ -95,7 +101,7 @@ fn main() {
         "{:<16} {:>15} {:>15} {:>15} {:>15} {:>15}",
         "runtime", "create", "start", "wait", "delete", "total"
     );
-    for (j, (name, _)) in rts.iter().enumerate() {
+    for (j, (name, ..)) in rts.iter().enumerate() {
         let mut line = format!("{name:<16}");
         for ph in 0..5 {
             let mut v: Vec<Duration> = samples[j].iter().map(|s| s[ph]).collect();
