@@ -5,7 +5,7 @@
 //! The bundle's config.json should run /bin/true with terminal false. `bundle=` gives one
 //! runtime its own bundle (e.g. a policy-lowered config.json); `seccomp=` passes
 //! `--seccomp FILE` to its create (airlock-runtime only): variants of one runtime can be
-//! compared interleaved.
+//! compared interleaved; `arg=X` passes X to create as is.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -48,6 +48,7 @@ fn main() {
                 match opt.split_once('=') {
                     Some(("bundle", d)) => b = d.to_owned(),
                     Some(("seccomp", f)) => extra.extend(["--seccomp".to_owned(), f.to_owned()]),
+                    Some(("arg", x)) => extra.push(x.to_owned()),
                     _ => panic!("unknown option {opt:?} in {a:?}"),
                 }
             }
