@@ -461,19 +461,23 @@ fn pids_and_exec_lifecycle(rt: Runtime, v: Version) {
             .filter_map(|l| l.split_whitespace().next()?.parse().ok())
             .collect()
     };
+    let sleeps = |procs: &[i32]| -> Vec<i32> {
+        procs
+            .iter()
+            .copied()
+            .filter(|p| proc_util::cmdline(*p).first().map(String::as_str) == Some("sleep"))
+            .collect()
+    };
+    // An exec shows up in the cgroup before it has exec'd `sleep` (runc's shim reports the
+    // exec started while `runc init` still runs): wait for both sleeps, not just three pids.
     assert!(
-        proc_util::wait_until(T, Duration::from_millis(50), || list().len() >= 3),
+        proc_util::wait_until(T, Duration::from_millis(50), || sleeps(&list()).len() >= 2),
         "ps: {:?}",
         list()
     );
     let procs = list();
     assert!(procs.contains(&pid), "init {pid} not in {procs:?}");
-    let sleeps: Vec<i32> = procs
-        .iter()
-        .copied()
-        .filter(|p| proc_util::cmdline(*p).first().map(String::as_str) == Some("sleep"))
-        .collect();
-    assert_eq!(sleeps.len(), 2, "{procs:?}");
+    assert_eq!(sleeps(&procs).len(), 2, "{procs:?}");
     // Signal one exec alone.
     c.ctr_ok(&["tasks", "kill", "--exec-id", "s1", "-s", "KILL", &id]);
     let o1 = s1.wait(T).unwrap();
