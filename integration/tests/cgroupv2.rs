@@ -403,13 +403,25 @@ fn fork_bomb_is_held_by_pids_max() {
     );
 }
 
-/// A memory bomb under a small memory limit is OOM-killed: exit status 137.
+/// A memory bomb under a small memory limit is OOM-killed: TaskOOM (from `memory.events`
+/// `oom_kill`) is published before TaskExit, and the exit status is 137.
 #[test]
 #[ignore = "needs the cgroup v2 test node: integration/node/run.sh"]
 fn memory_bomb_is_oom_killed() {
     let pod = Pod::new("membomb");
     let id = pod.id("membomb");
     let limit = (32u64 * 1024 * 1024).to_string();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut ev = rt
+        .block_on(async {
+            let c = pod.ctd.client().await?;
+            c.subscribe(vec![format!("namespace=={}", pod.ns)]).await
+        })
+        .unwrap();
     let t0 = Instant::now();
     let out = pod.run(
         &["--memory-limit", &limit],
@@ -423,6 +435,16 @@ fn memory_bomb_is_oom_killed() {
         out.stderr
     );
     assert_eq!(out.code, Some(137), "exit status; stderr {}", out.stderr);
+    let evs = rt
+        .block_on(ev.collect_until(T, |v| v.iter().any(|e| e.topic == "/tasks/exit")))
+        .unwrap();
+    let topics: Vec<&str> = evs.iter().map(|e| e.topic.as_str()).collect();
+    let oom = topics.iter().position(|t| *t == "/tasks/oom");
+    let exit = topics.iter().position(|t| *t == "/tasks/exit");
+    assert!(
+        oom.is_some() && oom < exit,
+        "TaskOOM must come before TaskExit: {topics:?}"
+    );
 }
 
 // --- cleanup --------------------------------------------------------------------------------

@@ -222,6 +222,43 @@ fn pause_resume(rt: Runtime, v: Version) {
     c.assert_no_leaks();
 }
 
+/// A memory bomb under a 32 MiB limit is OOM-killed: TaskOOM is published before the
+/// container's TaskExit, and the exit status is 137.
+fn oom_before_exit(rt: Runtime, v: Version) {
+    let mut c = Case::new(rt, v, "oom");
+    let id = c.id("oom");
+    let tokio = c.rt();
+    let mut ev = tokio
+        .block_on(async {
+            let cl = c.ctd.client().await?;
+            cl.subscribe(vec![format!("namespace=={}", c.ns)]).await
+        })
+        .unwrap();
+    let mut args = vec!["run", "--rm", "--memory-limit", "33554432"];
+    args.extend(c.runtime_args());
+    // The string doubles until the cgroup's limit is hit.
+    args.extend([
+        airlock_integration::IMAGE_REF,
+        &id,
+        "sh",
+        "-c",
+        "x=a; while :; do x=$x$x; done",
+    ]);
+    let out = c.ctr(&args);
+    assert_eq!(out.code, Some(137), "OOM-killed init exits 137: {out:?}");
+    let evs = tokio
+        .block_on(ev.collect_until(T, |v| topics(v).iter().any(|t| t == "/tasks/exit")))
+        .unwrap();
+    let t = topics(&evs);
+    let oom = t.iter().position(|t| t == "/tasks/oom");
+    let exit = t.iter().position(|t| t == "/tasks/exit");
+    assert!(
+        oom.is_some() && oom < exit,
+        "TaskOOM must come before TaskExit: {t:?}"
+    );
+    c.assert_no_leaks();
+}
+
 /// SIGKILL reaches a paused container (it is thawed to die), and the exit is reported.
 fn kill_paused(rt: Runtime, v: Version) {
     let mut c = Case::new(rt, v, "killpaused");
@@ -605,6 +642,10 @@ macro_rules! cases {
         #[test]
         fn kill_paused() {
             super::kill_paused(RT, V)
+        }
+        #[test]
+        fn oom_before_exit() {
+            super::oom_before_exit(RT, V)
         }
         #[test]
         fn stats() {

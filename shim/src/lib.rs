@@ -16,6 +16,7 @@ pub mod cgroup;
 pub mod error;
 pub mod info;
 pub mod logging;
+pub mod oom;
 pub mod pidfd;
 pub mod runtime;
 pub mod service;

@@ -15,7 +15,7 @@ use containerd_shim::api::{
 };
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -29,6 +29,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::cgroup::Cgroup;
 use crate::error::{Error, Result};
+use crate::oom::{OomCounter, OomSource};
 use crate::pidfd::{ExitInfo, PidFd};
 use crate::runtime::Runtime;
 use crate::stdio::{self, Copier, StdioPaths};
@@ -73,8 +74,11 @@ struct Container {
     exited: watch::Receiver<Option<ExitInfo>>,
     copier: Arc<Mutex<Copier>>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
-    /// Found on first use (Pids, Stats), never on the start path.
+    /// Found on first use (the OOM watcher, Pids, Stats), never on the start path.
     cgroup: std::sync::OnceLock<Cgroup>,
+    /// OOM kills reported; held while a TaskOOM is being published, so the exit path
+    /// publishes TaskExit only after it.
+    oom: Mutex<OomCounter>,
 }
 
 impl Container {
@@ -261,12 +265,14 @@ impl TaskService {
             copier: Arc::new(Mutex::new(copier)),
             execs: Mutex::new(HashMap::new()),
             cgroup: std::sync::OnceLock::new(),
+            oom: Mutex::new(OomCounter::default()),
         });
         self.containers
             .lock()
             .await
             .insert(req.id.clone(), container.clone());
         self.spawn_exit_watcher(container.clone(), tx);
+        self.spawn_oom_watcher(container.clone());
 
         let pid = container.pid();
         self.publish(
@@ -382,6 +388,37 @@ impl TaskService {
         Ok(files)
     }
 
+    /// Publishes TaskOOM for each OOM kill in the container's cgroup while it runs, woken by
+    /// the kernel (see `oom.rs`).
+    fn spawn_oom_watcher(&self, c: Arc<Container>) {
+        let publisher = self.publisher.clone();
+        let namespace = self.namespace.clone();
+        tokio::spawn(async move {
+            let Some(source) = c.cgroup().ok().and_then(OomSource::of) else {
+                return;
+            };
+            let mut notifier = match source.notifications() {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(id = %c.id, "cannot watch the container's memory cgroup for OOM kills: {e}");
+                    return;
+                }
+            };
+            let mut exited = c.exited.clone();
+            loop {
+                tokio::select! {
+                    r = notifier.next() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        publish_oom(&publisher, &namespace, &c, &source).await;
+                    }
+                    _ = exited.changed() => return,
+                }
+            }
+        });
+    }
+
     fn spawn_exit_watcher(&self, c: Arc<Container>, tx: watch::Sender<Option<ExitInfo>>) {
         let publisher = self.publisher.clone();
         let namespace = self.namespace.clone();
@@ -412,6 +449,11 @@ impl TaskService {
                 }
             }
             c.copier.lock().await.drain(DRAIN_LIMIT).await;
+            // An OOM kill that ended the init is reported before its exit (TaskOOM, then
+            // TaskExit), also when the watcher has not seen the notification yet.
+            if let Some(source) = c.cgroup.get().and_then(OomSource::of) {
+                publish_oom(&publisher, &namespace, &c, &source).await;
+            }
             *c.phase.lock().await = Phase::Stopped(exit);
             let _ = tx.send(Some(exit));
             info!(id = %c.id, pid = c.pid(), status = exit.status, "container exited");
@@ -833,6 +875,30 @@ async fn wait_watch(rx: &watch::Receiver<Option<ExitInfo>>) -> ExitInfo {
                 at: SystemTime::now(),
             };
         }
+    }
+}
+
+/// Publishes one TaskOOM if the container's cgroup counted OOM kills not yet reported.
+async fn publish_oom(
+    publisher: &RemotePublisher,
+    namespace: &str,
+    c: &Container,
+    source: &OomSource,
+) {
+    let counter = c.oom.lock().await;
+    let kills = source.kills();
+    if counter.catch_up(kills) {
+        warn!(id = %c.id, kills, "OOM kill in the container's cgroup");
+        publish(
+            publisher,
+            namespace,
+            topics::TASK_OOM_EVENT_TOPIC,
+            Box::new(TaskOOM {
+                container_id: c.id.clone(),
+                ..Default::default()
+            }),
+        )
+        .await;
     }
 }
 
