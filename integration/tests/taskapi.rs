@@ -5,6 +5,7 @@
 //!
 //! Select: `cargo test -p airlock-integration --test taskapi -- airlock_`.
 
+use airlock_integration::client::EventStream;
 use airlock_integration::containerd::{Containerd, Version};
 use airlock_integration::{leaks, proc_util, shared, Runtime, TaskEvent};
 use std::io::Write;
@@ -136,6 +137,16 @@ impl Case {
         self.ctr(&a)
     }
 
+    /// Every event of this case's namespace, from now on.
+    fn subscribe(&self, tokio: &tokio::runtime::Runtime) -> EventStream {
+        tokio
+            .block_on(async {
+                let cl = self.ctd.client().await?;
+                cl.subscribe(vec![format!("namespace=={}", self.ns)]).await
+            })
+            .unwrap()
+    }
+
     fn rt(&self) -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -187,12 +198,7 @@ fn pause_resume(rt: Runtime, v: Version) {
     let mut c = Case::new(rt, v, "pause");
     let id = c.id("pause");
     let tokio = c.rt();
-    let mut ev = tokio
-        .block_on(async {
-            let cl = c.ctd.client().await?;
-            cl.subscribe(vec![format!("namespace=={}", c.ns)]).await
-        })
-        .unwrap();
+    let mut ev = c.subscribe(&tokio);
     let pid = c.run_detached(&id, COUNTER_LOOP);
     assert!(
         proc_util::wait_until(T, Duration::from_millis(20), || read_counter(pid) > 3),
@@ -228,12 +234,7 @@ fn oom_before_exit(rt: Runtime, v: Version) {
     let mut c = Case::new(rt, v, "oom");
     let id = c.id("oom");
     let tokio = c.rt();
-    let mut ev = tokio
-        .block_on(async {
-            let cl = c.ctd.client().await?;
-            cl.subscribe(vec![format!("namespace=={}", c.ns)]).await
-        })
-        .unwrap();
+    let mut ev = c.subscribe(&tokio);
     let mut args = vec!["run", "--rm", "--memory-limit", "33554432"];
     args.extend(c.runtime_args());
     // The string doubles until the cgroup's limit is hit.
@@ -344,12 +345,7 @@ fn exec(rt: Runtime, v: Version) {
     let mut c = Case::new(rt, v, "exec");
     let id = c.id("exec");
     let tokio = c.rt();
-    let mut ev = tokio
-        .block_on(async {
-            let cl = c.ctd.client().await?;
-            cl.subscribe(vec![format!("namespace=={}", c.ns)]).await
-        })
-        .unwrap();
+    let mut ev = c.subscribe(&tokio);
     let pid = c.run_detached(&id, "trap 'exit 0' TERM; while :; do usleep 50000; done");
     let out = c.exec(
         &id,
