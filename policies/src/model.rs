@@ -6,7 +6,7 @@ use oci_spec::runtime::{
     Capability, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
     Spec,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
@@ -54,7 +54,7 @@ const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     pub name: String,
@@ -71,7 +71,7 @@ pub struct Policy {
     pub limits: Limits,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessRules {
     pub no_new_privileges: bool,
@@ -79,7 +79,7 @@ pub struct ProcessRules {
     pub capabilities: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Filesystem {
     pub readonly_rootfs: bool,
@@ -87,14 +87,14 @@ pub struct Filesystem {
     pub tmpfs: Vec<Tmpfs>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Tmpfs {
     pub path: String,
     pub size: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Namespaces {
     /// Host namespaces a container may share: any of network, pid, ipc, uts.
@@ -102,7 +102,7 @@ pub struct Namespaces {
     pub allow_host: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Upper bound on the container's pids.max.

@@ -111,7 +111,7 @@ pub struct TaskService {
     publisher: Arc<RemotePublisher>,
     exit: Arc<ExitSignal>,
     runtime: Runtime,
-    default_policy: String,
+    config: crate::config::ConfigCache,
     containers: Mutex<HashMap<String, Arc<Container>>>,
 }
 
@@ -130,14 +130,13 @@ impl TaskService {
         publisher: RemotePublisher,
         exit: Arc<ExitSignal>,
         runtime: Runtime,
-        default_policy: String,
     ) -> Self {
         TaskService {
             namespace,
             publisher: Arc::new(publisher),
             exit,
             runtime,
-            default_policy,
+            config: crate::config::ConfigCache::default(),
             containers: Mutex::new(HashMap::new()),
         }
     }
@@ -167,7 +166,7 @@ impl TaskService {
             ));
         }
         let bundle = PathBuf::from(&req.bundle);
-        self.apply_policy(&bundle).await?;
+        self.apply_policy(&bundle, req.options.as_ref()).await?;
         let t_policy = t0.elapsed();
 
         let rootfs = bundle.join("rootfs");
@@ -273,8 +272,18 @@ impl TaskService {
         })
     }
 
-    /// Resolve the container's policy and write it into the bundle's config.json.
-    async fn apply_policy(&self, bundle: &Path) -> Result<()> {
+    /// Resolve the container's policy (node config from the runtime options' `ConfigPath` or
+    /// the default path, cached per shim; handler default or pod annotation) and write it
+    /// into the bundle's config.json.
+    async fn apply_policy(
+        &self,
+        bundle: &Path,
+        options: Option<&containerd_shim::protos::protobuf::well_known_types::any::Any>,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let config_path = crate::config::config_path_from_options(options)?;
+        let config = self.config.get(config_path.as_deref())?;
+        let config_us = t0.elapsed().as_micros() as u64;
         let path = bundle.join("config.json");
         let raw = tokio::fs::read(&path).await.map_err(|e| {
             Error::InvalidArgument(format!(
@@ -288,9 +297,16 @@ impl TaskService {
                 path.display()
             ))
         })?;
-        let policy = airlock_policies::select(spec.annotations().as_ref(), &self.default_policy)?;
+        let policy = config.select(spec.annotations().as_ref())?;
         let enforced = policy.apply(&mut spec)?;
-        info!(policy = %policy.name, enforced = %enforced.join("; "), "policy applied");
+        info!(
+            policy = %policy.name,
+            handler = %config.handler(spec.annotations().as_ref()),
+            config = %config.file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
+            config_us,
+            enforced = %enforced.join("; "),
+            "policy applied"
+        );
         let out = serde_json::to_vec(&spec)
             .map_err(|e| Error::InvalidArgument(format!("cannot serialise the OCI spec: {e}")))?;
         tokio::fs::write(&path, out)
