@@ -15,7 +15,7 @@ pub struct Field {
     pub value: String,
 }
 
-/// Every field of `policy`, flattened to dotted paths in declaration order.
+/// Every field of `policy`, flattened to dotted paths (sorted by path).
 pub fn fields(policy: &Policy) -> Vec<Field> {
     let value = toml::Value::try_from(policy).expect("a policy serialises to TOML");
     let mut out = Vec::new();
