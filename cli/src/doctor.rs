@@ -188,13 +188,10 @@ fn userns(p: &Probe) -> Check {
 
 fn mount_type(p: &Probe, at: &str) -> Option<String> {
     let mounts = p.read("/proc/self/mounts")?;
-    mounts
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[1] == at).then(|| f[2].to_string())
-        })
+    mounts.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == at).then(|| f[2].to_string())
+    })
 }
 
 fn cgroups(p: &Probe) -> Check {
