@@ -91,7 +91,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-fn write(path: &Path, text: &str, mode: u32, dry: bool) -> Result<(), Error> {
+fn write(path: &Path, text: impl AsRef<[u8]>, mode: u32, dry: bool) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
     if dry {
         return Ok(());
@@ -102,7 +102,7 @@ fn write(path: &Path, text: &str, mode: u32, dry: bool) -> Result<(), Error> {
     // Write beside and rename: a running containerd or shim never reads half a file, and a
     // busy binary (ETXTBSY) is replaced rather than overwritten.
     let tmp = path.with_extension("airlock-tmp");
-    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::write(&tmp, text.as_ref()).map_err(io(&tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }
@@ -120,18 +120,7 @@ pub fn install(o: &Options) -> Result<Report, Error> {
                 path: src.display().to_string(),
             });
         }
-        if !dry {
-            let bytes = std::fs::read(&src).map_err(io(&src))?;
-            let tmp = dst.with_extension("airlock-tmp");
-            if let Some(d) = dst.parent() {
-                std::fs::create_dir_all(d).map_err(io(d))?;
-            }
-            std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-                .map_err(io(&tmp))?;
-            std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
-        }
+        write(&dst, std::fs::read(&src).map_err(io(&src))?, 0o755, dry)?;
         r.did(
             dry,
             format!("install {} -> {}", src.display(), dst.display()),
