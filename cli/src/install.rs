@@ -132,7 +132,7 @@ pub fn install(o: &Options) -> Result<Report, Error> {
         r.lines
             .push(format!("kept {} (exists; not overwritten)", cfg.display()));
     } else {
-        write(&cfg, &config_template(), 0o644, dry)?;
+        write(&cfg, config_template(), 0o644, dry)?;
         r.did(dry, format!("write {}", cfg.display()));
     }
     let pol = staged(&o.prefix, Path::new(DEFAULT_POLICIES_DIR));
@@ -148,7 +148,7 @@ pub fn install(o: &Options) -> Result<Report, Error> {
     let dropin = staged(&o.prefix, Path::new(DROPIN_PATH));
     write(
         &dropin,
-        &dropin::render(version, DEFAULT_CONFIG_PATH),
+        dropin::render(version, DEFAULT_CONFIG_PATH),
         0o644,
         dry,
     )?;
@@ -189,7 +189,7 @@ fn ensure_imports(o: &Options, version: ConfigVersion, r: &mut Report) -> Result
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             write(
                 &path,
-                &format!(
+                format!(
                     "# Written by `airlock install`: containerd's defaults plus the drop-ins.\nversion = {n}\nimports = [\"{IMPORTS_GLOB}\"]\n"
                 ),
                 0o644,
