@@ -254,7 +254,7 @@ fn ensure_imports(o: &Options, version: ConfigVersion, r: &mut Report) -> Result
     if !dry {
         std::fs::write(&backup, &text).map_err(io(&backup))?;
     }
-    write(&path, &doc.to_string(), 0o644, dry)?;
+    write(&path, doc.to_string(), 0o644, dry)?;
     r.did(
         dry,
         format!(
