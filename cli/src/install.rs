@@ -7,7 +7,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use airlock_policies::config::{DEFAULT_CONFIG_PATH, DEFAULT_POLICIES_DIR};
+use airlock_policies::config::{
+    DEFAULT_CONFIG_PATH, DEFAULT_POLICIES_DIR, HANDLER_PROCESS as HANDLER,
+};
 use toml_edit::{Array, DocumentMut, Item, Value};
 
 use crate::dropin::{self, ConfigVersion, ContainerdVersion};
@@ -145,25 +147,30 @@ pub fn install(o: &Options) -> Result<Report, Error> {
     );
 
     let version = ConfigVersion::for_containerd(o.containerd);
-    let dropin = staged(&o.prefix, Path::new(DROPIN_PATH));
-    write(
-        &dropin,
-        dropin::render(version, DEFAULT_CONFIG_PATH),
-        0o644,
-        dry,
-    )?;
-    r.did(
-        dry,
-        format!(
-            "write {} (containerd {}: config version {}, {})",
-            dropin.display(),
-            o.containerd,
-            if version == ConfigVersion::V2 { 2 } else { 3 },
-            version.cri_plugin()
-        ),
-    );
-
-    ensure_imports(o, version, &mut r)?;
+    match version {
+        // containerd 1.6/1.7 replace a whole plugin section with an imported file's: a drop-in
+        // would wipe the node's CRI settings (sandbox image, runc, ...). Merge into config.toml.
+        ConfigVersion::V2 => merge_into_main(o, &mut r)?,
+        ConfigVersion::V3 => {
+            let dropin = staged(&o.prefix, Path::new(DROPIN_PATH));
+            write(
+                &dropin,
+                dropin::render(version, DEFAULT_CONFIG_PATH),
+                0o644,
+                dry,
+            )?;
+            r.did(
+                dry,
+                format!(
+                    "write {} (containerd {}: config version 3, {})",
+                    dropin.display(),
+                    o.containerd,
+                    version.cri_plugin()
+                ),
+            );
+            ensure_imports(o, version, &mut r)?;
+        }
+    }
 
     let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -176,6 +183,92 @@ pub fn install(o: &Options) -> Result<Report, Error> {
             .push("restart containerd to load the drop-in: systemctl restart containerd".into());
     }
     Ok(r)
+}
+
+/// containerd 1.x: put the runtime's tables into containerd's own config (version 2), keeping
+/// the file's other content and formatting; a missing config gets a minimal one.
+fn merge_into_main(o: &Options, r: &mut Report) -> Result<(), Error> {
+    let path = staged(&o.prefix, &o.containerd_config);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let (merged, todo) = merge_runtime(text.as_deref().unwrap_or(""), &path)?;
+    r.todo.extend(todo);
+    if text.as_deref() == Some(merged.as_str()) {
+        r.lines.push(format!(
+            "kept {} (already registers airlock)",
+            path.display()
+        ));
+        return Ok(());
+    }
+    if let Some(t) = &text {
+        let backup = path.with_extension("toml.airlock-bak");
+        if !o.dry_run {
+            std::fs::write(&backup, t).map_err(io(&backup))?;
+        }
+    }
+    write(&path, merged, 0o644, o.dry_run)?;
+    r.did(
+        o.dry_run,
+        format!(
+            "register runtime airlock in {} (containerd {}: config version 2, {}; not a drop-in: \
+             containerd 1.x replaces whole plugin sections on import)",
+            path.display(),
+            o.containerd,
+            ConfigVersion::V2.cri_plugin()
+        ),
+    );
+    Ok(())
+}
+
+/// `text` (containerd 1.x config.toml) with Airlock's runtime tables (those of
+/// `deploy/containerd-airlock.toml`) set, and what the operator must check by hand.
+pub fn merge_runtime(text: &str, path: &Path) -> Result<(String, Vec<String>), Error> {
+    let bad = |e: toml_edit::TomlError| Error::ContainerdConfig {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut doc: DocumentMut = text.parse().map_err(bad)?;
+    let mut todo = Vec::new();
+    if doc.get("version").and_then(Item::as_integer).is_none() {
+        if text.trim().is_empty() {
+            doc.insert("version", toml_edit::value(2));
+        } else {
+            todo.push(format!(
+                "{} has no `version` line: containerd reads it as config version 1 and ignores \
+                 the airlock runtime; add `version = 2` (after checking the file is a version 2 config)",
+                path.display()
+            ));
+        }
+    }
+    let snippet: DocumentMut = dropin::render(ConfigVersion::V2, DEFAULT_CONFIG_PATH)
+        .parse()
+        .expect("the shipped drop-in parses");
+    let cri = ConfigVersion::V2.cri_plugin();
+    let mut runtime = snippet["plugins"][cri]["containerd"]["runtimes"][HANDLER].clone();
+    // Keep the snippet's order but after everything already in the file.
+    if let Some(rt) = runtime.as_table_mut() {
+        rt.set_position(1_000_000);
+        if let Some(opts) = rt.get_mut("options").and_then(Item::as_table_mut) {
+            opts.set_position(1_000_001);
+        }
+    }
+    let mut t = doc.as_table_mut();
+    for k in ["plugins", cri, "containerd", "runtimes"] {
+        if !t.contains_key(k) {
+            let mut n = toml_edit::Table::new();
+            n.set_implicit(true);
+            t.insert(k, Item::Table(n));
+        }
+        t = t[k].as_table_mut().ok_or_else(|| Error::ContainerdConfig {
+            path: path.display().to_string(),
+            message: format!("`{k}` is not a table"),
+        })?;
+    }
+    t.insert(HANDLER, runtime);
+    Ok((doc.to_string(), todo))
 }
 
 /// Make containerd's config import the drop-in: add `imports` (or an entry to it) when nothing
@@ -313,12 +406,20 @@ mod tests {
         }
         let cfg = std::fs::read_to_string(root.join("etc/airlock/config.toml")).unwrap();
         assert_eq!(cfg, config_template());
-        let dropin =
-            std::fs::read_to_string(root.join("etc/containerd/conf.d/airlock.toml")).unwrap();
-        assert!(dropin.contains("io.containerd.grpc.v1.cri") && dropin.contains("version = 2"));
+        // 1.x: no drop-in (an import would replace the whole CRI section), the main config.
+        assert!(!root.join("etc/containerd/conf.d/airlock.toml").exists());
         let main = std::fs::read_to_string(root.join("etc/containerd/config.toml")).unwrap();
-        assert!(
-            main.contains("version = 2") && main.contains(IMPORTS_GLOB),
+        let doc: toml::Table = toml::from_str(&main).unwrap();
+        assert_eq!(doc["version"].as_integer(), Some(2), "{main}");
+        let rt = &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["airlock"];
+        assert_eq!(
+            rt["runtime_type"].as_str(),
+            Some("io.containerd.airlock.v2"),
+            "{main}"
+        );
+        assert_eq!(
+            rt["options"]["ConfigPath"].as_str(),
+            Some(DEFAULT_CONFIG_PATH),
             "{main}"
         );
         let text = r.to_string();
@@ -334,7 +435,7 @@ mod tests {
         .unwrap();
         let text = install(&o).unwrap().to_string();
         assert!(
-            text.contains("kept") && text.contains("already imports"),
+            text.contains("kept") && text.contains("already registers"),
             "{text}"
         );
         assert_eq!(
@@ -365,6 +466,24 @@ mod tests {
             std::fs::read_to_string(main.with_extension("toml.airlock-bak")).unwrap(),
             original
         );
+    }
+
+    #[test]
+    fn merge_keeps_the_nodes_cri_settings() {
+        let main = "version = 2\n# mine\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"mine:1\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n";
+        let (out, todo) = merge_runtime(main, Path::new("c.toml")).unwrap();
+        assert!(todo.is_empty());
+        assert!(out.starts_with(main), "appends, keeps the rest:\n{out}");
+        let doc: toml::Table = toml::from_str(&out).unwrap();
+        let cri = &doc["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(cri["sandbox_image"].as_str(), Some("mine:1"));
+        assert!(cri["containerd"]["runtimes"].get("runc").is_some());
+        assert_eq!(
+            cri["containerd"]["runtimes"]["airlock"]["pod_annotations"][0].as_str(),
+            Some("airlock.dev/*")
+        );
+        let (again, _) = merge_runtime(&out, Path::new("c.toml")).unwrap();
+        assert_eq!(again, out, "idempotent");
     }
 
     #[test]
