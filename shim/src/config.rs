@@ -45,6 +45,18 @@ pub fn config_path_from_options(options: Option<&Any>) -> Result<Option<PathBuf>
     Ok(path.filter(|p| !p.is_empty()).map(PathBuf::from))
 }
 
+/// The microVM mode is not in this build: a container whose runtime handler is `airlock-vm`
+/// (containerd >= 1.7 names it) must not start as a process sandbox instead (fail closed).
+pub fn check_handler(handler: &str) -> Result<()> {
+    if handler == airlock_policies::config::HANDLER_VM {
+        return Err(Error::FailedPrecondition(format!(
+            "runtime handler {handler:?} needs the microVM mode, which this Airlock build does \
+             not have; the container is not started outside a VM (use RuntimeClass airlock)"
+        )));
+    }
+    Ok(())
+}
+
 /// The config of this shim's pod, loaded once.
 #[derive(Default)]
 pub struct ConfigCache {
@@ -96,6 +108,13 @@ mod tests {
         assert_eq!(config_path_from_options(Some(&runc)).unwrap(), None);
         let truncated = any("runtimeoptions.v1.Options", vec![0x12, 20, b'x']);
         assert!(config_path_from_options(Some(&truncated)).is_err());
+    }
+
+    #[test]
+    fn vm_handler_fails_closed() {
+        assert!(check_handler("airlock").is_ok());
+        let e = check_handler("airlock-vm").unwrap_err().to_string();
+        assert!(e.contains("microVM"), "{e}");
     }
 
     #[test]

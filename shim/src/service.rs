@@ -297,6 +297,7 @@ impl TaskService {
                 path.display()
             ))
         })?;
+        crate::config::check_handler(config.handler(spec.annotations().as_ref()))?;
         let policy = config.select(spec.annotations().as_ref())?;
         let enforced = policy.apply(&mut spec)?;
         info!(
