@@ -74,6 +74,8 @@ pub struct Builder {
     cri: bool,
     debug: bool,
     ready_timeout: Duration,
+    imports: Vec<PathBuf>,
+    edit_config: Option<fn(&str) -> String>,
 }
 
 impl Default for Builder {
@@ -85,6 +87,8 @@ impl Default for Builder {
             cri: false,
             debug: false,
             ready_timeout: Duration::from_secs(20),
+            imports: Vec::new(),
+            edit_config: None,
         }
     }
 }
@@ -113,6 +117,19 @@ impl Builder {
     /// host's; the images CRI needs are imported with [`Containerd::import_cri_images`].
     pub fn cri(mut self, on: bool) -> Self {
         self.cri = on;
+        self
+    }
+
+    /// Add a config file to the `imports` of containerd's config (e.g. a deploy/ drop-in).
+    pub fn import(mut self, path: impl Into<PathBuf>) -> Self {
+        self.imports.push(path.into());
+        self
+    }
+
+    /// Rewrite the generated config.toml before containerd starts (e.g. `airlock install`'s
+    /// merge of the runtime tables for containerd 1.x).
+    pub fn edit_config(mut self, f: fn(&str) -> String) -> Self {
+        self.edit_config = Some(f);
         self
     }
 
@@ -153,6 +170,10 @@ impl Containerd {
     fn config(b: &Builder, dir: &Path) -> String {
         let mut c = String::new();
         let _ = writeln!(c, "version = 2");
+        if !b.imports.is_empty() {
+            let list: Vec<String> = b.imports.iter().map(|p| toml_str(p)).collect();
+            let _ = writeln!(c, "imports = [{}]", list.join(", "));
+        }
         let _ = writeln!(c, "root = {}", toml_str(&dir.join("root")));
         let _ = writeln!(c, "state = {}", toml_str(&dir.join("state")));
         let _ = writeln!(c, "oom_score = 0");
@@ -249,7 +270,8 @@ impl Containerd {
             .tempdir()
             .context("temp dir")?;
         let cfg = dir.path().join("config.toml");
-        std::fs::write(&cfg, Self::config(&b, dir.path()))?;
+        let text = Self::config(&b, dir.path());
+        std::fs::write(&cfg, b.edit_config.map(|f| f(&text)).unwrap_or(text))?;
         if b.cri {
             write_cni_config(dir.path())?;
         }

@@ -8,23 +8,29 @@
 //!
 //! This crate does no I/O beyond reading policy files.
 
+pub mod config;
+pub mod explain;
+mod locate;
 mod model;
 mod pod_seccomp;
 mod seccomp;
+mod store;
 pub mod syscalls;
 
+pub use config::{Config, Loaded};
+pub use locate::line_of;
 pub use model::{Filesystem, Limits, Namespaces, Policy, ProcessRules, Tmpfs};
 pub use pod_seccomp::compile_pod_profile;
 pub use seccomp::{is_syscall, native_arch, Seccomp, SeccompMode, SeccompProgram};
 
-use std::path::Path;
+pub use store::{load_file, parse_located, Entry, PolicySet, Source};
 
 /// Annotation with which a pod picks a policy.
 pub const POLICY_ANNOTATION: &str = "airlock.dev/policy";
 /// The default policy of handler `airlock`.
 pub const DEFAULT_POLICY: &str = "agent-strict";
 
-const BUILTIN: &[(&str, &str)] = &[
+pub(crate) const BUILTIN: &[(&str, &str)] = &[
     ("agent-strict", include_str!("../builtin/agent-strict.toml")),
     (
         "agent-default",
@@ -45,6 +51,30 @@ pub enum Error {
     },
     #[error("policy {policy}: {message}")]
     Invalid { policy: String, message: String },
+    /// A validation error in a file, with the line of the offending field when it was found.
+    #[error("{file}:{}: policy {policy}: {message}", line.map(|l| l.to_string()).unwrap_or_else(|| "?".into()))]
+    Located {
+        file: String,
+        line: Option<usize>,
+        policy: String,
+        message: String,
+    },
+    #[error("policy file {file} defines {name:?}, which is already defined by {existing}; operator policies may not replace one another or a built-in: give it another name and make that name the handler's default_policy in the config")]
+    Shadows {
+        file: String,
+        name: String,
+        existing: String,
+    },
+    #[error("config file {file}: {message}")]
+    Config { file: String, message: String },
+    #[error("config file {file}: {source} (the shim's ConfigPath option names it; fix the option or create the file)")]
+    ConfigRead {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no default policy for runtime handler {handler:?}: add [handlers.{handler}] default_policy = \"...\" to the config (configured handlers: {known})")]
+    UnknownHandler { handler: String, known: String },
     #[error("unknown policy {name:?}: known policies are {known}; check the {annotation} annotation or the handler's default")]
     Unknown {
         name: String,
@@ -80,40 +110,14 @@ pub fn builtin(name: &str) -> Option<Policy> {
     })
 }
 
-/// Load a policy file from disk.
-pub fn load_file(path: &Path) -> Result<Policy> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        file: path.display().to_string(),
-        source,
-    })?;
-    Policy::parse(&text, &path.display().to_string())
-}
-
-/// Pick the policy for a container: the pod's annotation if present (only a selectable
-/// policy), else the handler's default.
+/// Pick the policy for a container among the built-ins: the pod's annotation if present (only
+/// a selectable policy), else the handler's default. [`PolicySet::select`] also knows the
+/// operator's policies.
 pub fn select(
     annotations: Option<&std::collections::HashMap<String, String>>,
     default: &str,
 ) -> Result<Policy> {
-    let requested = annotations.and_then(|a| a.get(POLICY_ANNOTATION));
-    let name = requested.map(String::as_str).unwrap_or(default);
-    let policy = builtin(name).ok_or_else(|| Error::Unknown {
-        name: name.to_string(),
-        known: builtin_names().collect::<Vec<_>>().join(", "),
-        annotation: POLICY_ANNOTATION,
-    })?;
-    if requested.is_some() && !policy.selectable && name != default {
-        return Err(Error::NotSelectable {
-            name: name.to_string(),
-            selectable: BUILTIN
-                .iter()
-                .filter_map(|(n, _)| builtin(n).filter(|p| p.selectable).map(|_| *n))
-                .collect::<Vec<_>>()
-                .join(", "),
-            annotation: POLICY_ANNOTATION,
-        });
-    }
-    Ok(policy)
+    PolicySet::builtin().select(annotations, default).cloned()
 }
 
 #[cfg(test)]

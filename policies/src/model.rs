@@ -7,7 +7,7 @@ use oci_spec::runtime::{
     Capability, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
     Spec,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::seccomp::{native_arch, Seccomp, SeccompMode, SeccompProgram};
 use crate::{Error, Result};
@@ -56,7 +56,7 @@ const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     pub name: String,
@@ -76,7 +76,7 @@ pub struct Policy {
     pub seccomp: Seccomp,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessRules {
     pub no_new_privileges: bool,
@@ -84,7 +84,7 @@ pub struct ProcessRules {
     pub capabilities: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Filesystem {
     pub readonly_rootfs: bool,
@@ -92,14 +92,14 @@ pub struct Filesystem {
     pub tmpfs: Vec<Tmpfs>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Tmpfs {
     pub path: String,
     pub size: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Namespaces {
     /// Host namespaces a container may share: any of network, pid, ipc, uts.
@@ -107,7 +107,7 @@ pub struct Namespaces {
     pub allow_host: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Upper bound on the container's pids.max.

@@ -23,7 +23,7 @@
 use std::collections::BTreeSet;
 
 use seccompiler::{sock_filter, TargetArch};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::syscalls;
@@ -60,7 +60,7 @@ const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
 
 /// What the filter does with a syscall the policy does not allow.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SeccompMode {
     /// No filter at all (runc without a profile).
@@ -73,7 +73,7 @@ pub enum SeccompMode {
 }
 
 /// The `[seccomp]` section of a policy.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Seccomp {
     #[serde(default)]

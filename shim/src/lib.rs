@@ -13,6 +13,7 @@
 //! `waitpid(-1)` reaper is disabled), and copies stdio between pipes and containerd's FIFOs.
 
 pub mod cgroup;
+pub mod config;
 pub mod error;
 pub mod info;
 pub mod logging;

@@ -141,7 +141,7 @@ pub struct TaskService {
     publisher: Arc<RemotePublisher>,
     exit: Arc<ExitSignal>,
     runtime: Runtime,
-    default_policy: String,
+    config: crate::config::ConfigCache,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Seccomp programs compiled once per policy (name) for the life of this shim.
     seccomp_programs: std::sync::Mutex<HashMap<String, Programs>>,
@@ -162,14 +162,13 @@ impl TaskService {
         publisher: RemotePublisher,
         exit: Arc<ExitSignal>,
         runtime: Runtime,
-        default_policy: String,
     ) -> Self {
         TaskService {
             namespace,
             publisher: Arc::new(publisher),
             exit,
             runtime,
-            default_policy,
+            config: crate::config::ConfigCache::default(),
             containers: Mutex::new(HashMap::new()),
             seccomp_programs: std::sync::Mutex::new(HashMap::new()),
         }
@@ -200,7 +199,7 @@ impl TaskService {
             ));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let seccomp = self.apply_policy(&bundle).await?;
+        let seccomp = self.apply_policy(&bundle, req.options.as_ref()).await?;
         let t_policy = t0.elapsed();
 
         let rootfs = bundle.join("rootfs");
@@ -333,10 +332,19 @@ impl TaskService {
         Ok(bytes)
     }
 
-    /// Resolve the container's policy and write it into the bundle's config.json; writes the
-    /// seccomp programs to install (the pod's own profile first, the policy's last) beside it
-    /// and returns their paths.
-    async fn apply_policy(&self, bundle: &Path) -> Result<Vec<PathBuf>> {
+    /// Resolve the container's policy (node config from the runtime options' `ConfigPath` or
+    /// the default path, cached per shim; handler default or pod annotation) and write it
+    /// into the bundle's config.json; writes the seccomp programs to install (the pod's own
+    /// profile first, the policy's last) beside it and returns their paths.
+    async fn apply_policy(
+        &self,
+        bundle: &Path,
+        options: Option<&containerd_shim::protos::protobuf::well_known_types::any::Any>,
+    ) -> Result<Vec<PathBuf>> {
+        let t0 = Instant::now();
+        let config_path = crate::config::config_path_from_options(options)?;
+        let config = self.config.get(config_path.as_deref())?;
+        let config_us = t0.elapsed().as_micros() as u64;
         let path = bundle.join("config.json");
         let raw = tokio::fs::read(&path).await.map_err(|e| {
             Error::InvalidArgument(format!(
@@ -350,9 +358,17 @@ impl TaskService {
                 path.display()
             ))
         })?;
-        let policy = airlock_policies::select(spec.annotations().as_ref(), &self.default_policy)?;
+        crate::config::check_handler(config.handler(spec.annotations().as_ref()))?;
+        let policy = config.select(spec.annotations().as_ref())?;
         let enforced = policy.apply_on_node(&mut spec, &is_node_namespace)?;
-        info!(policy = %policy.name, enforced = %enforced.join("; "), "policy applied");
+        info!(
+            policy = %policy.name,
+            handler = %config.handler(spec.annotations().as_ref()),
+            config = %config.file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
+            config_us,
+            enforced = %enforced.join("; "),
+            "policy applied"
+        );
 
         let mut programs: Vec<Arc<[u8]>> = Vec::new();
         if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {

@@ -135,7 +135,6 @@ impl Shim for AirlockShim {
             publisher,
             self.exit.clone(),
             runtime,
-            airlock_policies::DEFAULT_POLICY.to_string(),
         )
     }
 }
