@@ -12,10 +12,12 @@ mod model;
 mod pod_seccomp;
 mod seccomp;
 pub mod syscalls;
+mod userns;
 
 pub use model::{Filesystem, Limits, Namespaces, Policy, ProcessRules, Tmpfs};
 pub use pod_seccomp::compile_pod_profile;
 pub use seccomp::{is_syscall, native_arch, Seccomp, SeccompMode, SeccompProgram};
+pub use userns::{IdRange, UserNamespace, DEFAULT_RANGE_SIZE};
 
 use std::path::Path;
 
