@@ -248,6 +248,12 @@ impl Containerd {
             .prefix("airlock-ctd-")
             .tempdir()
             .context("temp dir")?;
+        // Like /run/containerd (0711): a user-namespaced container's root (an unprivileged host
+        // uid) must be able to traverse the path to its bundle's rootfs.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+        }
         let cfg = dir.path().join("config.toml");
         std::fs::write(&cfg, Self::config(&b, dir.path()))?;
         if b.cri {

@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod service;
 pub mod shim;
 pub mod stdio;
+pub mod userns;
 
 pub use shim::AirlockShim;
 

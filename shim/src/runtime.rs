@@ -87,13 +87,15 @@ impl Runtime {
         Err(Error::Runtime(msg))
     }
 
-    /// Create the container, paused before exec. The container inherits `stdio`.
+    /// Create the container, paused before exec. The container inherits `stdio`. With
+    /// `idmap_rootfs`, the runtime idmaps the rootfs to the spec's user namespace mappings.
     pub async fn create(
         &self,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
         seccomp: &[PathBuf],
+        idmap_rootfs: bool,
         stdio: ChildStdio,
     ) -> Result<()> {
         // The runtime's own stderr is the container's stderr, so its error goes to a log file.
@@ -106,6 +108,9 @@ impl Runtime {
             .arg(pid_file);
         for program in seccomp {
             cmd.arg("--seccomp").arg(program);
+        }
+        if idmap_rootfs {
+            cmd.arg("--idmap-rootfs");
         }
         cmd.arg(id);
         self.run_with_stdio(cmd, stdio, &log, "create").await

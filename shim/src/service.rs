@@ -32,6 +32,8 @@ use crate::error::{Error, Result};
 use crate::pidfd::{ExitInfo, PidFd};
 use crate::runtime::Runtime;
 use crate::stdio::{self, Copier, StdioPaths};
+use crate::userns::RangeAllocator;
+use airlock_policies::IdRange;
 
 /// How long an exit waits for the container's output to be copied out.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -141,6 +143,15 @@ pub struct TaskService {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Seccomp programs compiled once per policy (name) for the life of this shim.
     seccomp_programs: std::sync::Mutex<HashMap<String, Programs>>,
+    /// The node's per-pod user namespace ranges.
+    userns: RangeAllocator,
+}
+
+/// What applying the policy produced for the runtime.
+struct Applied {
+    seccomp: Vec<PathBuf>,
+    /// The policy mapped the container to its pod's host range: idmap the rootfs to it.
+    idmap_rootfs: bool,
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {
@@ -168,6 +179,24 @@ impl TaskService {
             default_policy,
             containers: Mutex::new(HashMap::new()),
             seccomp_programs: std::sync::Mutex::new(HashMap::new()),
+            userns: RangeAllocator::default(),
+        }
+    }
+
+    /// Uses `allocator` for user namespace ranges instead of the node's (tests).
+    pub fn with_userns_allocator(mut self, allocator: RangeAllocator) -> Self {
+        self.userns = allocator;
+        self
+    }
+
+    /// Gives `id`'s claim on its pod's user namespace range back (no-op without one).
+    async fn release_userns(&self, id: &str) {
+        let (a, member) = (self.userns.clone(), userns_member(&self.namespace, id));
+        match tokio::task::spawn_blocking(move || a.release(&member)).await {
+            Ok(Ok(Some(host))) => info!(host, "user namespace range released (last container)"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => warn!("release user namespace range: {e}"),
+            Err(e) => warn!("release user namespace range: {e}"),
         }
     }
 
@@ -195,8 +224,26 @@ impl TaskService {
                 "restoring from a checkpoint is not supported by airlock".into(),
             ));
         }
+        let id = req.id.clone();
+        let r = self.create_checked(req, t0).await;
+        if r.is_err() {
+            self.release_userns(&id).await;
+        }
+        r
+    }
+
+    /// [`Self::do_create`] once the id is known to be new here: on error, the caller gives
+    /// back the user namespace range claim.
+    async fn create_checked(
+        &self,
+        req: CreateTaskRequest,
+        t0: Instant,
+    ) -> Result<CreateTaskResponse> {
         let bundle = PathBuf::from(&req.bundle);
-        let seccomp = self.apply_policy(&bundle).await?;
+        let Applied {
+            seccomp,
+            idmap_rootfs,
+        } = self.apply_policy(&bundle, &req.id).await?;
         let t_policy = t0.elapsed();
 
         let rootfs = bundle.join("rootfs");
@@ -231,7 +278,7 @@ impl TaskService {
         let pid_file = bundle.join("init.pid");
         if let Err(e) = self
             .runtime
-            .create(&req.id, &bundle, &pid_file, &seccomp, child)
+            .create(&req.id, &bundle, &pid_file, &seccomp, idmap_rootfs, child)
             .await
         {
             drop(copier);
@@ -330,7 +377,7 @@ impl TaskService {
     /// Resolve the container's policy and write it into the bundle's config.json; writes the
     /// seccomp programs to install (the pod's own profile first, the policy's last) beside it
     /// and returns their paths.
-    async fn apply_policy(&self, bundle: &Path) -> Result<Vec<PathBuf>> {
+    async fn apply_policy(&self, bundle: &Path, id: &str) -> Result<Applied> {
         let path = bundle.join("config.json");
         let raw = tokio::fs::read(&path).await.map_err(|e| {
             Error::InvalidArgument(format!(
@@ -345,8 +392,16 @@ impl TaskService {
             ))
         })?;
         let policy = airlock_policies::select(spec.annotations().as_ref(), &self.default_policy)?;
-        let enforced = policy.apply_on_node(&mut spec, &is_node_namespace)?;
+        let range = match policy.user_namespace_range_needed(&spec) {
+            Some(size) => Some(self.pod_range(&spec, id, size).await?),
+            None => None,
+        };
+        let enforced = policy.apply_in_pod(&mut spec, &is_node_namespace, range)?;
         info!(policy = %policy.name, enforced = %enforced.join("; "), "policy applied");
+        if let Some(r) = range {
+            absolute_cgroups_path(&mut spec, &self.namespace, id);
+            open_bundle_to(bundle, r.host_gid)?;
+        }
 
         let mut programs: Vec<Arc<[u8]>> = Vec::new();
         if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
@@ -379,7 +434,39 @@ impl TaskService {
                 .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
             files.push(file);
         }
-        Ok(files)
+        Ok(Applied {
+            seccomp: files,
+            idmap_rootfs: range.is_some(),
+        })
+    }
+
+    /// The host id range of `spec`'s pod (its CRI sandbox id, else the container itself),
+    /// allocated on first use; records `id` as one of its users.
+    async fn pod_range(&self, spec: &Spec, id: &str, size: u32) -> Result<IdRange> {
+        let t = Instant::now();
+        let pod = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(crate::shim::SANDBOX_ID_ANNOTATION))
+            .filter(|s| !s.is_empty())
+            .map_or(id, String::as_str);
+        let key = format!("{}/{pod}", self.namespace);
+        let (a, member) = (self.userns.clone(), userns_member(&self.namespace, id));
+        let host = tokio::task::spawn_blocking(move || a.acquire(&key, &member, size))
+            .await
+            .map_err(|e| Error::FailedPrecondition(format!("user namespace range: {e}")))?
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        info!(
+            host,
+            size,
+            elapsed_us = t.elapsed().as_micros() as u64,
+            "user namespace range of the pod"
+        );
+        Ok(IdRange {
+            host_uid: host,
+            host_gid: host,
+            size,
+        })
     }
 
     fn spawn_exit_watcher(&self, c: Arc<Container>, tx: watch::Sender<Option<ExitInfo>>) {
@@ -460,6 +547,7 @@ impl TaskService {
         if c.rootfs_mounted {
             unmount(&c.bundle.join("rootfs"));
         }
+        self.release_userns(&c.id).await;
         c.copier.lock().await.abort_stdin();
         self.containers.lock().await.remove(&c.id);
         self.publish(
@@ -966,13 +1054,54 @@ fn state_response(
     resp
 }
 
-/// Lazily unmount the container's rootfs (it may still be busy for a moment).
+/// Lazily unmount the container's rootfs (it may still be busy for a moment), with an
+/// idmapped layer on top if the runtime could not remove it (crash): every mount stacked there.
 pub fn unmount(target: &Path) {
-    if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
-        if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
-            warn!("unmount {}: {e}", target.display());
+    for _ in 0..4 {
+        if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+            if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
+                warn!("unmount {}: {e}", target.display());
+            }
+            return;
         }
     }
+}
+
+/// Lets the container's root (host gid `gid`) traverse the bundle dir to its rootfs, as
+/// containerd does for a spec that comes with user namespace mappings: group `gid`, mode 0710.
+fn open_bundle_to(bundle: &Path, gid: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(bundle, None, Some(gid))
+        .and_then(|()| std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(0o710)))
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "open the bundle {} to the container's root",
+                    bundle.display()
+                ),
+                e,
+            )
+        })
+}
+
+/// How a container is named among the users of a pod's user namespace range.
+pub fn userns_member(namespace: &str, id: &str) -> String {
+    format!("{namespace}/{id}")
+}
+
+/// libcontainer 0.7 forces its systemd cgroup driver for a user-namespaced container whose
+/// cgroupsPath is relative (or missing) on a cgroup v2 host, and that driver cannot work
+/// without systemd: make the path absolute (the same cgroup for cgroupfs).
+fn absolute_cgroups_path(spec: &mut Spec, namespace: &str, id: &str) {
+    let Some(linux) = spec.linux_mut() else {
+        return;
+    };
+    let path = match linux.cgroups_path() {
+        Some(p) if p.is_absolute() => return,
+        Some(p) => Path::new("/").join(p),
+        None => PathBuf::from(format!("/{namespace}/{id}")),
+    };
+    linux.set_cgroups_path(Some(path));
 }
 
 #[async_trait]
