@@ -717,6 +717,10 @@ impl Containerd {
                 remove_cgroup_tree(&cg);
             }
             let _ = std::fs::remove_dir_all(Path::new(AIRLOCK_STATE_DIR).join(ns));
+            // User namespace ranges of pods whose shims were killed above.
+            for f in crate::leaks::userns_ranges_of(ns, None) {
+                let _ = std::fs::remove_file(f);
+            }
         }
         for s in &shims_before {
             let _ = std::fs::remove_file(self.shim_socket_path(&s.namespace, &s.id));
