@@ -114,6 +114,17 @@ pub enum Idmapped {
     Overlay,
     /// An idmapped clone sits on top of the rootfs: remove it with [`unmount`].
     OnTop,
+    /// The filesystem under the layers cannot be idmapped (EINVAL: e.g. tmpfs before Linux
+    /// 6.3): only the overlay's upper dir root was given to the container's root, so the image's
+    /// files appear owned by `nobody` (readable, not writable as root). The user namespace
+    /// itself is in force either way.
+    Unsupported,
+}
+
+/// Whether `e` says the filesystem does not support idmapped mounts.
+fn unsupported(e: &IdmapError) -> bool {
+    matches!(e, IdmapError::Mount { step: "mount_setattr(MOUNT_ATTR_IDMAP)", source, .. }
+        if source.raw_os_error() == Some(libc::EINVAL))
 }
 
 /// Makes the rootfs appear owned by the container's root, mapped like the container's user
@@ -131,11 +142,13 @@ pub fn idmap_rootfs(
                 .map(|m| m.host_id())
         };
         let owner = root_of(uid_maps).zip(root_of(gid_maps));
-        remount_overlay(rootfs, &options, &userns, owner)?;
-        return Ok(Idmapped::Overlay);
+        return remount_overlay(rootfs, &options, &userns, owner);
     }
-    idmapped_clone(rootfs, &userns)?;
-    Ok(Idmapped::OnTop)
+    match idmapped_clone(rootfs, &userns) {
+        Ok(()) => Ok(Idmapped::OnTop),
+        Err(e) if unsupported(&e) => Ok(Idmapped::Unsupported),
+        Err(e) => Err(e),
+    }
 }
 
 /// The super options of the overlay mounted at `target` (the topmost mount there), if it is one.
@@ -179,7 +192,7 @@ fn remount_overlay(
     options: &str,
     userns: &OwnedFd,
     owner: Option<(u32, u32)>,
-) -> Result<(), IdmapError> {
+) -> Result<Idmapped, IdmapError> {
     let err = |step| {
         move |source| IdmapError::Mount {
             rootfs: rootfs.to_owned(),
@@ -207,16 +220,32 @@ fn remount_overlay(
             "no lowerdir in its mount options",
         )));
     }
+    if lowers.iter().any(|l| l.starts_with("/proc/self/fd")) {
+        return Err(err("read the overlay's lowerdir")(std::io::Error::other(
+            "it is already idmapped (its layers are /proc/self/fd paths); mount it afresh",
+        )));
+    }
     // The idmapped layers stay detached: overlayfs resolves `/proc/self/fd/N` to the detached
     // tree and keeps its own private clone, so no temporary mount point (and no unmount,
     // which costs an RCU grace period) is needed.
     let mut mapped = Vec::with_capacity(lowers.len());
+    let mut supported = true;
     for lower in &lowers {
-        mapped.push(idmapped_tree(lower, userns)?);
+        match idmapped_tree(lower, userns) {
+            Ok(fd) => mapped.push(fd),
+            Err(e) if unsupported(&e) => {
+                supported = false;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
     }
     if let (Some(upper), Some((uid, gid))) = (&upper, owner) {
         std::os::unix::fs::lchown(upper, Some(uid), Some(gid))
             .map_err(err("chown the upper dir's root"))?;
+    }
+    if !supported {
+        return Ok(Idmapped::Unsupported);
     }
     let lowerdir = mapped
         .iter()
@@ -236,7 +265,8 @@ fn remount_overlay(
         nix::mount::MsFlags::empty(),
         Some(data.as_str()),
     )
-    .map_err(|e| err("mount the overlay over idmapped layers")(e.into()))
+    .map_err(|e| err("mount the overlay over idmapped layers")(e.into()))?;
+    Ok(Idmapped::Overlay)
 }
 
 /// A detached, idmapped clone of the mount (or directory) at `source`.
@@ -438,5 +468,48 @@ mod tests {
         // One mount at the path: a single unmount leaves the plain directory.
         unmount(&root);
         assert!(!root.join("f").exists());
+    }
+
+    /// Layers whose filesystem cannot be idmapped (here an overlay used as a layer, which
+    /// gives EINVAL like tmpfs before 6.3): the upper root still goes to the container's root,
+    /// the layers are left alone, and create goes on.
+    #[test]
+    fn unsupported_layers_fall_back_to_the_upper_root_only() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        for sub in ["l", "u0", "w0", "la", "u", "w", "rootfs"] {
+            std::fs::create_dir(d.path().join(sub)).unwrap();
+        }
+        std::fs::write(d.path().join("l/f"), b"x").unwrap();
+        let ovl = |lower: &str, upper: &str, work: &str, at: &str| {
+            let p = |s: &str| d.path().join(s).display().to_string();
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                p(lower),
+                p(upper),
+                p(work)
+            );
+            nix::mount::mount(
+                Some("overlay"),
+                &d.path().join(at),
+                Some("overlay"),
+                nix::mount::MsFlags::empty(),
+                Some(data.as_str()),
+            )
+            .unwrap();
+        };
+        ovl("l", "u0", "w0", "la");
+        ovl("la", "u", "w", "rootfs");
+        let root = d.path().join("rootfs");
+        let host = (1u32 << 30) + 11 * 65536;
+        let how = idmap_rootfs(&root, &map(host), &map(host)).unwrap();
+        assert_eq!(how, Idmapped::Unsupported);
+        assert_eq!(std::fs::metadata(&root).unwrap().uid(), host);
+        assert_eq!(std::fs::metadata(root.join("f")).unwrap().uid(), 0);
+        unmount(&root);
+        unmount(&d.path().join("la"));
     }
 }

@@ -237,6 +237,15 @@ impl ProcessRuntime {
                 }
             };
             match idmap::idmap_rootfs(&bundle.rootfs, uids, gids) {
+                Ok(idmap::Idmapped::Unsupported) => {
+                    tracing::warn!(
+                        rootfs = %bundle.rootfs.display(),
+                        "the rootfs's filesystem cannot be idmapped (tmpfs before Linux 6.3?): \
+                         the image's files appear owned by nobody in the container; the user \
+                         namespace is in force"
+                    );
+                    idmapped = Some(idmap::Idmapped::Unsupported);
+                }
                 Ok(how) => idmapped = Some(how),
                 Err(e) => return Err(RuntimeError::Message(e.to_string())),
             }
