@@ -228,37 +228,79 @@ fn range_released_after_shim_crash(v: Version) {
     assert_clean(&ctd, &ns, std::slice::from_ref(&id));
 }
 
-/// create+start+wait+delete p50 through containerd, airlock with its user namespace
-/// (agent-strict) interleaved with runc.v2 as the yardstick; the runtime-only comparison with
-/// and without a user namespace is `startbench` (runtime/README.md). Prints a table.
+/// create+start+wait+delete p50 through containerd, interleaved: airlock with its user
+/// namespace (agent-strict), airlock without one, and runc.v2 as the yardstick. "Without" is the
+/// same policy on a spec that joins a network namespace made beforehand (as a CRI pod's
+/// containers do), for which the policy adds no user namespace: the only other difference is
+/// setns instead of unshare for the network namespace. Prints p50/p95 per variant.
 fn measure_start_cost(v: Version) {
     let ctd = shared(v).unwrap();
     let ns = ctd.new_namespace("userns-cost").unwrap();
     let runs = 30;
-    let mut times: Vec<(Runtime, Vec<f64>)> =
-        vec![(Runtime::Airlock, Vec::new()), (Runtime::Runc, Vec::new())];
+    let mut netns_holder = std::process::Command::new("unshare")
+        .args(["--net", "sleep", "600"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let netns = format!("/proc/{}/ns/net", netns_holder.id());
+    let join_netns = |s: Vec<u8>| -> Vec<u8> {
+        let mut v: Value = serde_json::from_slice(&s).unwrap();
+        for n in v["linux"]["namespaces"].as_array_mut().unwrap() {
+            if n["type"] == "network" {
+                n["path"] = json!(netns);
+            }
+        }
+        serde_json::to_vec(&v).unwrap()
+    };
+    let variants: [(&str, Runtime, bool); 3] = [
+        ("airlock, user namespace", Runtime::Airlock, false),
+        ("airlock, no user namespace", Runtime::Airlock, true),
+        ("runc.v2", Runtime::Runc, false),
+    ];
+    // Per variant: (create+start, whole lifecycle) in ms.
+    let mut times: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); variants.len()];
     rt().block_on(async {
         let c = ctd.client().await.unwrap();
         for i in 0..runs + 2 {
-            for (rt, v) in times.iter_mut() {
-                let id = uid(&format!("cost-{rt:?}").to_lowercase());
-                let s = spec(&ctd, &ns, &id, &["true"], None);
+            for (k, (_, runtime, join)) in variants.iter().enumerate() {
+                let id = uid("cost");
+                let mut s = spec(&ctd, &ns, &id, &["true"], None);
+                if *join {
+                    s = join_netns(s);
+                }
                 let t = Instant::now();
-                let r = c.run(&ns, &id, *rt, s, T).await.unwrap();
-                assert_eq!(r.exit_status, 0);
+                c.create(&ns, &id, *runtime, s).await.unwrap();
+                c.start(&ns, &id).await.unwrap();
+                let started = t.elapsed();
+                let (status, _) = c.wait(&ns, &id, T).await.unwrap();
+                assert_eq!(status, 0);
+                c.delete_task(&ns, &id).await.unwrap();
+                c.delete_container(&ns, &id).await.unwrap();
                 if i >= 2 {
-                    v.push(t.elapsed().as_secs_f64() * 1e3);
+                    times[k].0.push(started.as_secs_f64() * 1e3);
+                    times[k].1.push(t.elapsed().as_secs_f64() * 1e3);
                 }
             }
         }
     });
-    for (rt, v) in times.iter_mut() {
-        v.sort_by(f64::total_cmp);
+    let _ = netns_holder.kill();
+    let _ = netns_holder.wait();
+    println!("{v:?}: through containerd's API, {runs} interleaved runs, p50 / p95 ms");
+    println!(
+        "  {:<28} {:>15} {:>15}",
+        "", "create+start", "whole lifecycle"
+    );
+    let pct = |t: &mut Vec<f64>, p: usize| {
+        t.sort_by(f64::total_cmp);
+        t[(t.len() * p / 100).min(t.len() - 1)]
+    };
+    for ((name, ..), (start, all)) in variants.iter().zip(times.iter_mut()) {
         println!(
-            "{v:?} {rt:?}: p50 {:.1} ms, p95 {:.1} ms over {} runs",
-            v[v.len() / 2],
-            v[(v.len() * 95 / 100).min(v.len() - 1)],
-            v.len(),
+            "  {name:<28} {:>6.1} / {:>6.1} {:>6.1} / {:>6.1}",
+            pct(start, 50),
+            pct(start, 95),
+            pct(all, 50),
+            pct(all, 95)
         );
     }
 }
