@@ -24,15 +24,13 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
 use oci_spec::runtime::LinuxIdMapping;
-
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// Errors of idmapping a rootfs.
 #[derive(Debug, thiserror::Error)]
@@ -130,22 +128,67 @@ fn unsupported(e: &IdmapError) -> bool {
         if source.raw_os_error() == Some(libc::EINVAL))
 }
 
-/// Makes the rootfs appear owned by the container's root, mapped like the container's user
-/// namespace (see the module doc).
-pub fn idmap_rootfs(
-    rootfs: &Path,
-    uid_maps: &[LinuxIdMapping],
-    gid_maps: &[LinuxIdMapping],
-) -> Result<Idmapped, IdmapError> {
-    let userns = user_namespace(uid_maps, gid_maps)?;
-    if let Some(options) = overlay_options(rootfs) {
+/// The user namespace whose mapping the rootfs gets.
+#[derive(Debug, Clone, Copy)]
+pub enum UserNs<'a> {
+    /// A new user namespace with these mappings (`linux.uidMappings`/`gidMappings`).
+    Maps {
+        uid: &'a [LinuxIdMapping],
+        gid: &'a [LinuxIdMapping],
+    },
+    /// An existing one the container joins (`/proc/<pid>/ns/user` of its pod's sandbox).
+    Path(&'a Path),
+}
+
+impl UserNs<'_> {
+    fn open(&self) -> Result<OwnedFd, IdmapError> {
+        match self {
+            UserNs::Maps { uid, gid } => user_namespace(uid, gid),
+            UserNs::Path(p) => {
+                File::open(p)
+                    .map(OwnedFd::from)
+                    .map_err(|source| IdmapError::UserNs {
+                        step: "open the container's user namespace",
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// The host (uid, gid) of the container's root, when known.
+    fn root_owner(&self) -> Option<(u32, u32)> {
         let root_of = |maps: &[LinuxIdMapping]| {
             maps.iter()
                 .find(|m| m.container_id() == 0)
                 .map(|m| m.host_id())
         };
-        let owner = root_of(uid_maps).zip(root_of(gid_maps));
-        return remount_overlay(rootfs, &options, &userns, owner);
+        match self {
+            UserNs::Maps { uid, gid } => root_of(uid).zip(root_of(gid)),
+            UserNs::Path(p) => {
+                // `/proc/<pid>/ns/user`: the maps are at `/proc/<pid>/{uid,gid}_map`.
+                let proc = p.parent()?.parent()?;
+                let first = |file: &str| -> Option<u32> {
+                    let text = std::fs::read_to_string(proc.join(file)).ok()?;
+                    text.lines().find_map(|l| {
+                        let f: Vec<u32> = l
+                            .split_whitespace()
+                            .filter_map(|x| x.parse().ok())
+                            .collect();
+                        (f.len() == 3 && f[0] == 0).then_some(f[1])
+                    })
+                };
+                first("uid_map").zip(first("gid_map"))
+            }
+        }
+    }
+}
+
+/// Makes the rootfs appear owned by the container's root, mapped like the container's user
+/// namespace (see the module doc).
+pub fn idmap_rootfs(rootfs: &Path, ns: UserNs<'_>) -> Result<Idmapped, IdmapError> {
+    let userns = ns.open()?;
+    if let Some(options) = overlay_options(rootfs) {
+        return remount_overlay(rootfs, &options, &userns, ns.root_owner());
     }
     match idmapped_clone(rootfs, &userns) {
         Ok(()) => Ok(Idmapped::OnTop),
@@ -273,87 +316,23 @@ fn remount_overlay(
     Ok(Idmapped::Overlay)
 }
 
+fn mount_err(source: &Path) -> impl FnOnce(airlock_idmap::Failed) -> IdmapError + '_ {
+    move |f| IdmapError::Mount {
+        rootfs: source.to_owned(),
+        step: f.step,
+        source: f.error,
+    }
+}
+
 /// A detached, idmapped clone of the mount (or directory) at `source`.
 fn idmapped_tree(source: &Path, userns: &OwnedFd) -> Result<OwnedFd, IdmapError> {
-    let err = |step| {
-        move |source_err| IdmapError::Mount {
-            rootfs: source.to_owned(),
-            step,
-            source: source_err,
-        }
-    };
-    let path = cstr(source).map_err(err("path"))?;
-    // SAFETY: open_tree with a valid C string; returns a new fd or -1.
-    let tree = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    if tree < 0 {
-        return Err(err("open_tree")(std::io::Error::last_os_error()));
-    }
-    // SAFETY: open_tree returned a fresh fd that nothing else owns.
-    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
-    let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    // SAFETY: valid fd, empty path with AT_EMPTY_PATH, attr points to a live struct of `size`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    if r < 0 {
-        return Err(err("mount_setattr(MOUNT_ATTR_IDMAP)")(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(tree)
+    airlock_idmap::idmapped_tree(source, userns).map_err(mount_err(source))
 }
 
 /// An idmapped clone of `source` moved on top of it.
 fn idmapped_clone(source: &Path, userns: &OwnedFd) -> Result<(), IdmapError> {
     let tree = idmapped_tree(source, userns)?;
-    let path = cstr(source).map_err(|e| IdmapError::Mount {
-        rootfs: source.to_owned(),
-        step: "path",
-        source: e,
-    })?;
-    // SAFETY: moves the detached tree (fd) onto a valid path.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(IdmapError::Mount {
-            rootfs: source.to_owned(),
-            step: "move_mount",
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
-fn cstr(p: &Path) -> std::io::Result<std::ffi::CString> {
-    std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    airlock_idmap::attach(&tree, source).map_err(mount_err(source))
 }
 
 /// Removes the idmapped layer from `rootfs` (lazily; it may still be busy for a moment).
@@ -394,6 +373,11 @@ mod tests {
             .unwrap()]
     }
 
+    fn idmap_to(root: &Path, host: u32) -> Idmapped {
+        let m = map(host);
+        idmap_rootfs(root, UserNs::Maps { uid: &m, gid: &m }).unwrap()
+    }
+
     fn is_root() -> bool {
         nix::unistd::geteuid().is_root()
     }
@@ -424,7 +408,7 @@ mod tests {
         assert_eq!(std::fs::metadata(root.join("f")).unwrap().uid(), 0);
         let host = (1u32 << 30) + 7 * 65536;
         let t = std::time::Instant::now();
-        idmap_rootfs(&root, &map(host), &map(host)).unwrap();
+        idmap_to(&root, host);
         eprintln!("idmap took {:?}", t.elapsed());
         let m = std::fs::metadata(root.join("f")).unwrap();
         assert_eq!((m.uid(), m.gid()), (host, host));
@@ -460,7 +444,7 @@ mod tests {
         .unwrap();
         let host = (1u32 << 30) + 9 * 65536;
         let t = std::time::Instant::now();
-        let how = idmap_rootfs(&root, &map(host), &map(host)).unwrap();
+        let how = idmap_to(&root, host);
         eprintln!("overlay idmap took {:?}", t.elapsed());
         assert_eq!(how, Idmapped::Overlay);
         let m = std::fs::metadata(root.join("f")).unwrap();
@@ -511,7 +495,7 @@ mod tests {
         ovl("la", "u", "w", "rootfs");
         let root = d.path().join("rootfs");
         let host = (1u32 << 30) + 11 * 65536;
-        let how = idmap_rootfs(&root, &map(host), &map(host)).unwrap();
+        let how = idmap_to(&root, host);
         assert_eq!(how, Idmapped::Unsupported);
         assert_eq!(std::fs::metadata(&root).unwrap().uid(), host);
         assert_eq!(std::fs::metadata(root.join("f")).unwrap().uid(), 0);

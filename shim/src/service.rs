@@ -27,6 +27,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use tokio::sync::{watch, Mutex};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::bind_sources;
 use crate::cgroup::Cgroup;
 use crate::error::{Error, Result};
 use crate::pidfd::{ExitInfo, PidFd};
@@ -225,9 +226,11 @@ impl TaskService {
             ));
         }
         let id = req.id.clone();
+        let bundle = PathBuf::from(&req.bundle);
         let r = self.create_checked(req, t0).await;
         if r.is_err() {
             self.release_userns(&id).await;
+            bind_sources::cleanup(&bundle);
         }
         r
     }
@@ -248,7 +251,15 @@ impl TaskService {
 
         let rootfs = bundle.join("rootfs");
         let mut rootfs_mounted = false;
-        for m in &req.rootfs {
+        // containerd >= 2.0 asks for idmapped layers of a user-namespaced pod with
+        // uidmap=/gidmap= mount options, which mount(2) does not know: the runtime idmaps
+        // them to the container's user namespace instead.
+        let (mounts, containerd_gid) = strip_idmap_options(&req.rootfs);
+        if let Some(gid) = containerd_gid {
+            open_bundle_to(&bundle, gid)?;
+        }
+        let idmap_rootfs = idmap_rootfs || containerd_gid.is_some();
+        for m in &mounts {
             if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs).await {
                 if rootfs_mounted {
                     unmount(&rootfs);
@@ -402,6 +413,14 @@ impl TaskService {
             absolute_cgroups_path(&mut spec, &self.namespace, id);
             open_bundle_to(bundle, r.host_gid)?;
         }
+        let rebound = bind_sources::expose(&mut spec, bundle)
+            .map_err(|e| Error::io("prepare the container's bind mounts", e))?;
+        if rebound > 0 {
+            info!(
+                rebound,
+                "bind sources the container's root cannot reach, bound into the bundle"
+            );
+        }
 
         let mut programs: Vec<Arc<[u8]>> = Vec::new();
         if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
@@ -547,6 +566,7 @@ impl TaskService {
         if c.rootfs_mounted {
             unmount(&c.bundle.join("rootfs"));
         }
+        bind_sources::cleanup(&c.bundle);
         self.release_userns(&c.id).await;
         c.copier.lock().await.abort_stdin();
         self.containers.lock().await.remove(&c.id);
@@ -1082,6 +1102,43 @@ fn open_bundle_to(bundle: &Path, gid: u32) -> Result<()> {
                 e,
             )
         })
+}
+
+/// The mounts without containerd's `uidmap=`/`gidmap=` options, and the host gid of the
+/// container's root from `gidmap=` when there was one.
+fn strip_idmap_options(
+    mounts: &[containerd_shim::protos::api::Mount],
+) -> (Vec<containerd_shim::protos::api::Mount>, Option<u32>) {
+    let mut gid = None;
+    let mut idmapped = false;
+    let stripped = mounts
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m.options.retain(|o| {
+                if let Some(map) = o.strip_prefix("gidmap=") {
+                    // `<container>:<host>:<size>`, the root's range first.
+                    let f: Vec<u32> = map
+                        .split([':', ' '])
+                        .filter_map(|x| x.parse().ok())
+                        .collect();
+                    if f.len() >= 3 && f[0] == 0 {
+                        gid = Some(f[1]);
+                    }
+                    idmapped = true;
+                    return false;
+                }
+                if o.starts_with("uidmap=") {
+                    idmapped = true;
+                    return false;
+                }
+                true
+            });
+            m
+        })
+        .collect();
+    // Without a readable root gid, 0 keeps the bundle as containerd made it (root's group).
+    (stripped, idmapped.then(|| gid.unwrap_or(0)))
 }
 
 /// How a container is named among the users of a pod's user namespace range.

@@ -99,6 +99,7 @@ impl Shim for AirlockShim {
             warn!(id = %self.id, "runtime delete: {e}");
         }
         unmount(&self.bundle.join("rootfs"));
+        crate::bind_sources::cleanup(&self.bundle);
         let member = crate::service::userns_member(&self.namespace, &self.id);
         match crate::userns::RangeAllocator::default().release(&member) {
             Ok(Some(host)) => info!(host, "user namespace range released"),

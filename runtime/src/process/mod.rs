@@ -225,18 +225,27 @@ impl ProcessRuntime {
                 .linux()
                 .as_ref()
                 .expect("checked by load_bundle");
-            let (uids, gids) = match (linux.uid_mappings(), linux.gid_mappings()) {
-                (Some(u), Some(g)) if !u.is_empty() && !g.is_empty() && new_userns(&bundle.spec) => {
-                    (u, g)
+            let userns = linux.namespaces().as_ref().and_then(|ns| {
+                ns.iter()
+                    .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+            });
+            let source = match (userns, linux.uid_mappings(), linux.gid_mappings()) {
+                (Some(ns), _, _) if ns.path().is_some() => {
+                    idmap::UserNs::Path(ns.path().as_deref().expect("checked"))
+                }
+                (Some(_), Some(u), Some(g)) if !u.is_empty() && !g.is_empty() => {
+                    idmap::UserNs::Maps { uid: u, gid: g }
                 }
                 _ => {
                     return Err(RuntimeError::ConfigInvalid {
                         bundle: bundle.dir.clone(),
-                        detail: "an idmapped rootfs needs a new user namespace with linux.uidMappings and linux.gidMappings".into(),
+                        detail: "an idmapped rootfs needs a user namespace: a new one with \
+                                 linux.uidMappings and linux.gidMappings, or one joined by path"
+                            .into(),
                     })
                 }
             };
-            match idmap::idmap_rootfs(&bundle.rootfs, uids, gids) {
+            match idmap::idmap_rootfs(&bundle.rootfs, source) {
                 Ok(idmap::Idmapped::Unsupported) => {
                     tracing::warn!(
                         rootfs = %bundle.rootfs.display(),
@@ -569,18 +578,6 @@ fn lifecycle_error(
         },
         e => RuntimeError::backend(id, action, &e),
     }
-}
-
-/// Whether the spec creates a new user namespace (rather than joining one or having none).
-fn new_userns(spec: &oci_spec::runtime::Spec) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
-            ns.iter().any(|n| {
-                n.typ() == oci_spec::runtime::LinuxNamespaceType::User && n.path().is_none()
-            })
-        })
 }
 
 fn remove_cgroup_leaf(id: &str, cg_path: &Path) {
