@@ -184,12 +184,6 @@ impl TaskService {
         }
     }
 
-    /// Uses `allocator` for user namespace ranges instead of the node's (tests).
-    pub fn with_userns_allocator(mut self, allocator: RangeAllocator) -> Self {
-        self.userns = allocator;
-        self
-    }
-
     /// Gives `id`'s claim on its pod's user namespace range back (no-op without one).
     async fn release_userns(&self, id: &str) {
         let (a, member) = (self.userns.clone(), userns_member(&self.namespace, id));
@@ -254,11 +248,11 @@ impl TaskService {
         // containerd >= 2.0 asks for idmapped layers of a user-namespaced pod with
         // uidmap=/gidmap= mount options, which mount(2) does not know: the runtime idmaps
         // them to the container's user namespace instead.
-        let (mounts, containerd_gid) = strip_idmap_options(&req.rootfs);
-        if let Some(gid) = containerd_gid {
+        let (mounts, idmapped_layers, root_gid) = strip_idmap_options(&req.rootfs);
+        if let Some(gid) = root_gid {
             open_bundle_to(&bundle, gid)?;
         }
-        let idmap_rootfs = idmap_rootfs || containerd_gid.is_some();
+        let idmap_rootfs = idmap_rootfs || idmapped_layers;
         for m in &mounts {
             if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs).await {
                 if rootfs_mounted {
@@ -1074,8 +1068,9 @@ fn state_response(
     resp
 }
 
-/// Lazily unmount the container's rootfs (it may still be busy for a moment), with an
-/// idmapped layer on top if the runtime could not remove it (crash): every mount stacked there.
+/// Lazily unmount the container's rootfs (it may still be busy for a moment): every mount
+/// stacked there (an idmapped overlay sits on the one the shim mounted, see
+/// `runtime/src/idmap.rs`; so does an idmapped clone the runtime could not remove in a crash).
 pub fn unmount(target: &Path) {
     for _ in 0..4 {
         if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
@@ -1104,11 +1099,11 @@ fn open_bundle_to(bundle: &Path, gid: u32) -> Result<()> {
         })
 }
 
-/// The mounts without containerd's `uidmap=`/`gidmap=` options, and the host gid of the
-/// container's root from `gidmap=` when there was one.
+/// The mounts without containerd's `uidmap=`/`gidmap=` options, whether there were any, and
+/// the host gid of the container's root from `gidmap=`.
 fn strip_idmap_options(
     mounts: &[containerd_shim::protos::api::Mount],
-) -> (Vec<containerd_shim::protos::api::Mount>, Option<u32>) {
+) -> (Vec<containerd_shim::protos::api::Mount>, bool, Option<u32>) {
     let mut gid = None;
     let mut idmapped = false;
     let stripped = mounts
@@ -1137,8 +1132,7 @@ fn strip_idmap_options(
             m
         })
         .collect();
-    // Without a readable root gid, 0 keeps the bundle as containerd made it (root's group).
-    (stripped, idmapped.then(|| gid.unwrap_or(0)))
+    (stripped, idmapped, gid)
 }
 
 /// How a container is named among the users of a pod's user namespace range.
@@ -1379,6 +1373,28 @@ mod tests {
         assert_eq!(names(caps.permitted()), vec!["KILL"]);
         assert!(names(caps.ambient()).is_empty());
         assert_eq!(exec.no_new_privileges(), Some(true));
+    }
+
+    #[test]
+    fn containerd_idmap_options_are_taken_out_with_the_root_gid() {
+        let m = containerd_shim::protos::api::Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                "index=off".into(),
+                "lowerdir=/l".into(),
+                "uidmap=0:2147942400:65536".into(),
+                "gidmap=0:2147942401:65536".into(),
+            ],
+            ..Default::default()
+        };
+        let (out, idmapped, gid) = strip_idmap_options(std::slice::from_ref(&m));
+        assert_eq!(out[0].options, ["index=off", "lowerdir=/l"]);
+        assert!(idmapped);
+        assert_eq!(gid, Some(2147942401));
+        let (_, idmapped, gid) = strip_idmap_options(&out);
+        assert!(!idmapped);
+        assert_eq!(gid, None);
     }
 
     #[test]
