@@ -116,9 +116,9 @@ pub enum Idmapped {
     /// An idmapped clone sits on top of the rootfs: remove it with [`unmount`].
     OnTop,
     /// The filesystem under the layers cannot be idmapped (EINVAL: e.g. tmpfs before Linux
-    /// 6.3): only the overlay's upper dir root was given to the container's root, so the image's
-    /// files appear owned by `nobody` (readable, not writable as root). The user namespace
-    /// itself is in force either way.
+    /// 6.3): only the overlay's upper dir root was given to the container's root (an overlay
+    /// over the plain layers sits on top, as with `Overlay`), so the image's files appear owned
+    /// by `nobody` (readable, not writable as root). The user namespace holds either way.
     Unsupported,
 }
 
@@ -290,14 +290,22 @@ fn remount_overlay(
         std::os::unix::fs::lchown(upper, Some(uid), Some(gid))
             .map_err(err("chown the upper dir's root"))?;
     }
-    if !supported {
-        return Ok(Idmapped::Unsupported);
-    }
-    let lowerdir = mapped
-        .iter()
-        .map(|fd| format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .collect::<Vec<_>>()
-        .join(":");
+    // Without idmapped layers the overlay is still mounted again: the mounted overlay's root
+    // inode keeps the upper dir's old owner for permission checks (overlayfs copies it once),
+    // so the container's root could not create its /proc, /dev, /sys mount points.
+    let lowerdir = if supported {
+        mapped
+            .iter()
+            .map(|fd| format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .collect::<Vec<_>>()
+            .join(":")
+    } else {
+        lowers
+            .iter()
+            .map(|l| l.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    };
     let data = std::iter::once(format!("lowerdir={lowerdir}"))
         .chain(kept.iter().cloned())
         .collect::<Vec<_>>()
@@ -313,7 +321,11 @@ fn remount_overlay(
         Some(data.as_str()),
     )
     .map_err(|e| err("mount the overlay over idmapped layers")(e.into()))?;
-    Ok(Idmapped::Overlay)
+    Ok(if supported {
+        Idmapped::Overlay
+    } else {
+        Idmapped::Unsupported
+    })
 }
 
 fn mount_err(source: &Path) -> impl FnOnce(airlock_idmap::Failed) -> IdmapError + '_ {
@@ -376,6 +388,24 @@ mod tests {
     fn idmap_to(root: &Path, host: u32) -> Idmapped {
         let m = map(host);
         idmap_rootfs(root, UserNs::Maps { uid: &m, gid: &m }).unwrap()
+    }
+
+    /// Whether a child running as host uid/gid `id` can mkdir `dir`.
+    fn mkdir_as(id: u32, dir: &Path) -> bool {
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: the child only makes raw syscalls, then _exit.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => unsafe {
+                let ok = libc::setgid(id) == 0
+                    && libc::setuid(id) == 0
+                    && libc::mkdir(path.as_ptr(), 0o755) == 0;
+                libc::_exit(if ok { 0 } else { 1 });
+            },
+            ForkResult::Parent { child } => matches!(
+                waitpid(child, None),
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
+            ),
+        }
     }
 
     fn is_root() -> bool {
@@ -499,6 +529,13 @@ mod tests {
         assert_eq!(how, Idmapped::Unsupported);
         assert_eq!(std::fs::metadata(&root).unwrap().uid(), host);
         assert_eq!(std::fs::metadata(root.join("f")).unwrap().uid(), 0);
+        // The container's root (host uid `host`) may create mount points in "/": permission
+        // checks see the new owner, not the one the first overlay cached.
+        assert!(
+            mkdir_as(host, &root.join("proc")),
+            "mkdir /proc as the mapped root"
+        );
+        unmount(&root);
         unmount(&root);
         unmount(&d.path().join("la"));
     }
