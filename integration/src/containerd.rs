@@ -269,6 +269,12 @@ impl Containerd {
             .prefix("airlock-ctd-")
             .tempdir()
             .context("temp dir")?;
+        // Like /run/containerd (0711): a user-namespaced container's root (an unprivileged host
+        // uid) must be able to traverse the path to its bundle's rootfs.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+        }
         let cfg = dir.path().join("config.toml");
         let text = Self::config(&b, dir.path());
         std::fs::write(&cfg, b.edit_config.map(|f| f(&text)).unwrap_or(text))?;
@@ -733,6 +739,10 @@ impl Containerd {
                 remove_cgroup_tree(&cg);
             }
             let _ = std::fs::remove_dir_all(Path::new(AIRLOCK_STATE_DIR).join(ns));
+            // User namespace ranges of pods whose shims were killed above.
+            for f in crate::leaks::userns_ranges_of(ns, None) {
+                let _ = std::fs::remove_file(f);
+            }
         }
         for s in &shims_before {
             let _ = std::fs::remove_file(self.shim_socket_path(&s.namespace, &s.id));

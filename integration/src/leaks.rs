@@ -15,6 +15,9 @@ pub struct Leaks {
     pub mounts: Vec<String>,
     pub state_dirs: Vec<PathBuf>,
     pub shim_sockets: Vec<PathBuf>,
+    /// User namespace range files (`/run/airlock/.userns/<host-id>.json`) still listing a
+    /// container.
+    pub userns_ranges: Vec<PathBuf>,
     /// Containers/tasks containerd still lists.
     pub containerd_objects: Vec<String>,
 }
@@ -26,6 +29,7 @@ impl Leaks {
             && self.mounts.is_empty()
             && self.state_dirs.is_empty()
             && self.shim_sockets.is_empty()
+            && self.userns_ranges.is_empty()
             && self.containerd_objects.is_empty()
     }
 
@@ -35,6 +39,7 @@ impl Leaks {
         self.mounts.extend(o.mounts);
         self.state_dirs.extend(o.state_dirs);
         self.shim_sockets.extend(o.shim_sockets);
+        self.userns_ranges.extend(o.userns_ranges);
         self.containerd_objects.extend(o.containerd_objects);
     }
 }
@@ -60,6 +65,55 @@ pub fn cgroup_dirs(ns: &str, id: Option<&str>) -> Vec<PathBuf> {
         }
     }
     v
+}
+
+/// The shim's node-wide directory of allocated user namespace ranges.
+pub const USERNS_DIR: &str = "/run/airlock/.userns";
+
+/// The members (`<namespace>/<container-id>`) of each allocated user namespace range:
+/// (range file, first host id, members).
+pub fn userns_ranges() -> Vec<(PathBuf, u32, Vec<String>)> {
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir(USERNS_DIR) else {
+        return v;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(host) = name
+            .strip_suffix(".json")
+            .and_then(|h| h.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let members = std::fs::read(e.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|j| {
+                j["members"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|m| m.as_str().map(String::from))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        v.push((e.path(), host, members));
+    }
+    v.sort();
+    v
+}
+
+/// Range files listing a container of `ns` (with `id`: that container).
+pub fn userns_ranges_of(ns: &str, id: Option<&str>) -> Vec<PathBuf> {
+    userns_ranges()
+        .into_iter()
+        .filter(|(_, _, members)| {
+            members.iter().any(|m| match id {
+                Some(id) => *m == format!("{ns}/{id}"),
+                None => m.starts_with(&format!("{ns}/")),
+            })
+        })
+        .map(|(p, _, _)| p)
+        .collect()
 }
 
 /// Processes whose cgroup path contains `/<ns>/<id>` or whose argv mentions `id`.
@@ -101,6 +155,7 @@ pub fn find_leaks(ctd: &Containerd, ns: &str, id: &str) -> Leaks {
         processes: processes_of(ns, id),
         cgroups: cgroup_dirs(ns, Some(id)),
         mounts: mounts_of(ctd, id),
+        userns_ranges: userns_ranges_of(ns, Some(id)),
         ..Default::default()
     };
     let sd = Path::new(AIRLOCK_STATE_DIR).join(ns).join(id);
@@ -159,6 +214,9 @@ pub fn find_leaks_all(ctd: &Containerd, ns: &str, ids: &[String]) -> Leaks {
             }
         }
     }
+    all.userns_ranges.extend(userns_ranges_of(ns, None));
+    all.userns_ranges.sort();
+    all.userns_ranges.dedup();
     for s in ctd.shims() {
         if s.namespace == ns {
             all.processes

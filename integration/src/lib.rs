@@ -67,3 +67,21 @@ pub fn airlock_bin_dir() -> PathBuf {
         target_dir().join("debug")
     }
 }
+
+/// A container id unique in this test process: `<label>-<pid>-<n>`.
+pub fn unique_id(label: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{label}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// A current-thread tokio runtime for a test's gRPC calls.
+pub fn test_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

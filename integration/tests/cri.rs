@@ -396,6 +396,66 @@ fn host_network_pod_is_refused(v: Version) {
     });
 }
 
+/// `hostUsers: false` (containerd >= 2.0): the kubelet's mapping reaches the pod's containers,
+/// which run in the pod's user namespace, and the policy keeps it (it maps no host id 0).
+fn host_users_false(v: Version) {
+    let (_ctd, _turn) = cri_containerd(v);
+    // Above the shim's own ranges (2^30 .. 2^31), as a kubelet given its own subuid range would.
+    let host: u32 = (1 << 31) + 7 * 65536;
+    rt().block_on(async {
+        let mut cri = Cri::connect(&_ctd).await;
+        let mut pc = cri.pod_config("userns", &[], NamespaceMode::Pod);
+        let map = IdMapping {
+            host_id: host,
+            container_id: 0,
+            length: 65536,
+        };
+        let userns = UserNamespace {
+            mode: NamespaceMode::Pod as i32,
+            uids: vec![map],
+            gids: vec![map],
+        };
+        let ns_options = pc
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .namespace_options
+            .as_mut()
+            .unwrap();
+        ns_options.userns_options = Some(userns);
+        let ns_options = ns_options.clone();
+        let pod = cri.run_pod(&pc).await.expect("RunPodSandbox");
+        let mut cfg = cri.container_config("app", LOOP);
+        // The kubelet repeats the pod's namespace options for each container.
+        cfg.linux.as_mut().unwrap().security_context = Some(LinuxContainerSecurityContext {
+            namespace_options: Some(ns_options),
+            ..Default::default()
+        });
+        let app = cri.start_container(&pod, &pc, cfg).await.expect("start");
+        let r = cri.exec_sync(&app, &["cat", "/proc/self/uid_map"]).await;
+        let out = String::from_utf8_lossy(&r.stdout).to_string();
+        let f: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(f, ["0", &host.to_string(), "65536"], "{out}");
+        // The rootfs (idmapped layers) and containerd's idmapped bind mounts belong to root.
+        let r = cri
+            .exec_sync(
+                &app,
+                &["stat", "-c", "%u", "/bin/busybox", "/etc/hosts", "/"],
+            )
+            .await;
+        let out = String::from_utf8_lossy(&r.stdout).to_string();
+        assert_eq!(
+            out.split_whitespace().collect::<Vec<_>>(),
+            ["0", "0", "0"],
+            "{out}"
+        );
+        cri.teardown(&pod, std::slice::from_ref(&app)).await;
+    });
+}
+
 macro_rules! per_version {
     ($($m:ident => $v:expr),*) => {$(
         mod $m {
@@ -410,3 +470,9 @@ macro_rules! per_version {
 }
 
 per_version!(cri_v1_6 => Version::V1_6, cri_v2_1 => Version::V2_1);
+
+/// containerd 1.6's CRI has no user namespace support.
+#[test]
+fn cri_v2_1_host_users_false() {
+    host_users_false(Version::V2_1)
+}

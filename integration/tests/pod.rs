@@ -1,30 +1,13 @@
 //! Airlock-specific end-to-end cases: one shim per pod, and policies chosen and enforced at
 //! create, through a real containerd (1.6 and 2.1).
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use airlock_integration::containerd::{Containerd, Version};
-use airlock_integration::{leaks, shared, Runtime};
+use airlock_integration::{leaks, shared, test_rt as rt, unique_id as uid, Runtime};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(45);
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn uid(label: &str) -> String {
-    format!(
-        "{label}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn spec(
     ctd: &Containerd,

@@ -16,12 +16,14 @@ mod pod_seccomp;
 mod seccomp;
 mod store;
 pub mod syscalls;
+mod userns;
 
 pub use config::{Config, Loaded};
 pub use locate::line_of;
 pub use model::{Filesystem, Limits, Namespaces, Policy, ProcessRules, Tmpfs};
 pub use pod_seccomp::compile_pod_profile;
 pub use seccomp::{is_syscall, native_arch, Seccomp, SeccompMode, SeccompProgram};
+pub use userns::{IdRange, UserNamespace, DEFAULT_RANGE_SIZE};
 
 pub use store::{load_file, parse_located, Entry, PolicySet, Source};
 

@@ -10,6 +10,7 @@ use oci_spec::runtime::{
 use serde::{Deserialize, Serialize};
 
 use crate::seccomp::{native_arch, Seccomp, SeccompMode, SeccompProgram};
+use crate::userns::{IdRange, UserNamespace};
 use crate::{Error, Result};
 
 /// Capabilities containerd puts in every default spec. A spec asking for a capability from
@@ -74,6 +75,9 @@ pub struct Policy {
     /// Absent means the default: enforce the `agent` allowlist.
     #[serde(default)]
     pub seccomp: Seccomp,
+    /// Absent means off: the container's root is the host's root.
+    #[serde(default)]
+    pub user_namespace: UserNamespace,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -135,7 +139,7 @@ impl Policy {
         Ok(policy)
     }
 
-    fn invalid(&self, message: String) -> Error {
+    pub(crate) fn invalid(&self, message: String) -> Error {
         Error::Invalid {
             policy: self.name.clone(),
             message,
@@ -209,6 +213,9 @@ impl Policy {
             })?;
             self.seccomp.validate(arch).map_err(|m| self.invalid(m))?;
         }
+        self.user_namespace
+            .validate()
+            .map_err(|m| self.invalid(m))?;
         Ok(())
     }
 
@@ -227,7 +234,7 @@ impl Policy {
         self.seccomp.compile(arch).map_err(|m| self.invalid(m))
     }
 
-    fn refused(
+    pub(crate) fn refused(
         &self,
         field: &'static str,
         asked: impl Into<String>,
@@ -256,8 +263,21 @@ impl Policy {
         spec: &mut Spec,
         is_host_ns: &dyn Fn(LinuxNamespaceType, &Path) -> bool,
     ) -> Result<Vec<String>> {
+        self.apply_in_pod(spec, is_host_ns, None)
+    }
+
+    /// Like [`Policy::apply_on_node`], with the host id range the caller allocated for the
+    /// container's pod (see [`Policy::user_namespace_range_needed`]). Without a range, a policy
+    /// with `[user_namespace] enabled` maps nothing and says so in the returned lines.
+    pub fn apply_in_pod(
+        &self,
+        spec: &mut Spec,
+        is_host_ns: &dyn Fn(LinuxNamespaceType, &Path) -> bool,
+        userns: Option<IdRange>,
+    ) -> Result<Vec<String>> {
         let mut enforced = Vec::new();
         self.apply_namespaces(spec, is_host_ns, &mut enforced)?;
+        self.apply_user_namespace(spec, is_host_ns, userns, &mut enforced)?;
         self.apply_process(spec, &mut enforced)?;
         self.apply_filesystem(spec, &mut enforced);
         self.apply_limits(spec, &mut enforced);

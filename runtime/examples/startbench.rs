@@ -1,11 +1,15 @@
 //! Throwaway micro-benchmark (not part of the product): create + start + wait + delete of one
 //! bundle with several OCI runtimes, interleaved, as a subreaper like the shim.
 //!
-//! usage: startbench <bundle> <runs> name=/path/to/runtime[,bundle=DIR][,seccomp=FILE] ...
+//! usage: startbench <bundle> <runs> name=/path/to/runtime[,bundle=DIR][,seccomp=FILE][,idmap] ...
 //! The bundle's config.json should run /bin/true with terminal false. `bundle=` gives one
 //! runtime its own bundle (e.g. a policy-lowered config.json); `seccomp=` passes
 //! `--seccomp FILE` to its create (airlock-runtime only): variants of one runtime can be
-//! compared interleaved; `arg=X` passes X to create as is.
+//! compared interleaved; `arg=X` passes X to create as is. `idmap` passes `--idmap-rootfs`
+//! (airlock-runtime only; the bundle's config.json needs a user namespace with uid/gid
+//! mappings). `overlay` mounts a fresh overlay of `<bundle>/lower` on `<bundle>/rootfs` before
+//! each create and unmounts it after delete, both untimed, as the shim does with containerd's
+//! snapshot.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -26,6 +30,29 @@ fn run(bin: &str, root: &str, args: &[&str]) {
     assert!(st.success(), "{bin} {args:?} failed");
 }
 
+/// A fresh overlay of `<bundle>/lower` (new upper and work dirs) on `rootfs`.
+fn mount_overlay(bundle: &Path, rootfs: &Path) {
+    let (upper, work) = (bundle.join("upper"), bundle.join("work"));
+    for d in [&upper, &work] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        bundle.join("lower").display(),
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .unwrap();
+}
+
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
@@ -36,23 +63,25 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let bundle = &args[1];
     let runs: usize = args[2].parse().unwrap();
-    // (name, binary, bundle, extra create args)
-    let rts: Vec<(String, String, String, Vec<String>)> = args[3..]
+    // (name, binary, bundle, extra create args, overlay)
+    let rts: Vec<(String, String, String, Vec<String>, bool)> = args[3..]
         .iter()
         .map(|a| {
             let (n, rest) = a.split_once('=').unwrap();
             let mut parts = rest.split(',');
             let bin = parts.next().unwrap().to_owned();
-            let (mut b, mut extra) = (bundle.clone(), Vec::new());
+            let (mut b, mut extra, mut overlay) = (bundle.clone(), Vec::new(), false);
             for opt in parts {
                 match opt.split_once('=') {
                     Some(("bundle", d)) => b = d.to_owned(),
                     Some(("seccomp", f)) => extra.extend(["--seccomp".to_owned(), f.to_owned()]),
                     Some(("arg", x)) => extra.push(x.to_owned()),
+                    None if opt == "idmap" => extra.push("--idmap-rootfs".to_owned()),
+                    None if opt == "overlay" => overlay = true,
                     _ => panic!("unknown option {opt:?} in {a:?}"),
                 }
             }
-            (n.to_owned(), bin, b, extra)
+            (n.to_owned(), bin, b, extra, overlay)
         })
         .collect();
     // SAFETY: plain prctl.
@@ -67,7 +96,11 @@ fn main() {
         for k in 0..rts.len() {
             // rotate the order each round so no runtime always goes first
             let j = (k + i) % rts.len();
-            let (name, bin, bundle, extra) = &rts[j];
+            let (name, bin, bundle, extra, overlay) = &rts[j];
+            let rootfs = Path::new(bundle).join("rootfs");
+            if *overlay {
+                mount_overlay(Path::new(bundle), &rootfs);
+            }
             let root = tmp.path().join(format!("root-{name}"));
             let root = root.to_str().unwrap();
             let id = format!("bench-{name}-{i}");
@@ -90,6 +123,10 @@ fn main() {
             let t3 = Instant::now();
             run(bin, root, &["delete", &id]);
             let t4 = Instant::now();
+            if *overlay {
+                // The idmapped overlay sits on the plain one: unmount all stacked there.
+                while nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+            }
             assert!(!Path::new(root).join(&id).exists());
             if i >= 2 {
                 // first two rounds are warm-up

@@ -9,6 +9,7 @@
 pub mod cgroups;
 pub mod error;
 pub mod executor;
+pub mod idmap;
 pub mod process;
 pub mod signal;
 pub mod spec;

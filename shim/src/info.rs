@@ -25,6 +25,7 @@ pub fn features_json() -> serde_json::Value {
                 "operators": ["SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ"],
                 "archs": [match std::env::consts::ARCH { "x86_64" => "SCMP_ARCH_X86_64", "aarch64" => "SCMP_ARCH_AARCH64", _ => "SCMP_ARCH_NATIVE" }]
             },
+            "mountExtensions": { "idmap": { "enabled": true } },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false }
         },

@@ -12,6 +12,7 @@
 //! inits through pidfds (the shim is their subreaper; the `containerd-shim` crate's global
 //! `waitpid(-1)` reaper is disabled), and copies stdio between pipes and containerd's FIFOs.
 
+pub mod bind_sources;
 pub mod cgroup;
 pub mod config;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod runtime;
 pub mod service;
 pub mod shim;
 pub mod stdio;
+pub mod userns;
 
 pub use shim::AirlockShim;
 

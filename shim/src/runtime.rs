@@ -87,13 +87,15 @@ impl Runtime {
         Err(Error::Runtime(msg))
     }
 
-    /// Create the container, paused before exec. The container inherits `stdio`.
+    /// Create the container, paused before exec. The container inherits `stdio`. With
+    /// `idmap_rootfs`, the runtime idmaps the rootfs to the spec's user namespace mappings.
     pub async fn create(
         &self,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
         seccomp: &[PathBuf],
+        idmap_rootfs: bool,
         stdio: ChildStdio,
     ) -> Result<()> {
         // The runtime's own stderr is the container's stderr, so its error goes to a log file.
@@ -106,6 +108,9 @@ impl Runtime {
             .arg(pid_file);
         for program in seccomp {
             cmd.arg("--seccomp").arg(program);
+        }
+        if idmap_rootfs {
+            cmd.arg("--idmap-rootfs");
         }
         cmd.arg(id);
         self.run_with_stdio(cmd, stdio, &log, "create").await
@@ -228,18 +233,45 @@ pub fn state_root(namespace: &str) -> PathBuf {
 /// The runtime's final error from its JSON log (`fields.error` of the last ERROR event).
 async fn last_error_line(log: &Path) -> Option<String> {
     let text = tokio::fs::read_to_string(log).await.ok()?;
-    text.lines().rev().find_map(|line| {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        if v.get("level")?.as_str()? != "ERROR" {
-            return None;
-        }
+    let errors: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| v.get("level").and_then(|l| l.as_str()) == Some("ERROR"))
+        .collect();
+    let message = |v: &serde_json::Value| -> Option<String> {
         let fields = v.get("fields")?;
         fields
             .get("error")
             .or_else(|| fields.get("message"))?
             .as_str()
             .map(str::to_string)
-    })
+    };
+    let last = message(errors.last()?)?;
+    // libcontainer's init sends only its top-level message across; its first ERROR event in
+    // the log names the failing step (e.g. which mount, which errno): add it when the final
+    // message points at the log for details.
+    let first = errors
+        .first()
+        .filter(|_| last.contains("--log <file> --debug"));
+    match first.and_then(|v| {
+        let fields = v.get("fields")?.as_object()?;
+        let mut detail: Vec<String> = fields
+            .get("message")
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+            .into_iter()
+            .collect();
+        detail.extend(fields.iter().filter(|(k, _)| *k != "message").map(
+            |(k, v)| match v.as_str() {
+                Some(s) => format!("{k}={s}"),
+                None => format!("{k}={v}"),
+            },
+        ));
+        Some(detail.join(" "))
+    }) {
+        Some(step) => Some(format!("{last} (first failing step: {step})")),
+        None => Some(last),
+    }
 }
 
 #[cfg(test)]
@@ -260,6 +292,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(last_error_line(&p).await.unwrap(), "executable not found");
+        std::fs::write(
+            &p,
+            concat!(
+                "{\"level\":\"ERROR\",\"fields\":{\"message\":\"failed to bind mount rootfs\",\"err\":\"Nix(EACCES)\"}}\n",
+                "{\"level\":\"ERROR\",\"fields\":{\"error\":\"failed to prepare rootfs; rerun with --log <file> --debug to see the failing step\"}}\n",
+            ),
+        )
+        .unwrap();
+        let e = last_error_line(&p).await.unwrap();
+        assert!(
+            e.ends_with("(first failing step: failed to bind mount rootfs err=Nix(EACCES))"),
+            "{e}"
+        );
         std::fs::write(&p, "not json\n").unwrap();
         assert_eq!(last_error_line(&p).await, None);
     }

@@ -27,12 +27,15 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use tokio::sync::{watch, Mutex};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::bind_sources;
 use crate::cgroup::Cgroup;
 use crate::error::{Error, Result};
 use crate::oom::{OomCounter, OomSource};
 use crate::pidfd::{ExitInfo, PidFd};
 use crate::runtime::Runtime;
 use crate::stdio::{self, Copier, StdioPaths};
+use crate::userns::RangeAllocator;
+use airlock_policies::IdRange;
 
 /// How long an exit waits for the container's output to be copied out.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -145,6 +148,15 @@ pub struct TaskService {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Seccomp programs compiled once per policy (name) for the life of this shim.
     seccomp_programs: std::sync::Mutex<HashMap<String, Programs>>,
+    /// The node's per-pod user namespace ranges.
+    userns: RangeAllocator,
+}
+
+/// What applying the policy produced for the runtime.
+struct Applied {
+    seccomp: Vec<PathBuf>,
+    /// The policy mapped the container to its pod's host range: idmap the rootfs to it.
+    idmap_rootfs: bool,
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {
@@ -171,6 +183,18 @@ impl TaskService {
             config: crate::config::ConfigCache::default(),
             containers: Mutex::new(HashMap::new()),
             seccomp_programs: std::sync::Mutex::new(HashMap::new()),
+            userns: RangeAllocator::default(),
+        }
+    }
+
+    /// Gives `id`'s claim on its pod's user namespace range back (no-op without one).
+    async fn release_userns(&self, id: &str) {
+        let (a, member) = (self.userns.clone(), userns_member(&self.namespace, id));
+        match tokio::task::spawn_blocking(move || a.release(&member)).await {
+            Ok(Ok(Some(host))) => info!(host, "user namespace range released (last container)"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => warn!("release user namespace range: {e}"),
+            Err(e) => warn!("release user namespace range: {e}"),
         }
     }
 
@@ -198,13 +222,43 @@ impl TaskService {
                 "restoring from a checkpoint is not supported by airlock".into(),
             ));
         }
+        let id = req.id.clone();
         let bundle = PathBuf::from(&req.bundle);
-        let seccomp = self.apply_policy(&bundle, req.options.as_ref()).await?;
+        let r = self.create_checked(req, t0).await;
+        if r.is_err() {
+            self.release_userns(&id).await;
+            bind_sources::cleanup(&bundle);
+        }
+        r
+    }
+
+    /// [`Self::do_create`] once the id is known to be new here: on error, the caller gives
+    /// back the user namespace range claim.
+    async fn create_checked(
+        &self,
+        req: CreateTaskRequest,
+        t0: Instant,
+    ) -> Result<CreateTaskResponse> {
+        let bundle = PathBuf::from(&req.bundle);
+        let Applied {
+            seccomp,
+            idmap_rootfs,
+        } = self
+            .apply_policy(&bundle, &req.id, req.options.as_ref())
+            .await?;
         let t_policy = t0.elapsed();
 
         let rootfs = bundle.join("rootfs");
         let mut rootfs_mounted = false;
-        for m in &req.rootfs {
+        // containerd >= 2.0 asks for idmapped layers of a user-namespaced pod with
+        // uidmap=/gidmap= mount options, which mount(2) does not know: the runtime idmaps
+        // them to the container's user namespace instead.
+        let (mounts, idmapped_layers, root_gid) = strip_idmap_options(&req.rootfs);
+        if let Some(gid) = root_gid {
+            open_bundle_to(&bundle, gid)?;
+        }
+        let idmap_rootfs = idmap_rootfs || idmapped_layers;
+        for m in &mounts {
             if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs).await {
                 if rootfs_mounted {
                     unmount(&rootfs);
@@ -234,7 +288,7 @@ impl TaskService {
         let pid_file = bundle.join("init.pid");
         if let Err(e) = self
             .runtime
-            .create(&req.id, &bundle, &pid_file, &seccomp, child)
+            .create(&req.id, &bundle, &pid_file, &seccomp, idmap_rootfs, child)
             .await
         {
             drop(copier);
@@ -339,8 +393,9 @@ impl TaskService {
     async fn apply_policy(
         &self,
         bundle: &Path,
+        id: &str,
         options: Option<&containerd_shim::protos::protobuf::well_known_types::any::Any>,
-    ) -> Result<Vec<PathBuf>> {
+    ) -> Result<Applied> {
         let t0 = Instant::now();
         let config_path = crate::config::config_path_from_options(options)?;
         let config = self.config.get(config_path.as_deref())?;
@@ -360,7 +415,11 @@ impl TaskService {
         })?;
         crate::config::check_handler(config.handler(spec.annotations().as_ref()))?;
         let policy = config.select(spec.annotations().as_ref())?;
-        let enforced = policy.apply_on_node(&mut spec, &is_node_namespace)?;
+        let range = match policy.user_namespace_range_needed(&spec) {
+            Some(size) => Some(self.pod_range(&spec, id, size).await?),
+            None => None,
+        };
+        let enforced = policy.apply_in_pod(&mut spec, &is_node_namespace, range)?;
         info!(
             policy = %policy.name,
             handler = %config.handler(spec.annotations().as_ref()),
@@ -369,6 +428,18 @@ impl TaskService {
             enforced = %enforced.join("; "),
             "policy applied"
         );
+        if let Some(r) = range {
+            absolute_cgroups_path(&mut spec, &self.namespace, id);
+            open_bundle_to(bundle, r.host_gid)?;
+        }
+        let rebound = bind_sources::expose(&mut spec, bundle)
+            .map_err(|e| Error::io("prepare the container's bind mounts", e))?;
+        if rebound > 0 {
+            info!(
+                rebound,
+                "bind sources the container's root cannot reach, bound into the bundle"
+            );
+        }
 
         let mut programs: Vec<Arc<[u8]>> = Vec::new();
         if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
@@ -401,7 +472,39 @@ impl TaskService {
                 .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
             files.push(file);
         }
-        Ok(files)
+        Ok(Applied {
+            seccomp: files,
+            idmap_rootfs: range.is_some(),
+        })
+    }
+
+    /// The host id range of `spec`'s pod (its CRI sandbox id, else the container itself),
+    /// allocated on first use; records `id` as one of its users.
+    async fn pod_range(&self, spec: &Spec, id: &str, size: u32) -> Result<IdRange> {
+        let t = Instant::now();
+        let pod = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(crate::shim::SANDBOX_ID_ANNOTATION))
+            .filter(|s| !s.is_empty())
+            .map_or(id, String::as_str);
+        let key = format!("{}/{pod}", self.namespace);
+        let (a, member) = (self.userns.clone(), userns_member(&self.namespace, id));
+        let host = tokio::task::spawn_blocking(move || a.acquire(&key, &member, size))
+            .await
+            .map_err(|e| Error::FailedPrecondition(format!("user namespace range: {e}")))?
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        info!(
+            host,
+            size,
+            elapsed_us = t.elapsed().as_micros() as u64,
+            "user namespace range of the pod"
+        );
+        Ok(IdRange {
+            host_uid: host,
+            host_gid: host,
+            size,
+        })
     }
 
     /// Publishes TaskOOM for each OOM kill in the container's cgroup while it runs, woken by
@@ -518,6 +621,8 @@ impl TaskService {
         if c.rootfs_mounted {
             unmount(&c.bundle.join("rootfs"));
         }
+        bind_sources::cleanup(&c.bundle);
+        self.release_userns(&c.id).await;
         c.copier.lock().await.abort_stdin();
         self.containers.lock().await.remove(&c.id);
         self.publish(
@@ -1048,13 +1153,91 @@ fn state_response(
     resp
 }
 
-/// Lazily unmount the container's rootfs (it may still be busy for a moment).
+/// Lazily unmount the container's rootfs (it may still be busy for a moment): every mount
+/// stacked there (an idmapped overlay sits on the one the shim mounted, see
+/// `runtime/src/idmap.rs`; so does an idmapped clone the runtime could not remove in a crash).
 pub fn unmount(target: &Path) {
-    if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
-        if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
-            warn!("unmount {}: {e}", target.display());
+    for _ in 0..4 {
+        if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+            if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
+                warn!("unmount {}: {e}", target.display());
+            }
+            return;
         }
     }
+}
+
+/// Lets the container's root (host gid `gid`) traverse the bundle dir to its rootfs, as
+/// containerd does for a spec that comes with user namespace mappings: group `gid`, mode 0710.
+fn open_bundle_to(bundle: &Path, gid: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(bundle, None, Some(gid))
+        .and_then(|()| std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(0o710)))
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "open the bundle {} to the container's root",
+                    bundle.display()
+                ),
+                e,
+            )
+        })
+}
+
+/// The mounts without containerd's `uidmap=`/`gidmap=` options, whether there were any, and
+/// the host gid of the container's root from `gidmap=`.
+fn strip_idmap_options(
+    mounts: &[containerd_shim::protos::api::Mount],
+) -> (Vec<containerd_shim::protos::api::Mount>, bool, Option<u32>) {
+    let mut gid = None;
+    let mut idmapped = false;
+    let stripped = mounts
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m.options.retain(|o| {
+                if let Some(map) = o.strip_prefix("gidmap=") {
+                    // `<container>:<host>:<size>`, the root's range first.
+                    let f: Vec<u32> = map
+                        .split([':', ' '])
+                        .filter_map(|x| x.parse().ok())
+                        .collect();
+                    if f.len() >= 3 && f[0] == 0 {
+                        gid = Some(f[1]);
+                    }
+                    idmapped = true;
+                    return false;
+                }
+                if o.starts_with("uidmap=") {
+                    idmapped = true;
+                    return false;
+                }
+                true
+            });
+            m
+        })
+        .collect();
+    (stripped, idmapped, gid)
+}
+
+/// How a container is named among the users of a pod's user namespace range.
+pub fn userns_member(namespace: &str, id: &str) -> String {
+    format!("{namespace}/{id}")
+}
+
+/// libcontainer 0.7 forces its systemd cgroup driver for a user-namespaced container whose
+/// cgroupsPath is relative (or missing) on a cgroup v2 host, and that driver cannot work
+/// without systemd: make the path absolute (the same cgroup for cgroupfs).
+fn absolute_cgroups_path(spec: &mut Spec, namespace: &str, id: &str) {
+    let Some(linux) = spec.linux_mut() else {
+        return;
+    };
+    let path = match linux.cgroups_path() {
+        Some(p) if p.is_absolute() => return,
+        Some(p) => Path::new("/").join(p),
+        None => PathBuf::from(format!("/{namespace}/{id}")),
+    };
+    linux.set_cgroups_path(Some(path));
 }
 
 #[async_trait]
@@ -1275,6 +1458,28 @@ mod tests {
         assert_eq!(names(caps.permitted()), vec!["KILL"]);
         assert!(names(caps.ambient()).is_empty());
         assert_eq!(exec.no_new_privileges(), Some(true));
+    }
+
+    #[test]
+    fn containerd_idmap_options_are_taken_out_with_the_root_gid() {
+        let m = containerd_shim::protos::api::Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                "index=off".into(),
+                "lowerdir=/l".into(),
+                "uidmap=0:2147942400:65536".into(),
+                "gidmap=0:2147942401:65536".into(),
+            ],
+            ..Default::default()
+        };
+        let (out, idmapped, gid) = strip_idmap_options(std::slice::from_ref(&m));
+        assert_eq!(out[0].options, ["index=off", "lowerdir=/l"]);
+        assert!(idmapped);
+        assert_eq!(gid, Some(2147942401));
+        let (_, idmapped, gid) = strip_idmap_options(&out);
+        assert!(!idmapped);
+        assert_eq!(gid, None);
     }
 
     #[test]

@@ -99,6 +99,13 @@ impl Shim for AirlockShim {
             warn!(id = %self.id, "runtime delete: {e}");
         }
         unmount(&self.bundle.join("rootfs"));
+        crate::bind_sources::cleanup(&self.bundle);
+        let member = crate::service::userns_member(&self.namespace, &self.id);
+        match crate::userns::RangeAllocator::default().release(&member) {
+            Ok(Some(host)) => info!(host, "user namespace range released"),
+            Ok(None) => {}
+            Err(e) => warn!("release user namespace range: {e}"),
+        }
         remove_dead_socket(&self.bundle).await;
         Ok(DeleteResponse {
             pid: 0,

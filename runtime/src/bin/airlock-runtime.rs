@@ -53,6 +53,10 @@ enum Command {
         /// installed, in order.
         #[arg(long)]
         seccomp: Vec<PathBuf>,
+        /// Idmap the rootfs to the container's new user namespace (linux.uidMappings and
+        /// gidMappings), so its files belong to the container's root without a chown.
+        #[arg(long = "idmap-rootfs")]
+        idmap_rootfs: bool,
         id: String,
     },
     /// Let the container's init exec the workload.
@@ -141,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bundle,
             pid_file,
             seccomp,
+            idmap_rootfs,
             id,
         } => {
             rt.create(CreateOptions {
@@ -149,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pid_file,
                 executor: None,
                 seccomp,
+                idmap_rootfs,
             })?;
         }
         Command::Start { id } => rt.start(&id)?,
@@ -237,6 +243,7 @@ mod tests {
             "/p",
             "--seccomp",
             "/b/f.bpf",
+            "--idmap-rootfs",
             "c1",
         ])
         .unwrap();
@@ -247,8 +254,10 @@ mod tests {
                 bundle,
                 pid_file,
                 seccomp,
+                idmap_rootfs,
                 id,
             } => {
+                assert!(idmap_rootfs);
                 assert_eq!(bundle, PathBuf::from("/b"));
                 assert_eq!(seccomp, vec![PathBuf::from("/b/f.bpf")]);
                 assert_eq!(pid_file, Some(PathBuf::from("/p")));

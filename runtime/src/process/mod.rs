@@ -31,6 +31,7 @@ use tracing::{debug, info, info_span};
 use crate::cgroups::{parent_registry, CgroupRecord};
 use crate::error::{one_line_chain, Result, RuntimeError};
 use crate::executor::{extract_message, AirlockExecutor, BpfProgram};
+use crate::idmap;
 use crate::spec::{cgroup_path, load_bundle};
 
 /// Default state root (the shim passes `/run/airlock/<containerd-namespace>`).
@@ -56,6 +57,10 @@ pub struct CreateOptions {
     /// Seccomp program files (see [`BpfProgram::from_file`]), installed in this order in the
     /// init and, kept in the state dir, in every exec process.
     pub seccomp: Vec<PathBuf>,
+    /// Put an idmapped clone of the rootfs on top of it, mapped like the container's new user
+    /// namespace (`linux.uidMappings`/`gidMappings`), so the image's files belong to the
+    /// container's root without a chown. Removed again on delete and on a failed create.
+    pub idmap_rootfs: bool,
 }
 
 /// Result of a successful create.
@@ -211,6 +216,53 @@ impl ProcessRuntime {
         // ready; a failed create must not leave a pid file naming a dead process.
         let pid_file_existed = opts.pid_file.as_deref().is_some_and(Path::exists);
 
+        let mut idmapped = None;
+        let idmap_us = if opts.idmap_rootfs {
+            let t = Instant::now();
+            let _s = info_span!("idmap_rootfs").entered();
+            let linux = bundle
+                .spec
+                .linux()
+                .as_ref()
+                .expect("checked by load_bundle");
+            let userns = linux.namespaces().as_ref().and_then(|ns| {
+                ns.iter()
+                    .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+            });
+            let source = match (userns, linux.uid_mappings(), linux.gid_mappings()) {
+                (Some(ns), _, _) if ns.path().is_some() => {
+                    idmap::UserNs::Path(ns.path().as_deref().expect("checked"))
+                }
+                (Some(_), Some(u), Some(g)) if !u.is_empty() && !g.is_empty() => {
+                    idmap::UserNs::Maps { uid: u, gid: g }
+                }
+                _ => {
+                    return Err(RuntimeError::ConfigInvalid {
+                        bundle: bundle.dir.clone(),
+                        detail: "an idmapped rootfs needs a user namespace: a new one with \
+                                 linux.uidMappings and linux.gidMappings, or one joined by path"
+                            .into(),
+                    })
+                }
+            };
+            match idmap::idmap_rootfs(&bundle.rootfs, source) {
+                Ok(idmap::Idmapped::Unsupported) => {
+                    tracing::warn!(
+                        rootfs = %bundle.rootfs.display(),
+                        "the rootfs's filesystem cannot be idmapped (tmpfs before Linux 6.3?): \
+                         the image's files appear owned by nobody in the container; the user \
+                         namespace is in force"
+                    );
+                    idmapped = Some(idmap::Idmapped::Unsupported);
+                }
+                Ok(how) => idmapped = Some(how),
+                Err(e) => return Err(RuntimeError::Message(e.to_string())),
+            }
+            t.elapsed().as_micros() as u64
+        } else {
+            0
+        };
+
         let t_build = Instant::now();
         let built = {
             let _s = info_span!("libcontainer_build").entered();
@@ -223,6 +275,9 @@ impl ProcessRuntime {
             Err(e) => {
                 let err = map_create_error(id, &e);
                 self.cleanup_failed_create(id, &cg_path, &record);
+                if idmapped == Some(idmap::Idmapped::OnTop) {
+                    idmap::unmount(&bundle.rootfs);
+                }
                 if let (Some(p), false) = (&opts.pid_file, pid_file_existed) {
                     let _ = std::fs::remove_file(p);
                 }
@@ -236,6 +291,16 @@ impl ProcessRuntime {
         };
 
         let pid = container.pid().map(|p| p.as_raw()).unwrap_or(-1);
+        if idmapped == Some(idmap::Idmapped::OnTop) {
+            if let Err(e) = idmap::write_marker(&dir, &bundle.rootfs) {
+                let _ = self.delete(id, true);
+                idmap::unmount(&bundle.rootfs);
+                return Err(RuntimeError::Io(format!(
+                    "cannot record the idmapped rootfs in {}: {e}; check the state root",
+                    dir.display()
+                )));
+            }
+        }
         if let Err(e) = record.mark_created(&parent_registry(&self.root)) {
             tracing::warn!(error = %e, "could not mark created cgroup parents; they may be left on delete");
         }
@@ -257,6 +322,8 @@ impl ProcessRuntime {
         }
         info!(
             pid,
+            idmap_us,
+            idmap = ?idmapped,
             build_us,
             total_us = t0.elapsed().as_micros() as u64,
             "created: init waiting for start"
@@ -335,6 +402,7 @@ impl ProcessRuntime {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        let idmapped = idmap::read_marker(&dir);
         let mut c = match Container::load(dir.clone()) {
             Ok(c) => c,
             Err(e) if force => {
@@ -343,6 +411,9 @@ impl ProcessRuntime {
                 std::fs::remove_dir_all(&dir)
                     .map_err(|e| RuntimeError::Io(format!("removing {}: {e}", dir.display())))?;
                 record.remove_empty_parents(&parent_registry(&self.root));
+                if let Some(rootfs) = idmapped {
+                    idmap::unmount(&rootfs);
+                }
                 return Ok(());
             }
             Err(e) => return Err(RuntimeError::backend(id, "load", &e)),
@@ -350,6 +421,9 @@ impl ProcessRuntime {
         c.delete(force)
             .map_err(|e| lifecycle_error(id, "delete", "stop it first or use delete --force", e))?;
         record.remove_empty_parents(&parent_registry(&self.root));
+        if let Some(rootfs) = idmapped {
+            idmap::unmount(&rootfs);
+        }
         Ok(())
     }
 

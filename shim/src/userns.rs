@@ -1,0 +1,381 @@
+//! Per-pod host id ranges for user namespaces.
+//!
+//! Every pod gets its own range of [`SLOT_SIZE`] host uids/gids (the same numbers for both),
+//! never shared with another pod, from [`BASE`] upwards. The ranges live as files in a state
+//! directory shared by every shim on the node (`/run/airlock/.userns`: a dot name, so no
+//! containerd namespace can collide with it), one file per allocated range named by its first
+//! host id, holding the pod's key and the containers that use it:
+//!
+//! ```text
+//! /run/airlock/.userns/1073741824.json  {"pod":"k8s.io/<sandbox-id>","members":["k8s.io/<id>", ...]}
+//! ```
+//!
+//! Every operation holds an exclusive `flock` on `<dir>/.lock` (per open file description, so
+//! it excludes threads as well as processes); the range file is also created with `O_EXCL`,
+//! so two shims can never both own one range. A range is freed when its last container is
+//! released: by the shim at Task.Delete or after a failed create, and by `shim delete` after
+//! a shim crash (which only knows the container, hence members are recorded, not counts).
+//! A file that cannot be read is treated as allocated: never reuse a range one is unsure of.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+/// Ids per range.
+pub const SLOT_SIZE: u32 = 65536;
+/// First host id handed out: far above login users, system users and `/etc/subuid` ranges
+/// (conventionally from 100000), and below 2^31 so 32-bit-signed tools still show them right.
+pub const BASE: u32 = 1 << 30;
+/// Ranges available (BASE + 16384 * 65536 = 2^31).
+pub const SLOTS: u32 = 16384;
+/// The node-wide directory of allocated ranges.
+pub const STATE_DIR: &str = "/run/airlock/.userns";
+
+const LOCK_FILE: &str = ".lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsernsError {
+    #[error("user namespace ranges in {dir}: {what}: {source}; check that the directory is on a writable local filesystem")]
+    Io {
+        dir: PathBuf,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no free user namespace range left in {dir} ({SLOTS} ranges of {SLOT_SIZE} ids are in use); delete pods, or remove range files of pods that no longer exist")]
+    Exhausted { dir: PathBuf },
+    #[error("a user namespace range of {asked} ids was asked for; ranges hold {SLOT_SIZE}")]
+    TooLarge { asked: u32 },
+}
+
+pub type Result<T> = std::result::Result<T, UsernsError>;
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct RangeFile {
+    pod: String,
+    members: Vec<String>,
+}
+
+/// Allocates and releases pod ranges under one state directory.
+#[derive(Debug, Clone)]
+pub struct RangeAllocator {
+    dir: PathBuf,
+}
+
+impl Default for RangeAllocator {
+    fn default() -> Self {
+        RangeAllocator::new(STATE_DIR)
+    }
+}
+
+impl RangeAllocator {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        RangeAllocator { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn io(&self, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UsernsError + '_ {
+        let what = what.into();
+        move |source| UsernsError::Io {
+            dir: self.dir.clone(),
+            what,
+            source,
+        }
+    }
+
+    fn lock(&self) -> Result<Flock<File>> {
+        std::fs::create_dir_all(&self.dir).map_err(self.io("create the directory"))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.dir.join(LOCK_FILE))
+            .map_err(self.io("open the lock file"))?;
+        Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| (self.io("lock"))(std::io::Error::from(e)))
+    }
+
+    fn path_of(&self, host: u32) -> PathBuf {
+        self.dir.join(format!("{host}.json"))
+    }
+
+    /// The allocated ranges: (first host id, contents or `None` if unreadable).
+    fn ranges(&self) -> Result<Vec<(u32, Option<RangeFile>)>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(&self.dir).map_err(self.io("list"))? {
+            let e = e.map_err(self.io("list"))?;
+            let name = e.file_name();
+            let Some(host) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let content = std::fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            v.push((host, content));
+        }
+        Ok(v)
+    }
+
+    fn write(&self, host: u32, f: &RangeFile, create: bool) -> Result<()> {
+        let path = self.path_of(host);
+        let bytes = serde_json::to_vec(f).expect("serializes");
+        if create {
+            // O_EXCL: a range file is created exactly once, whoever else is looking.
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(self.io(format!("create {}", path.display())))?;
+            return file
+                .write_all(&bytes)
+                .map_err(self.io(format!("write {}", path.display())));
+        }
+        let tmp = self.dir.join(format!(".{host}.tmp"));
+        std::fs::write(&tmp, &bytes).map_err(self.io(format!("write {}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(self.io(format!("replace {}", path.display())))
+    }
+
+    /// The first host id of `pod`'s range, allocating it when the pod has none; records
+    /// `member` (a container, `<namespace>/<id>`) as a user of it. Idempotent per member.
+    pub fn acquire(&self, pod: &str, member: &str, size: u32) -> Result<u32> {
+        if size > SLOT_SIZE {
+            return Err(UsernsError::TooLarge { asked: size });
+        }
+        let _lock = self.lock()?;
+        let mut ranges = self.ranges()?;
+        if let Some((host, f)) = ranges
+            .iter_mut()
+            .find_map(|(h, f)| f.as_mut().filter(|f| f.pod == pod).map(|f| (*h, f)))
+        {
+            if !f.members.iter().any(|m| m == member) {
+                f.members.push(member.to_string());
+                self.write(host, f, false)?;
+            }
+            return Ok(host);
+        }
+        let used: std::collections::HashSet<u32> = ranges.iter().map(|(h, _)| *h).collect();
+        let host = (0..SLOTS)
+            .map(|i| BASE + i * SLOT_SIZE)
+            .find(|h| !used.contains(h))
+            .ok_or_else(|| UsernsError::Exhausted {
+                dir: self.dir.clone(),
+            })?;
+        self.write(
+            host,
+            &RangeFile {
+                pod: pod.to_string(),
+                members: vec![member.to_string()],
+            },
+            true,
+        )?;
+        Ok(host)
+    }
+
+    /// Removes `member` from whichever range lists it; frees the range when it was the last.
+    /// Returns the first host id of a range it freed. Unknown members are not an error.
+    pub fn release(&self, member: &str) -> Result<Option<u32>> {
+        let _lock = self.lock()?;
+        for (host, f) in self.ranges()? {
+            let Some(mut f) = f else { continue };
+            let before = f.members.len();
+            f.members.retain(|m| m != member);
+            if f.members.len() == before {
+                continue;
+            }
+            if f.members.is_empty() {
+                let path = self.path_of(host);
+                std::fs::remove_file(&path)
+                    .map_err(self.io(format!("remove {}", path.display())))?;
+                return Ok(Some(host));
+            }
+            self.write(host, &f, false)?;
+            return Ok(None);
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, Barrier};
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != LOCK_FILE)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn pods_get_distinct_ranges_containers_of_a_pod_share_one() {
+        let d = tempfile::tempdir().unwrap();
+        let a = RangeAllocator::new(d.path());
+        let p1 = a.acquire("ns/pod1", "ns/c1", SLOT_SIZE).unwrap();
+        let p1b = a.acquire("ns/pod1", "ns/c2", SLOT_SIZE).unwrap();
+        let p2 = a.acquire("ns/pod2", "ns/c3", SLOT_SIZE).unwrap();
+        assert_eq!(p1, BASE);
+        assert_eq!(p1, p1b);
+        assert_eq!(p2, BASE + SLOT_SIZE);
+        // Acquiring again for the same member changes nothing.
+        assert_eq!(a.acquire("ns/pod1", "ns/c1", SLOT_SIZE).unwrap(), p1);
+        assert_eq!(a.release("ns/c1").unwrap(), None, "c2 still uses it");
+        assert_eq!(a.release("ns/c2").unwrap(), Some(p1));
+        // The freed range is reused; pod2's is not.
+        assert_eq!(a.acquire("ns/pod3", "ns/c4", SLOT_SIZE).unwrap(), p1);
+        assert_eq!(a.release("ns/c3").unwrap(), Some(p2));
+        assert_eq!(a.release("ns/c4").unwrap(), Some(p1));
+        assert_eq!(a.release("ns/unknown").unwrap(), None);
+        assert!(files(d.path()).is_empty(), "{:?}", files(d.path()));
+    }
+
+    #[test]
+    fn an_unreadable_range_file_is_never_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let a = RangeAllocator::new(d.path());
+        std::fs::write(d.path().join(format!("{BASE}.json")), b"{garbage").unwrap();
+        assert_eq!(
+            a.acquire("ns/p", "ns/c", SLOT_SIZE).unwrap(),
+            BASE + SLOT_SIZE
+        );
+        assert!(matches!(
+            a.acquire("ns/p", "ns/c", SLOT_SIZE + 1),
+            Err(UsernsError::TooLarge { .. })
+        ));
+    }
+
+    /// Many threads (each with its own lock file description) allocate and release at once:
+    /// no two live pods ever hold the same range, and nothing is left at the end.
+    #[test]
+    fn concurrent_threads_never_share_a_range() {
+        let d = tempfile::tempdir().unwrap();
+        let threads = 16;
+        let barrier = Arc::new(Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let a = RangeAllocator::new(d.path());
+                let b = barrier.clone();
+                std::thread::spawn(move || {
+                    b.wait();
+                    let mut got = Vec::new();
+                    for round in 0..20 {
+                        let pod = format!("ns/pod-{t}-{round}");
+                        let h1 = a.acquire(&pod, &format!("{pod}/a"), SLOT_SIZE).unwrap();
+                        let h2 = a.acquire(&pod, &format!("{pod}/b"), SLOT_SIZE).unwrap();
+                        assert_eq!(h1, h2);
+                        got.push((pod.clone(), h1));
+                        if round % 2 == 1 {
+                            a.release(&format!("{pod}/a")).unwrap();
+                            a.release(&format!("{pod}/b")).unwrap();
+                            got.pop();
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut owner: HashMap<u32, String> = HashMap::new();
+        for h in handles {
+            for (pod, host) in h.join().unwrap() {
+                if let Some(other) = owner.insert(host, pod.clone()) {
+                    panic!("range {host} held by {other} and {pod}");
+                }
+            }
+        }
+        assert_eq!(owner.len(), threads * 10);
+        assert_eq!(files(d.path()).len(), threads * 10);
+        let a = RangeAllocator::new(d.path());
+        for pod in owner.values() {
+            a.release(&format!("{pod}/a")).unwrap();
+            a.release(&format!("{pod}/b")).unwrap();
+        }
+        assert!(files(d.path()).is_empty());
+    }
+
+    /// Separate processes (forked children, each allocating for its own pods) get disjoint
+    /// ranges: the flock and O_EXCL work across processes, not only threads.
+    #[test]
+    fn concurrent_processes_never_share_a_range() {
+        let d = tempfile::tempdir().unwrap();
+        let procs = 6;
+        let per = 8;
+        let mut children = Vec::new();
+        for p in 0..procs {
+            // A fresh process per allocator: re-exec this test binary in "child" mode.
+            let exe = std::env::current_exe().unwrap();
+            let child = std::process::Command::new(exe)
+                .args([
+                    "--exact",
+                    "userns::tests::child_allocates",
+                    "--nocapture",
+                    "--ignored",
+                ])
+                .env("AIRLOCK_USERNS_TEST_DIR", d.path())
+                .env("AIRLOCK_USERNS_TEST_POD", format!("proc{p}"))
+                .env("AIRLOCK_USERNS_TEST_COUNT", per.to_string())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            children.push(child);
+        }
+        let mut seen = HashSet::new();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success());
+            let text = String::from_utf8_lossy(&out.stdout);
+            let hosts: Vec<u32> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("RANGE "))
+                .map(|h| h.parse().unwrap())
+                .collect();
+            assert_eq!(hosts.len(), per, "{text}");
+            for h in hosts {
+                assert!(seen.insert(h), "range {h} handed out twice");
+            }
+        }
+        assert_eq!(files(d.path()).len(), procs * per);
+    }
+
+    /// Helper of `concurrent_processes_never_share_a_range` (runs only when it starts it).
+    #[test]
+    #[ignore]
+    fn child_allocates() {
+        let Ok(dir) = std::env::var("AIRLOCK_USERNS_TEST_DIR") else {
+            return;
+        };
+        let pod = std::env::var("AIRLOCK_USERNS_TEST_POD").unwrap();
+        let n: usize = std::env::var("AIRLOCK_USERNS_TEST_COUNT")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let a = RangeAllocator::new(dir);
+        for i in 0..n {
+            let h = a
+                .acquire(
+                    &format!("ns/{pod}-{i}"),
+                    &format!("ns/{pod}-{i}/c"),
+                    SLOT_SIZE,
+                )
+                .unwrap();
+            println!("RANGE {h}");
+        }
+    }
+}
