@@ -418,8 +418,23 @@ impl ProcessRuntime {
             }
             Err(e) => return Err(RuntimeError::backend(id, "load", &e)),
         };
-        c.delete(force)
-            .map_err(|e| lifecycle_error(id, "delete", "stop it first or use delete --force", e))?;
+        // After SIGKILL the container's processes stay in its cgroup as zombies until their
+        // reaper collects them (after a shim crash that is containerd, not us), and cgroup v1
+        // refuses to remove a cgroup until then: a forced delete retries for up to 3 s.
+        let mut tries = 0;
+        while let Err(e) = c.delete(force) {
+            tries += 1;
+            if !force || tries >= 30 {
+                return Err(lifecycle_error(
+                    id,
+                    "delete",
+                    "stop it first or use delete --force",
+                    e,
+                ));
+            }
+            tracing::debug!(tries, error = %one_line_chain(&e), "delete: cgroup busy, retrying");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         record.remove_empty_parents(&parent_registry(&self.root));
         if let Some(rootfs) = idmapped {
             idmap::unmount(&rootfs);
