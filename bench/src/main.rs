@@ -34,8 +34,8 @@ struct Args {
     /// Interleaved rounds (each round runs every runtime once; one more warm-up round is dropped).
     #[arg(long, default_value_t = 30)]
     runs: usize,
-    /// A smoke run (about 30 s): 3 rounds, sweep 1 and 4, 2 idle pods. Proves the harness works;
-    /// its figures are not a measurement.
+    /// A smoke run (about 30 s): 3 rounds, 3 execs, sweep 1 and 4, 2 idle pods (overrides
+    /// --runs, --sweep and --pods). Proves the harness works; its figures are not a measurement.
     #[arg(long)]
     quick: bool,
     /// containerd to drive: 1.6 or 2.1.

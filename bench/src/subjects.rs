@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use airlock_integration::Containerd;
+use airlock_integration::{Containerd, Version};
 
 /// Annotation that picks an Airlock policy for a pod.
 pub const POLICY_ANNOTATION: &str = "airlock.dev/policy";
@@ -95,6 +95,12 @@ pub fn detect(ctd: &Containerd, policies: &[String]) -> (Vec<Subject>, Vec<Strin
     }
     // containerd/rust-extensions' runc shim: the closest peer (a Rust shim around runc).
     match (which("runc"), which("containerd-shim-runc-v2-rs")) {
+        // Its 0.2 release answers `start` with the JSON bootstrap of task API v3, which only
+        // containerd >= 2.0 parses (1.6: "dial unix {...}: invalid argument").
+        (Some(_), Some(_)) if ctd.version() == Version::V1_6 => skipped.push(
+            "runc-v2-rs: containerd-shim-runc-v2-rs 0.2 needs containerd >= 2.0 (try --containerd 2.1)"
+                .to_string(),
+        ),
         (Some(_), Some(_)) => v.push(peer("runc-v2-rs", "io.containerd.runc.v2-rs", None)),
         _ => skipped.push(
             "runc-v2-rs: `containerd-shim-runc-v2-rs` is not on PATH (cargo install containerd-runc-shim)"
@@ -132,7 +138,13 @@ pub fn version_of(bin: &Path, args: &[&str]) -> String {
 /// (`containerd-shim-runc-v2:` / `Version: 1.6.20`).
 fn first_version_line(s: &str) -> String {
     let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.next().unwrap_or("").to_string();
+    let mut first = lines.next().unwrap_or("").to_string();
+    // `/path/to/containerd-shim-x:` -> `containerd-shim-x:`
+    if first.ends_with(':') {
+        if let Some((_, name)) = first.rsplit_once('/') {
+            first = name.to_string();
+        }
+    }
     let line = match (first.ends_with(':'), lines.next()) {
         (true, Some(next)) => format!("{first} {next}"),
         _ => first,
@@ -169,7 +181,7 @@ mod tests {
     #[test]
     fn version_lines() {
         assert_eq!(
-            super::first_version_line("shim:\n  Version:  1.6.20\n  Revision: x\n"),
+            super::first_version_line("/usr/bin/shim:\n  Version:  1.6.20\n  Revision: x\n"),
             "shim: Version: 1.6.20"
         );
         assert_eq!(
