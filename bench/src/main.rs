@@ -1,21 +1,27 @@
-//! `airlock-bench`: cold start of Airlock against the runtimes users would pick instead, all
-//! through ONE private containerd in ONE run, interleaved (A B C A B C ...), same image.
+//! `airlock-bench`: cold start, exec, concurrency and memory of Airlock against the runtimes users
+//! would pick instead, all through ONE private containerd in ONE run, interleaved, same image;
+//! plus the floor of each OCI runtime alone on a bundle. Writes `results/cold-start.{json,md,svg}`.
 //!
-//! What it measures today: the whole `ctr run --rm <image> id true` (create, start, wait,
-//! delete, shim start/stop) per runtime, and the idle memory of one shim per runtime. The
-//! per-phase, concurrency and CRI paths are the benchmark issue's to add. Never used as a timed
-//! assertion: CI runs `--quick` only to prove the harness works.
+//! Never used as a timed assertion: CI runs `--quick` only to prove the harness works.
 
+mod baseline;
+mod measure;
+mod report;
 mod stats;
+mod subjects;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use airlock_integration::{Containerd, Runtime, Version, IMAGE_REF};
+use airlock_integration::{Containerd, Version};
 use anyhow::{bail, Context, Result};
-use clap::Parser;
-use serde::Serialize;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use report::{
+    BaselineResult, Goal, Machine, MemoryResult, Metric, Report, SubjectResult, SweepResult,
+};
+use subjects::Subject;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,51 +29,80 @@ use serde::Serialize;
     about = "Cold-start benchmark through one containerd"
 )]
 struct Args {
-    /// Interleaved rounds (each round runs every runtime once).
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Interleaved rounds (each round runs every runtime once; one more warm-up round is dropped).
     #[arg(long, default_value_t = 30)]
     runs: usize,
-    /// A short smoke run (5 rounds) that proves the harness works.
+    /// A smoke run (about 30 s): 3 rounds, 3 execs, sweep 1 and 4, 2 idle pods (overrides
+    /// --runs, --sweep and --pods). Proves the harness works; its figures are not a measurement.
     #[arg(long)]
     quick: bool,
     /// containerd to drive: 1.6 or 2.1.
     #[arg(long, default_value = "1.6")]
     containerd: String,
-    /// Where to write results (JSON and Markdown).
+    /// Where to write cold-start.{json,md,svg}.
     #[arg(long, default_value = "results")]
     out: PathBuf,
+    /// Airlock policies to measure (one subject each, via the `airlock.dev/policy` annotation).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "agent-strict,agent-default"
+    )]
+    policies: Vec<String>,
+    /// Concurrency levels: sandboxes started at once.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    sweep: Vec<usize>,
+    /// Idle pods per runtime for the memory figures.
+    #[arg(long, default_value_t = 4)]
+    pods: usize,
+    /// Only these subjects (names as in the report, e.g. `airlock/agent-strict,runc`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Skip the direct runtime baseline (no containerd).
+    #[arg(long)]
+    no_baseline: bool,
 }
 
-#[derive(Debug, Serialize)]
-struct RuntimeResult {
-    runtime: &'static str,
-    cold_start_ms: stats::Summary,
-    ratio_to_runc_p50: Option<f64>,
-    ratio_to_crun_p50: Option<f64>,
-    shim_rss_kib: Option<u64>,
-    shim_pss_kib: Option<u64>,
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Internal: the direct baseline, run in a child (subreaper, private mount namespace).
+    #[command(hide = true)]
+    BaselineWorker {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        rounds: usize,
+        runtimes: Vec<String>,
+    },
 }
 
-#[derive(Debug, Serialize)]
-struct Report {
-    machine: Machine,
-    containerd: String,
-    rounds: usize,
-    command: &'static str,
-    results: Vec<RuntimeResult>,
-}
-
-#[derive(Debug, Serialize)]
-struct Machine {
-    cores: usize,
-    kernel: String,
-    cgroups: &'static str,
+fn loadavg() -> [f64; 3] {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = s.split_whitespace().map(|x| x.parse().unwrap_or(f64::NAN));
+    [
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+    ]
 }
 
 fn machine() -> Machine {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let mem_total_mib = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024;
     let cgroups = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         "v2 (unified)"
     } else if std::path::Path::new("/sys/fs/cgroup/unified").exists() {
@@ -79,170 +114,457 @@ fn machine() -> Machine {
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
-        kernel,
-        cgroups,
+        cpu,
+        mem_total_mib,
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        cgroups: cgroups.into(),
     }
 }
 
-/// RSS and PSS (KiB) of a process, from /proc.
-fn memory_kib(pid: i32) -> (Option<u64>, Option<u64>) {
-    let field = |file: &str, key: &str| -> Option<u64> {
-        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-            .ok()?
-            .lines()
-            .find(|l| l.starts_with(key))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    (field("status", "VmRSS:"), field("smaps_rollup", "Pss:"))
+/// Samples of one subject while the rounds run (NaN = failed round).
+struct Acc {
+    ctr: Vec<f64>,
+    phases: Vec<Vec<f64>>,
+    exec: Vec<f64>,
+    failures: usize,
+    first_error: Option<String>,
 }
 
-/// Memory of the shim serving one idle, sleeping container.
-fn idle_shim_memory(ctd: &Containerd, ns: &str, rt: Runtime) -> Result<(Option<u64>, Option<u64>)> {
-    let id = format!("idle-{}", rt.name());
-    let mut args = vec!["run".to_string(), "-d".to_string()];
-    args.extend(rt.ctr_args());
-    args.extend([
-        IMAGE_REF.to_string(),
-        id.clone(),
-        "sh".into(),
-        "-c".into(),
-        "trap 'exit 0' TERM; while :; do sleep 1; done".into(),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ctd.ctr_ok(Some(ns), &args)?;
-    std::thread::sleep(Duration::from_millis(500));
-    let mem = ctd
-        .shims()
-        .into_iter()
-        .find(|s| s.namespace == ns && s.id == id)
-        .map(|s| memory_kib(s.pid))
-        .unwrap_or((None, None));
-    ctd.ctr_ok(Some(ns), &["tasks", "kill", "-s", "KILL", &id])?;
-    for _ in 0..200 {
-        if ctd.ctr(Some(ns), &["tasks", "rm", &id])?.code == Some(0) {
-            break;
+impl Acc {
+    fn fail(&mut self, what: &str, e: anyhow::Error) {
+        self.failures += 1;
+        self.first_error
+            .get_or_insert_with(|| format!("{what}: {e:#}"));
+    }
+}
+
+/// Pushes a sample, or NaN for a failed round (and returns its error).
+fn push_sample(v: &mut Vec<f64>, r: Result<f64>) -> Option<anyhow::Error> {
+    match r {
+        Ok(t) => {
+            v.push(t);
+            None
         }
-        std::thread::sleep(Duration::from_millis(25));
+        Err(e) => {
+            v.push(f64::NAN);
+            Some(e)
+        }
     }
-    ctd.ctr_ok(Some(ns), &["containers", "rm", &id])?;
-    Ok(mem)
-}
-
-fn markdown(r: &Report) -> String {
-    let mut s = format!(
-        "`{}` through containerd {}, {} interleaved rounds; {} cores, kernel {}, cgroups {}.\n\n",
-        r.command, r.containerd, r.rounds, r.machine.cores, r.machine.kernel, r.machine.cgroups
-    );
-    s.push_str("| runtime | min | p50 | p95 | p99 | max | p50 / runc | p50 / crun | idle shim RSS | PSS |\n");
-    s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-    let ratio = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
-    let kib = |v: Option<u64>| {
-        v.map(|x| format!("{:.1} MiB", x as f64 / 1024.0))
-            .unwrap_or_else(|| "-".into())
-    };
-    for x in &r.results {
-        let c = &x.cold_start_ms;
-        s.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |\n",
-            x.runtime,
-            c.min,
-            c.p50,
-            c.p95,
-            c.p99,
-            c.max,
-            ratio(x.ratio_to_runc_p50),
-            ratio(x.ratio_to_crun_p50),
-            kib(x.shim_rss_kib),
-            kib(x.shim_pss_kib)
-        ));
-    }
-    s.push_str("\nTimes in ms, wall clock of the whole `ctr` command. Ratios are medians of per-round ratios.\n");
-    s
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let rounds = if args.quick { 5 } else { args.runs };
+    if let Some(Cmd::BaselineWorker {
+        bundle,
+        rounds,
+        runtimes,
+    }) = &args.cmd
+    {
+        return baseline::worker(bundle, *rounds, runtimes);
+    }
+    run(args)
+}
+
+fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    let (rounds, exec_runs, levels, pods) = if args.quick {
+        (3, 3, vec![1, 4], 2)
+    } else {
+        (args.runs, args.runs, args.sweep.clone(), args.pods)
+    };
+    anyhow::ensure!(
+        rounds >= 1 && pods >= 1,
+        "--runs and --pods must be at least 1"
+    );
     let version = match args.containerd.as_str() {
         "1.6" => Version::V1_6,
         "2.1" => Version::V2_1,
         other => bail!("--containerd {other}: use 1.6 or 2.1"),
     };
-    let runtimes: Vec<Runtime> = [Runtime::Airlock, Runtime::Runc, Runtime::Crun]
-        .into_iter()
-        .filter(|rt| {
-            let bin = match rt {
-                Runtime::Runc => "runc",
-                Runtime::Crun => "crun",
-                Runtime::Airlock => return true,
-            };
-            let found = std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-                .unwrap_or(false);
-            if !found {
-                eprintln!("skipping {}: `{bin}` is not installed", rt.name());
-            }
-            found
-        })
-        .collect();
+    let load_before = loadavg();
     let ctd = Containerd::builder()
         .version(version)
         .start()
         .context("start a private containerd")?;
     let ns = ctd.new_namespace("bench")?;
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); runtimes.len()];
-    // One warm-up round, not counted: first runs page in binaries.
+    let (mut subjects, mut skipped) = subjects::detect(&ctd, &args.policies);
+    if !args.only.is_empty() {
+        subjects.retain(|s| args.only.contains(&s.name));
+    }
+    for s in &skipped {
+        eprintln!("skipping {s}");
+    }
+    anyhow::ensure!(!subjects.is_empty(), "no runtime to measure");
+    let versions = subjects::versions(&ctd);
+    let n = subjects.len();
+    let rt = tokio::runtime::Runtime::new()?;
+    let client = rt.block_on(ctd.client())?;
+    let fifo_dir = tempfile::Builder::new()
+        .prefix("airlock-bench-io-")
+        .tempdir()?;
+
+    let steps = ((rounds + 1) * n * 2 + exec_runs * n + levels.len() * n + n + 1) as u64;
+    let pb = ProgressBar::new(steps).with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    pb.enable_steady_tick(Duration::from_millis(200));
+
+    let mut acc: Vec<Acc> = (0..n)
+        .map(|_| Acc {
+            ctr: Vec::new(),
+            phases: vec![Vec::new(); measure::PHASES.len()],
+            exec: Vec::new(),
+            failures: 0,
+            first_error: None,
+        })
+        .collect();
+
+    // 1. Cold starts: one warm-up round (not counted: first runs page in binaries), then
+    //    `rounds` interleaved rounds, the order rotated each round so no runtime always follows
+    //    the same one.
     for round in 0..=rounds {
-        for (i, rt) in runtimes.iter().enumerate() {
-            let id = format!("b-{}-{round}", rt.name());
-            let out = ctd.ctr_run(&ns, *rt, &id, &["true"])?;
-            if out.code != Some(0) {
-                bail!(
-                    "{} run {round} failed: {:?} {}",
-                    rt.name(),
-                    out.code,
-                    out.stderr
-                );
-            }
+        pb.set_message(format!("cold start, round {round}/{rounds} (ctr)"));
+        for k in 0..n {
+            let i = (k + round) % n;
+            let s = &subjects[i];
+            let id = format!("c-{}-{round}", slug(&s.name));
+            let r = measure::ctr_run(&ctd, &ns, s, &id);
             if round > 0 {
-                samples[i].push(out.elapsed.as_secs_f64() * 1000.0);
+                if let Some(e) = push_sample(&mut acc[i].ctr, r) {
+                    acc[i].fail("ctr run", e);
+                }
+            }
+            pb.inc(1);
+        }
+        pb.set_message(format!("cold start, round {round}/{rounds} (gRPC phases)"));
+        for k in 0..n {
+            let i = (k + round) % n;
+            let s = &subjects[i];
+            let id = format!("g-{}-{round}", slug(&s.name));
+            let r = s.spec(&ctd, &ns, &id, &["echo", "ready"]).and_then(|spec| {
+                rt.block_on(measure::grpc_cold(
+                    &client,
+                    &ns,
+                    s,
+                    &id,
+                    spec,
+                    fifo_dir.path(),
+                ))
+            });
+            if round > 0 {
+                match r {
+                    Ok(p) => acc[i].phases.iter_mut().zip(p).for_each(|(v, x)| v.push(x)),
+                    Err(e) => {
+                        acc[i].phases.iter_mut().for_each(|v| v.push(f64::NAN));
+                        acc[i].fail("gRPC cold start", e);
+                    }
+                }
+            }
+            pb.inc(1);
+        }
+    }
+
+    // 2. Idle pods: memory per pod, then exec into the first one of each runtime.
+    pb.set_message(format!("memory: {pods} idle pods per runtime"));
+    let mut memory = Vec::new();
+    let mut pod_ids: Vec<Vec<String>> = Vec::new();
+    for s in &subjects {
+        let ids: Vec<String> = (0..pods)
+            .map(|p| format!("m-{}-{p}", slug(&s.name)))
+            .collect();
+        let mut up = Vec::new();
+        for id in &ids {
+            let spec = s.spec(&ctd, &ns, id, &["sleep", "600"])?;
+            match rt.block_on(measure::start_sandbox(&client, &ns, s, id, spec)) {
+                Ok(()) => up.push(id.clone()),
+                Err(e) => pb.println(format!("{}: idle pod {id} failed: {e:#}", s.name)),
             }
         }
-        eprint!("\rround {round}/{rounds}");
-        let _ = std::io::stderr().flush();
+        pod_ids.push(up);
+        pb.inc(1);
     }
-    eprintln!();
-    let find = |want: Runtime| runtimes.iter().position(|r| *r == want);
-    let mut results = Vec::new();
-    for (i, rt) in runtimes.iter().enumerate() {
-        let (rss, pss) = idle_shim_memory(&ctd, &ns, *rt)?;
-        results.push(RuntimeResult {
-            runtime: rt.name(),
-            cold_start_ms: stats::summarize(&samples[i]).expect("rounds >= 1"),
-            ratio_to_runc_p50: find(Runtime::Runc)
-                .and_then(|j| stats::median_ratio(&samples[i], &samples[j])),
-            ratio_to_crun_p50: find(Runtime::Crun)
-                .and_then(|j| stats::median_ratio(&samples[i], &samples[j])),
-            shim_rss_kib: rss,
-            shim_pss_kib: pss,
+    std::thread::sleep(Duration::from_millis(500));
+    for (s, ids) in subjects.iter().zip(&pod_ids) {
+        let m = measure::pod_memory(&ctd, &ns, ids);
+        memory.push(MemoryResult {
+            name: s.name.clone(),
+            pods: m.pods,
+            shims: m.shims_found,
+            shim_rss_kib: m.shim_rss_kib,
+            shim_pss_kib: m.shim_pss_kib,
+            pod_pss_kib: m.pod_pss_kib,
         });
     }
+    pb.set_message("exec into a running sandbox");
+    for round in 0..exec_runs {
+        for k in 0..n {
+            let i = (k + round) % n;
+            let Some(id) = pod_ids[i].first() else {
+                acc[i].exec.push(f64::NAN);
+                pb.inc(1);
+                continue;
+            };
+            let r = subjects[i]
+                .spec(&ctd, &ns, id, &["true"])
+                .and_then(|spec| measure::process_of(&spec))
+                .and_then(|p| {
+                    rt.block_on(measure::exec_true(
+                        &client,
+                        &ns,
+                        id,
+                        &format!("e{round}"),
+                        p,
+                    ))
+                });
+            if let Some(e) = push_sample(&mut acc[i].exec, r) {
+                acc[i].fail("exec", e);
+            }
+            pb.inc(1);
+        }
+    }
+    rt.block_on(async {
+        for ids in &pod_ids {
+            for id in ids {
+                measure::remove_sandbox(&client, &ns, id).await;
+            }
+        }
+    });
+
+    // 3. Concurrency sweep.
+    let mut sweep = Vec::new();
+    for (li, &level) in levels.iter().enumerate() {
+        for k in 0..n {
+            let i = (k + li) % n;
+            let s = &subjects[i];
+            pb.set_message(format!("concurrency: {level} x {}", s.name));
+            let specs = (0..level)
+                .map(|j| {
+                    let id = format!("s{level}-{}-{j}", slug(&s.name));
+                    s.spec(&ctd, &ns, &id, &["sleep", "600"])
+                        .map(|spec| (id, spec))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let b = rt.block_on(measure::burst(&client, &ns, s, specs));
+            sweep.push(SweepResult {
+                name: s.name.clone(),
+                n: level,
+                all_running_ms: (b.failures == 0)
+                    .then(|| b.running_ms.iter().copied().fold(0.0, f64::max)),
+                per_sandbox: stats::summarize(&b.running_ms),
+                failures: b.failures,
+                first_error: b.first_error,
+            });
+            pb.inc(1);
+        }
+    }
+    sweep.sort_by(|a, b| {
+        (a.n, subject_index(&subjects, &a.name)).cmp(&(b.n, subject_index(&subjects, &b.name)))
+    });
+
+    // 4. The floor: each OCI runtime alone on a bundle.
+    let mut baseline_results = Vec::new();
+    if !args.no_baseline {
+        pb.set_message("runtime alone on a bundle (no containerd)");
+        let mut direct: Vec<(String, PathBuf)> = vec![(
+            "airlock-runtime".into(),
+            ctd.airlock_bin_dir().join("airlock-runtime"),
+        )];
+        for (name, bin) in [("runc", "runc"), ("crun", "crun"), ("gvisor", "runsc")] {
+            match subjects::which(bin) {
+                Some(p) => direct.push((name.into(), p)),
+                None => skipped.push(format!("baseline {name}: `{bin}` is not installed")),
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-bench-bundle-")
+            .tempdir()?;
+        let bundle = dir.path().join("bundle");
+        baseline::make_bundle(&bundle)?;
+        match baseline::run(&bundle, rounds, &direct) {
+            Ok(series) => {
+                for x in series {
+                    let phases = baseline::PHASES
+                        .iter()
+                        .enumerate()
+                        .map(|(p, name)| {
+                            Metric::new(name, x.samples.iter().map(|s| s[p]).collect())
+                        })
+                        .collect();
+                    baseline_results.push(BaselineResult {
+                        name: x.name,
+                        phases,
+                        failures: x.failures,
+                        first_error: x.first_error,
+                    });
+                }
+            }
+            Err(e) => pb.println(format!("baseline failed: {e:#}")),
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+
+    // 5. Ratios, per interleaved round.
+    let peers: Vec<usize> = (0..n).filter(|&i| !subjects[i].airlock).collect();
+    let total = measure::PHASES.len() - 1;
+    let fastest_ctr = stats::fastest_per_round(
+        &peers
+            .iter()
+            .map(|&i| acc[i].ctr.as_slice())
+            .collect::<Vec<_>>(),
+    );
+    let fastest_grpc = stats::fastest_per_round(
+        &peers
+            .iter()
+            .map(|&i| acc[i].phases[total].as_slice())
+            .collect::<Vec<_>>(),
+    );
+    let idx = |name: &str| subjects.iter().position(|s| s.name == name);
+    let mut results = Vec::new();
+    for (i, s) in subjects.iter().enumerate() {
+        let mut ctr_ratios = Vec::new();
+        let mut grpc_ratios = Vec::new();
+        for peer in ["runc", "crun"] {
+            if let Some(j) = idx(peer) {
+                ctr_ratios.extend(stats::ratio(peer, &acc[i].ctr, &acc[j].ctr));
+                grpc_ratios.extend(stats::ratio(
+                    peer,
+                    &acc[i].phases[total],
+                    &acc[j].phases[total],
+                ));
+            }
+        }
+        ctr_ratios.extend(stats::ratio("fastest peer", &acc[i].ctr, &fastest_ctr));
+        grpc_ratios.extend(stats::ratio(
+            "fastest peer",
+            &acc[i].phases[total],
+            &fastest_grpc,
+        ));
+        results.push(SubjectResult {
+            name: s.name.clone(),
+            airlock: s.airlock,
+            ctr_run: Metric::new("ctr run", acc[i].ctr.clone()),
+            phases: measure::PHASES
+                .iter()
+                .zip(&acc[i].phases)
+                .map(|(p, v)| Metric::new(p, v.clone()))
+                .collect(),
+            exec: Metric::new("exec", acc[i].exec.clone()),
+            ctr_ratios,
+            grpc_ratios,
+            failures: acc[i].failures,
+            first_error: acc[i].first_error.take(),
+        });
+    }
+    let goals = goals(&results, &memory);
     let report = Report {
+        bench_version: env!("CARGO_PKG_VERSION").into(),
+        unix_time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        quick: args.quick,
         machine: machine(),
+        load_before,
+        load_after: loadavg(),
         containerd: ctd.version().label().to_string(),
+        versions,
         rounds,
-        command: "ctr run --rm airlock.test/busybox:latest ID true",
+        order: "rotated each round".into(),
+        skipped,
+        not_measured: vec![
+            "warm start: Airlock has no warm pools yet".into(),
+            "CRI path: the CRI issue has not landed".into(),
+            "airlock-vm memory (VMM): the microVM mode is not built yet".into(),
+        ],
         results,
+        sweep,
+        memory,
+        baseline: baseline_results,
+        goals,
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(args.out.join("cold-start.json"), &json)?;
-    let md = markdown(&report);
+    std::fs::write(
+        args.out.join("cold-start.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    let md = report.markdown();
     std::fs::write(args.out.join("cold-start.md"), &md)?;
+    match report.svg() {
+        Ok(svg) => std::fs::write(args.out.join("cold-start.svg"), svg)?,
+        Err(e) => eprintln!("SVG chart not written: {e}"),
+    }
     println!("{md}");
-    println!("written: {}/cold-start.{{json,md}}", args.out.display());
+    println!(
+        "written: {}/cold-start.{{json,md,svg}} in {:.0} s",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
+}
+
+fn subject_index(subjects: &[Subject], name: &str) -> usize {
+    subjects
+        .iter()
+        .position(|s| s.name == name)
+        .unwrap_or(usize::MAX)
+}
+
+/// A container-id-safe form of a subject name.
+fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+/// The issue's product goals, for airlock/agent-strict.
+fn goals(results: &[SubjectResult], memory: &[MemoryResult]) -> Vec<Goal> {
+    const SUBJECT: &str = "airlock/agent-strict";
+    let Some(r) = results.iter().find(|r| r.name == SUBJECT) else {
+        return Vec::new();
+    };
+    let ratio = |rs: &[stats::Ratio], to: &str| rs.iter().find(|x| x.to == to).map(|x| x.p50);
+    let tail = |m: &Metric| m.summary.as_ref().map(|s| s.p99 / s.p50);
+    let total = r.phases.last();
+    let rss = memory
+        .iter()
+        .find(|m| m.name == SUBJECT)
+        .and_then(|m| m.shim_rss_kib)
+        .map(|k| k as f64 / 1024.0);
+    let goal = |goal: &str, measured: Option<f64>, target: f64| Goal {
+        goal: goal.into(),
+        measured,
+        target,
+        pass: measured.map(|m| m <= target),
+    };
+    vec![
+        goal(
+            "cold start p50 / runc-v2+runc (ctr run)",
+            ratio(&r.ctr_ratios, "runc"),
+            0.5,
+        ),
+        goal(
+            "cold start p50 / crun through its shim (ctr run)",
+            ratio(&r.ctr_ratios, "crun"),
+            0.6,
+        ),
+        goal("cold start p99 / own p50 (ctr run)", tail(&r.ctr_run), 2.0),
+        goal(
+            "cold start p50 / runc-v2+runc (gRPC total)",
+            ratio(&r.grpc_ratios, "runc"),
+            0.5,
+        ),
+        goal(
+            "cold start p50 / crun through its shim (gRPC total)",
+            ratio(&r.grpc_ratios, "crun"),
+            0.6,
+        ),
+        goal(
+            "cold start p99 / own p50 (gRPC total)",
+            total.and_then(tail),
+            2.0,
+        ),
+        goal("shim RSS per pod, MiB", rss, 4.0),
+    ]
 }

@@ -28,6 +28,9 @@ pub const SNAPSHOTTER: &str = "overlayfs";
 /// Type URL containerd uses for OCI runtime specs.
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
+/// Type URL containerd uses for OCI process specs (exec).
+pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+
 /// Type URL containerd uses for OCI LinuxResources (task updates).
 pub const RESOURCES_TYPE_URL: &str =
     "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
@@ -250,12 +253,32 @@ impl Client {
         runtime: Runtime,
         spec_json: Vec<u8>,
     ) -> Result<()> {
+        self.create_container_as(
+            ns,
+            id,
+            runtime.runtime_type(),
+            runtime.options_any(),
+            spec_json,
+        )
+        .await
+    }
+
+    /// Creates the container object with any runtime type and options (peers that are not a
+    /// [`Runtime`], e.g. gVisor through runc.v2 or `io.containerd.runc.v2-rs`).
+    pub async fn create_container_as(
+        &self,
+        ns: &str,
+        id: &str,
+        runtime_type: &str,
+        options: Option<Any>,
+        spec_json: Vec<u8>,
+    ) -> Result<()> {
         let c = Container {
             id: id.into(),
             image: crate::IMAGE_REF.into(),
             runtime: Some(ContainerRuntime {
-                name: runtime.runtime_type().into(),
-                options: runtime.options_any(),
+                name: runtime_type.into(),
+                options,
             }),
             spec: Some(Any {
                 type_url: SPEC_TYPE_URL.into(),
@@ -292,12 +315,27 @@ impl Client {
 
     /// Task.Create with the given rootfs mounts and no stdio; returns the pid.
     pub async fn create_task(&self, ns: &str, id: &str, rootfs: Vec<Mount>) -> Result<u32> {
+        self.create_task_stdio(ns, id, rootfs, "", "").await
+    }
+
+    /// Task.Create with stdout and stderr going to FIFO paths the caller reads ("" = none; the
+    /// runc.v2 shim wants both or neither, the same path for both is fine).
+    pub async fn create_task_stdio(
+        &self,
+        ns: &str,
+        id: &str,
+        rootfs: Vec<Mount>,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<u32> {
         let r = TasksClient::new(self.channel())
             .create(req(
                 ns,
                 CreateTaskRequest {
                     container_id: id.into(),
                     rootfs,
+                    stdout: stdout.into(),
+                    stderr: stderr.into(),
                     ..Default::default()
                 },
             ))
@@ -356,6 +394,86 @@ impl Client {
             ))
             .await
             .map_err(|s| anyhow!("tasks.kill: {:?}: {}", s.code(), s.message()))?;
+        Ok(())
+    }
+
+    /// Exec: adds process `exec_id` running `process_json` (an OCI Process) to task `id`, no
+    /// stdio. Start it with [`Client::start_exec`].
+    pub async fn exec(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        process_json: Vec<u8>,
+    ) -> Result<()> {
+        TasksClient::new(self.channel())
+            .exec(req(
+                ns,
+                containerd_client::services::v1::ExecProcessRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    spec: Some(Any {
+                        type_url: PROCESS_TYPE_URL.into(),
+                        value: process_json,
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map_err(|s| anyhow!("tasks.exec: {:?}: {}", s.code(), s.message()))?;
+        Ok(())
+    }
+
+    /// Starts exec `exec_id` of task `id`; returns its pid.
+    pub async fn start_exec(&self, ns: &str, id: &str, exec_id: &str) -> Result<u32> {
+        let r = TasksClient::new(self.channel())
+            .start(req(
+                ns,
+                StartRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                },
+            ))
+            .await
+            .map_err(|s| anyhow!("tasks.start exec: {:?}: {}", s.code(), s.message()))?;
+        Ok(r.into_inner().pid)
+    }
+
+    /// Waits for exec `exec_id` of task `id`; returns its exit status.
+    pub async fn wait_exec(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        timeout: Duration,
+    ) -> Result<u32> {
+        let mut tasks = TasksClient::new(self.channel());
+        let fut = tasks.wait(req(
+            ns,
+            WaitRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+            },
+        ));
+        let r = tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| anyhow!("tasks.wait {id}/{exec_id}: no exit after {timeout:?}"))?
+            .map_err(|s| anyhow!("tasks.wait exec: {:?}: {}", s.code(), s.message()))?;
+        Ok(r.into_inner().exit_status)
+    }
+
+    /// Deletes exec `exec_id` of task `id`.
+    pub async fn delete_exec(&self, ns: &str, id: &str, exec_id: &str) -> Result<()> {
+        TasksClient::new(self.channel())
+            .delete_process(req(
+                ns,
+                containerd_client::services::v1::DeleteProcessRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                },
+            ))
+            .await
+            .map_err(|s| anyhow!("tasks.delete_process: {:?}: {}", s.code(), s.message()))?;
         Ok(())
     }
 

@@ -236,6 +236,18 @@ impl Containerd {
                 }
             }
         }
+        if which("runsc").is_some() {
+            // gVisor has no shim packaged here: runc.v2 with a wrapper as its runtime binary.
+            let _ = writeln!(c, "[{cri}.containerd.runtimes.runsc]");
+            let _ = writeln!(c, "  runtime_type = \"io.containerd.runc.v2\"");
+            let _ = writeln!(c, "[{cri}.containerd.runtimes.runsc.options]");
+            let _ = writeln!(
+                c,
+                "  BinaryName = {}",
+                toml_str(&dir.join("bin").join(RUNSC_WRAPPER))
+            );
+            let _ = writeln!(c, "  SystemdCgroup = false");
+        }
         c
     }
 
@@ -287,6 +299,9 @@ impl Containerd {
         std::fs::create_dir_all(&shim_bin)?;
         if b.version == Version::V2_1 && crun_needs_oci_compat() {
             install_crun_compat(&shim_bin)?;
+        }
+        if let Some(runsc) = which("runsc") {
+            install_runsc_wrapper(&shim_bin, &runsc)?;
         }
         let path = format!(
             "{}:{}:{}:{}",
@@ -417,6 +432,14 @@ impl Containerd {
 
     pub fn airlock_bin_dir(&self) -> &Path {
         &self.airlock_bin_dir
+    }
+
+    /// The gVisor wrapper (`runsc --platform=ptrace --network=none "$@"`) to give the runc.v2 shim
+    /// as its `BinaryName` (`ctr --runc-binary`), when `runsc` is installed; also registered as
+    /// the CRI runtime `runsc`.
+    pub fn runsc_wrapper(&self) -> Option<PathBuf> {
+        let p = self.dir().join("bin").join(RUNSC_WRAPPER);
+        p.is_file().then_some(p)
     }
 
     /// Last `n` lines of containerd's log.
@@ -806,6 +829,24 @@ exec {} "$@"
         real.display()
     );
     let p = dir.join("crun");
+    std::fs::write(&p, script)?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// File name of the gVisor wrapper in the harness's shim bin dir.
+pub const RUNSC_WRAPPER: &str = "runsc-ptrace";
+
+/// Debian's runsc (2022) works on this machine only with `--platform=ptrace --network=none|host`
+/// (ARCHITECTURE.md, "Facts measured here").
+fn install_runsc_wrapper(dir: &Path, runsc: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let script = format!(
+        "#!/bin/sh\n# Written by airlock-integration: gVisor as an OCI runtime for the runc.v2 shim.\n\
+         exec {} --platform=ptrace --network=none \"$@\"\n",
+        runsc.display()
+    );
+    let p = dir.join(RUNSC_WRAPPER);
     std::fs::write(&p, script)?;
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
     Ok(())

@@ -243,3 +243,14 @@ pub fn busybox_chain_id() -> Result<String> {
     let id = format!("sha256:{}", sha256_hex(&rootfs_tar(&busybox)?));
     Ok(CHAIN.get_or_init(|| id).clone())
 }
+
+/// Unpacks the image's rootfs (the same layer `busybox_image_tar` holds) into `dir`, for runtimes
+/// driven directly on a bundle without containerd.
+pub fn unpack_rootfs(dir: &Path) -> Result<()> {
+    let busybox = std::fs::read(BUSYBOX).with_context(|| format!("read {BUSYBOX}"))?;
+    let layer = rootfs_tar(&busybox)?;
+    std::fs::create_dir_all(dir)?;
+    tar::Archive::new(layer.as_slice())
+        .unpack(dir)
+        .with_context(|| format!("unpack rootfs into {}", dir.display()))
+}

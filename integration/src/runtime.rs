@@ -53,12 +53,7 @@ impl Runtime {
     /// Runtime options for a gRPC `Container.runtime`.
     pub fn options_any(self) -> Option<Any> {
         match self {
-            Runtime::Crun => Some(Any {
-                type_url: "containerd.runc.v1.Options".into(),
-                value: prost::Message::encode_to_vec(&RuncOptions {
-                    binary_name: "crun".into(),
-                }),
-            }),
+            Runtime::Crun => Some(runc_options_any("crun")),
             _ => None,
         }
     }
@@ -66,6 +61,17 @@ impl Runtime {
     /// Exit status a runtime reports for a container killed by `sig`.
     pub fn killed_status(sig: i32) -> u32 {
         128 + sig as u32
+    }
+}
+
+/// Runtime options (`containerd.runc.v1.Options`) selecting `binary_name` under the runc.v2 shim,
+/// for peers that are not a [`Runtime`] variant (e.g. the benchmark's gVisor wrapper).
+pub fn runc_options_any(binary_name: &str) -> Any {
+    Any {
+        type_url: "containerd.runc.v1.Options".into(),
+        value: prost::Message::encode_to_vec(&RuncOptions {
+            binary_name: binary_name.into(),
+        }),
     }
 }
 
