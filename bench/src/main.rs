@@ -340,7 +340,9 @@ fn run(args: Args) -> Result<()> {
             pb.set_message(format!("concurrency: {level} x {}", s.name));
             let specs = (0..level)
                 .map(|j| {
-                    let id = format!("s{level}-{}-{j}", slug(&s.name));
+                    // Fixed width: runsc (2022) resolves ids by prefix, so `x-1` would be
+                    // "ambiguous" next to `x-11`.
+                    let id = format!("s{level}-{}-{j:03}", slug(&s.name));
                     s.spec(&ctd, &ns, &id, &["sleep", "600"])
                         .map(|spec| (id, spec))
                 })

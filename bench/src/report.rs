@@ -365,6 +365,14 @@ impl Report {
                 ));
             }
         }
+        for w in &self.sweep {
+            if let Some(e) = &w.first_error {
+                s.push_str(&format!(
+                    "\n{} x {}: {} failed; first error: {e}\n",
+                    w.n, w.name, w.failures
+                ));
+            }
+        }
         for b in &self.baseline {
             if let Some(e) = &b.first_error {
                 s.push_str(&format!(
