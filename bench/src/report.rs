@@ -273,24 +273,37 @@ impl Report {
         }
 
         if !self.sweep.is_empty() {
-            s.push_str("\n**Concurrency: N sandboxes started at once, gRPC** (ms from the burst's start until Task.Start returned)\n\n");
-            s.push_str("| runtime | N | all running | per sandbox p50 | p99 | failures |\n| --- | --- | --- | --- | --- | --- |\n");
-            for w in &self.sweep {
-                s.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {} |\n",
-                    w.name,
-                    w.n,
-                    w.all_running_ms.map(f1).unwrap_or_else(|| "-".into()),
-                    w.per_sandbox
-                        .as_ref()
-                        .map(|x| f1(x.p50))
-                        .unwrap_or_else(|| "-".into()),
-                    w.per_sandbox
-                        .as_ref()
-                        .map(|x| f1(x.p99))
-                        .unwrap_or_else(|| "-".into()),
-                    w.failures
-                ));
+            let mut levels: Vec<usize> = self.sweep.iter().map(|w| w.n).collect();
+            levels.sort_unstable();
+            levels.dedup();
+            s.push_str("\n**Concurrency: N sandboxes started at once, gRPC** (ms until all were running, and per sandbox p50 / p99 from the burst's start to its Task.Start returning)\n\n| runtime |");
+            for n in &levels {
+                s.push_str(&format!(" N={n} |"));
+            }
+            s.push_str(" failures |\n|---|");
+            for _ in &levels {
+                s.push_str("---|");
+            }
+            s.push_str("---|\n");
+            for r in &self.results {
+                s.push_str(&format!("| {} |", r.name));
+                let mut failures = 0;
+                for n in &levels {
+                    let cell = match self.sweep.iter().find(|w| w.name == r.name && w.n == *n) {
+                        Some(w) => {
+                            failures += w.failures;
+                            match (w.all_running_ms, &w.per_sandbox) {
+                                (Some(all), Some(p)) => {
+                                    format!("{} ({} / {})", f1(all), f1(p.p50), f1(p.p99))
+                                }
+                                _ => format!("{} failed", w.failures),
+                            }
+                        }
+                        None => "-".into(),
+                    };
+                    s.push_str(&format!(" {cell} |"));
+                }
+                s.push_str(&format!(" {failures} |\n"));
             }
         }
 
@@ -639,7 +652,7 @@ mod tests {
         for want in [
             "| airlock/agent-strict | 10 | 0 | 50.0 | 54.0 | 59.0 | 59.0 | 59.0 |",
             "0.50 (0.45–0.55)",
-            "| runc | 4 | 200.0 | 150.0 | 200.0 | 0 |",
+            "| runc | 200.0 (150.0 / 200.0) | 0 |",
             "| runc | 2 | 13.0 | 12.0 | 12.5 |",
             "| p50 / runc | 0.5 | 0.50 | met |",
             "- skipped gvisor: `runsc` is not installed",
