@@ -480,9 +480,9 @@ impl Report {
                 })
                 .collect(),
         );
-        let cols = 3usize;
+        let cols = 2usize;
         let rows = panels.len().div_ceil(cols).max(1);
-        let (w, h) = (1500u32, 380 * rows as u32 + 40);
+        let (w, h) = (1400u32, 340 * rows as u32 + 40);
         let mut out = String::new();
         {
             let root = SVGBackend::with_string(&mut out, (w, h)).into_drawing_area();
@@ -500,7 +500,11 @@ impl Report {
             for ((title, data), area) in panels.iter().zip(areas.iter()) {
                 let ymax = data.iter().map(|(_, s)| s.max).fold(0.0, f64::max) * 1.1 + 0.1;
                 let n = data.len();
-                let names: Vec<String> = data.iter().map(|(n, _)| n.clone()).collect();
+                // Short labels so six runtimes fit under one panel.
+                let names: Vec<String> = data
+                    .iter()
+                    .map(|(n, _)| n.replace("airlock/agent-", "airlock-"))
+                    .collect();
                 let mut chart = ChartBuilder::on(area)
                     .caption(title, ("sans-serif", 16))
                     .margin(8)
@@ -511,6 +515,7 @@ impl Report {
                 chart
                     .configure_mesh()
                     .disable_x_mesh()
+                    .light_line_style(WHITE)
                     .x_labels(n)
                     .x_label_formatter(&|x| {
                         let i = x.round();
@@ -672,7 +677,7 @@ mod tests {
         assert!(svg.contains("ctr run --rm (whole command)"));
         assert!(svg.contains("gRPC: first output"));
         assert!(svg.contains("runtime alone (no containerd): total"));
-        assert!(svg.contains("airlock/agent-strict"));
+        assert!(svg.contains("airlock-strict"));
         // The background plus 10 panels (ctr, 7 phases, exec, baseline) holding 19 boxes.
         assert_eq!(svg.matches("<rect").count(), 1 + 19, "{svg}");
     }
