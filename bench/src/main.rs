@@ -76,6 +76,13 @@ enum Cmd {
         rounds: usize,
         runtimes: Vec<String>,
     },
+    /// Renders cold-start.md and cold-start.svg again from a cold-start.json.
+    Render {
+        json: PathBuf,
+        /// Output dir (default: the JSON's dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn loadavg() -> [f64; 3] {
@@ -161,6 +168,16 @@ fn main() -> Result<()> {
     }) = &args.cmd
     {
         return baseline::worker(bundle, *rounds, runtimes);
+    }
+    if let Some(Cmd::Render { json, out }) = &args.cmd {
+        let report: Report = serde_json::from_slice(
+            &std::fs::read(json).with_context(|| format!("read {}", json.display()))?,
+        )?;
+        let dir = out
+            .clone()
+            .or_else(|| json.parent().map(PathBuf::from))
+            .unwrap_or_default();
+        return write_report(&report, &dir);
     }
     run(args)
 }
@@ -340,7 +357,9 @@ fn run(args: Args) -> Result<()> {
             pb.set_message(format!("concurrency: {level} x {}", s.name));
             let specs = (0..level)
                 .map(|j| {
-                    let id = format!("s{level}-{}-{j}", slug(&s.name));
+                    // Fixed width: runsc (2022) resolves ids by prefix, so `x-1` would be
+                    // "ambiguous" next to `x-11`.
+                    let id = format!("s{level}-{}-{j:03}", slug(&s.name));
                     s.spec(&ctd, &ns, &id, &["sleep", "600"])
                         .map(|spec| (id, spec))
                 })
@@ -484,23 +503,26 @@ fn run(args: Args) -> Result<()> {
         baseline: baseline_results,
         goals,
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    write_report(&report, &args.out)?;
+    println!("in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Writes cold-start.{json,md,svg} into `dir` and prints the Markdown.
+fn write_report(report: &Report, dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     std::fs::write(
-        args.out.join("cold-start.json"),
-        serde_json::to_string_pretty(&report)?,
+        dir.join("cold-start.json"),
+        serde_json::to_string_pretty(report)?,
     )?;
     let md = report.markdown();
-    std::fs::write(args.out.join("cold-start.md"), &md)?;
+    std::fs::write(dir.join("cold-start.md"), &md)?;
     match report.svg() {
-        Ok(svg) => std::fs::write(args.out.join("cold-start.svg"), svg)?,
+        Ok(svg) => std::fs::write(dir.join("cold-start.svg"), svg)?,
         Err(e) => eprintln!("SVG chart not written: {e}"),
     }
     println!("{md}");
-    println!(
-        "written: {}/cold-start.{{json,md,svg}} in {:.0} s",
-        args.out.display(),
-        started.elapsed().as_secs_f64()
-    );
+    println!("written: {}/cold-start.{{json,md,svg}}", dir.display());
     Ok(())
 }
 

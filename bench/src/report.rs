@@ -273,24 +273,37 @@ impl Report {
         }
 
         if !self.sweep.is_empty() {
-            s.push_str("\n**Concurrency: N sandboxes started at once, gRPC** (ms from the burst's start until Task.Start returned)\n\n");
-            s.push_str("| runtime | N | all running | per sandbox p50 | p99 | failures |\n| --- | --- | --- | --- | --- | --- |\n");
-            for w in &self.sweep {
-                s.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {} |\n",
-                    w.name,
-                    w.n,
-                    w.all_running_ms.map(f1).unwrap_or_else(|| "-".into()),
-                    w.per_sandbox
-                        .as_ref()
-                        .map(|x| f1(x.p50))
-                        .unwrap_or_else(|| "-".into()),
-                    w.per_sandbox
-                        .as_ref()
-                        .map(|x| f1(x.p99))
-                        .unwrap_or_else(|| "-".into()),
-                    w.failures
-                ));
+            let mut levels: Vec<usize> = self.sweep.iter().map(|w| w.n).collect();
+            levels.sort_unstable();
+            levels.dedup();
+            s.push_str("\n**Concurrency: N sandboxes started at once, gRPC** (ms until all were running, and per sandbox p50 / p99 from the burst's start to its Task.Start returning)\n\n| runtime |");
+            for n in &levels {
+                s.push_str(&format!(" N={n} |"));
+            }
+            s.push_str(" failures |\n|---|");
+            for _ in &levels {
+                s.push_str("---|");
+            }
+            s.push_str("---|\n");
+            for r in &self.results {
+                s.push_str(&format!("| {} |", r.name));
+                let mut failures = 0;
+                for n in &levels {
+                    let cell = match self.sweep.iter().find(|w| w.name == r.name && w.n == *n) {
+                        Some(w) => {
+                            failures += w.failures;
+                            match (w.all_running_ms, &w.per_sandbox) {
+                                (Some(all), Some(p)) => {
+                                    format!("{} ({} / {})", f1(all), f1(p.p50), f1(p.p99))
+                                }
+                                _ => format!("{} failed", w.failures),
+                            }
+                        }
+                        None => "-".into(),
+                    };
+                    s.push_str(&format!(" {cell} |"));
+                }
+                s.push_str(&format!(" {failures} |\n"));
             }
         }
 
@@ -362,6 +375,14 @@ impl Report {
                 s.push_str(&format!(
                     "\n{} failed {} time(s); first error: {e}\n",
                     r.name, r.failures
+                ));
+            }
+        }
+        for w in &self.sweep {
+            if let Some(e) = &w.first_error {
+                s.push_str(&format!(
+                    "\n{} x {}: {} failed; first error: {e}\n",
+                    w.n, w.name, w.failures
                 ));
             }
         }
@@ -459,9 +480,9 @@ impl Report {
                 })
                 .collect(),
         );
-        let cols = 3usize;
+        let cols = 2usize;
         let rows = panels.len().div_ceil(cols).max(1);
-        let (w, h) = (1500u32, 380 * rows as u32 + 40);
+        let (w, h) = (1400u32, 340 * rows as u32 + 40);
         let mut out = String::new();
         {
             let root = SVGBackend::with_string(&mut out, (w, h)).into_drawing_area();
@@ -479,7 +500,11 @@ impl Report {
             for ((title, data), area) in panels.iter().zip(areas.iter()) {
                 let ymax = data.iter().map(|(_, s)| s.max).fold(0.0, f64::max) * 1.1 + 0.1;
                 let n = data.len();
-                let names: Vec<String> = data.iter().map(|(n, _)| n.clone()).collect();
+                // Short labels so six runtimes fit under one panel.
+                let names: Vec<String> = data
+                    .iter()
+                    .map(|(n, _)| n.replace("airlock/agent-", "airlock-"))
+                    .collect();
                 let mut chart = ChartBuilder::on(area)
                     .caption(title, ("sans-serif", 16))
                     .margin(8)
@@ -490,6 +515,7 @@ impl Report {
                 chart
                     .configure_mesh()
                     .disable_x_mesh()
+                    .light_line_style(WHITE)
                     .x_labels(n)
                     .x_label_formatter(&|x| {
                         let i = x.round();
@@ -631,7 +657,7 @@ mod tests {
         for want in [
             "| airlock/agent-strict | 10 | 0 | 50.0 | 54.0 | 59.0 | 59.0 | 59.0 |",
             "0.50 (0.45–0.55)",
-            "| runc | 4 | 200.0 | 150.0 | 200.0 | 0 |",
+            "| runc | 200.0 (150.0 / 200.0) | 0 |",
             "| runc | 2 | 13.0 | 12.0 | 12.5 |",
             "| p50 / runc | 0.5 | 0.50 | met |",
             "- skipped gvisor: `runsc` is not installed",
@@ -651,7 +677,7 @@ mod tests {
         assert!(svg.contains("ctr run --rm (whole command)"));
         assert!(svg.contains("gRPC: first output"));
         assert!(svg.contains("runtime alone (no containerd): total"));
-        assert!(svg.contains("airlock/agent-strict"));
+        assert!(svg.contains("airlock-strict"));
         // The background plus 10 panels (ctr, 7 phases, exec, baseline) holding 19 boxes.
         assert_eq!(svg.matches("<rect").count(), 1 + 19, "{svg}");
     }
