@@ -17,7 +17,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 export AIRLOCK_BIN_DIR="$PWD/target/release"
 export AIRLOCK_CONTAINERD2_DIR="${AIRLOCK_CONTAINERD2_DIR:-/var/cache/airlock-test/containerd2}"
 echo "== cargo test --workspace" >&2
-cargo test --workspace -- --test-threads="${AIRLOCK_TEST_THREADS:-2}"
+# Bounded: a hung test fails the run with what it printed instead of eating CI's whole budget
+# (the suite takes about 10 minutes on 2 cores).
+timeout --kill-after=60 "${AIRLOCK_TEST_TIMEOUT:-45m}" \
+  cargo test --workspace -- --test-threads="${AIRLOCK_TEST_THREADS:-2}"
 
 # The benchmark harness, as a smoke run only: it proves the harness works, never asserts a time.
 echo "== airlock-bench --quick" >&2

@@ -41,8 +41,14 @@ pub struct Client {
     channel: Channel,
 }
 
+/// The deadline every unary call carries (gRPC `grpc-timeout`): containerd cancels the call's
+/// context, and with it its ttrpc call into the shim, so a stuck call ends as DeadlineExceeded
+/// instead of holding a test forever. Longer than any wait a test or the benchmark makes.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(150);
+
 fn req<T>(ns: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
+    r.set_timeout(CALL_DEADLINE);
     r.metadata_mut().insert(
         "containerd-namespace",
         ns.parse().expect("namespace is ASCII"),

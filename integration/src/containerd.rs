@@ -449,6 +449,33 @@ impl Containerd {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// Asks containerd to write every goroutine's stack into its log (SIGUSR1, which 1.6 and
+    /// 2.x both handle without stopping) and returns the log from the dump on: what a test
+    /// that ran out of time prints, so a hang inside containerd can be explained.
+    pub fn dump_stacks(&self) -> String {
+        let before = std::fs::metadata(self.log_path())
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
+        // containerd also writes the dump to this file (and names it in its log).
+        let file = std::env::temp_dir().join(format!("containerd.{}.stacks.log", self.pid));
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid, libc::SIGUSR1) };
+        std::thread::sleep(Duration::from_millis(500));
+        let dump = match std::fs::read_to_string(&file) {
+            Ok(s) => {
+                let _ = std::fs::remove_file(&file);
+                s
+            }
+            Err(_) => {
+                let s = std::fs::read(self.log_path()).unwrap_or_default();
+                String::from_utf8_lossy(&s[before.min(s.len())..])
+                    .replace("\\n", "\n")
+                    .replace("\\t", "\t")
+            }
+        };
+        dump.chars().take(60_000).collect()
+    }
+
     /// Lines of containerd's log mentioning `needle` (e.g. a container id).
     pub fn log_grep(&self, needle: &str) -> String {
         let s = std::fs::read_to_string(self.log_path()).unwrap_or_default();

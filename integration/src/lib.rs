@@ -85,3 +85,22 @@ pub fn test_rt() -> tokio::runtime::Runtime {
         .build()
         .expect("tokio runtime")
 }
+
+/// Runs `fut` on a fresh runtime, and fails the test if it has not finished within `limit`,
+/// printing containerd's goroutine stacks and log tail: a hang becomes a failure that says
+/// where containerd was waiting, instead of a test run that never ends.
+pub fn bounded<F: std::future::Future>(
+    ctd: &containerd::Containerd,
+    limit: std::time::Duration,
+    what: &str,
+    fut: F,
+) -> F::Output {
+    match test_rt().block_on(async { tokio::time::timeout(limit, fut).await }) {
+        Ok(v) => v,
+        Err(_) => panic!(
+            "{what}: not finished after {limit:?}\n--- containerd stacks ---\n{}\n--- containerd log tail ---\n{}",
+            ctd.dump_stacks(),
+            ctd.log_tail(80)
+        ),
+    }
+}
