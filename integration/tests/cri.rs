@@ -456,6 +456,102 @@ fn host_users_false(v: Version) {
     });
 }
 
+/// A pod that asks for nothing (no `hostUsers: false`) still runs in a user namespace of its
+/// own under agent-strict: the sandbox gets the pod's host range (joining CNI's network
+/// namespace first), its app containers join the sandbox's user namespace, and the network
+/// namespace, made outside it, still works: sysfs shows the pod's interfaces and the pod's
+/// `net.*` sysctls are set (by the shim) where containerd asks for them.
+fn pod_user_namespace_without_host_users(v: Version) {
+    let (ctd, _turn) = cri_containerd(v);
+    rt().block_on(async {
+        let mut cri = Cri::connect(&ctd).await;
+        let pc = cri.pod_config("podns", &[], NamespaceMode::Pod);
+        let pod = cri
+            .run_pod(&pc)
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctd.log_tail(30)));
+        let mut ids = Vec::new();
+        for name in ["one", "two"] {
+            let cfg = cri.container_config(name, LOOP);
+            ids.push(cri.start_container(&pod, &pc, cfg).await.expect("start"));
+        }
+        let mut userns = Vec::new();
+        for id in &ids {
+            let r = cri
+                .exec_sync(
+                    id,
+                    &[
+                        "sh",
+                        "-c",
+                        "cat /proc/self/uid_map; readlink /proc/self/ns/user",
+                    ],
+                )
+                .await;
+            let out = String::from_utf8_lossy(&r.stdout).to_string();
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines.len(), 2, "{out}");
+            let f: Vec<u64> = lines[0]
+                .split_whitespace()
+                .map(|x| x.parse().unwrap())
+                .collect();
+            assert_eq!((f[0], f[2]), (0, 65536), "{out}");
+            assert!(f[1] >= 1 << 30, "root is an unprivileged host range: {out}");
+            userns.push(lines[1].to_string());
+        }
+        assert_eq!(userns[0], userns[1], "a pod shares one user namespace");
+        // ... the sandbox's own (its pid from the verbose status).
+        let st = cri
+            .client
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let info: serde_json::Value =
+            serde_json::from_str(st.info.get("info").expect("verbose info")).unwrap();
+        let pid = info["pid"].as_u64().expect("sandbox pid");
+        let sandbox_userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+        assert_eq!(sandbox_userns.to_string_lossy(), userns[0]);
+
+        // sysfs is the pod network's: its eth0 has the MAC that netlink reports in the pod.
+        let r = cri
+            .exec_sync(
+                &ids[0],
+                &[
+                    "sh",
+                    "-c",
+                    "ls /sys/class/net | tr '\\n' ' '; echo; cat /sys/class/net/eth0/address; \
+                     ip link show eth0 | sed -n 's/.*ether \\([^ ]*\\).*/\\1/p'; \
+                     touch /sys/x 2>/dev/null && echo writable",
+                ],
+            )
+            .await;
+        let out = String::from_utf8_lossy(&r.stdout).to_string();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        let mut nics: Vec<&str> = lines[0].split_whitespace().collect();
+        nics.sort();
+        assert_eq!(nics, ["eth0", "lo"], "{out}");
+        assert_eq!(lines[1], lines[2], "sysfs and netlink disagree: {out}");
+        // containerd >= 2.0 asks for unprivileged ports from 0 in every pod.
+        if v == Version::V2_1 {
+            let r = cri
+                .exec_sync(
+                    &ids[0],
+                    &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+                )
+                .await;
+            assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "0");
+        }
+        cri.teardown(&pod, &ids).await;
+        wait_for("the pod's shim to exit", Duration::from_secs(10), || {
+            airlock_shims(&ctd) == 0
+        });
+    });
+}
+
 macro_rules! per_version {
     ($($m:ident => $v:expr),*) => {$(
         mod $m {
@@ -465,6 +561,7 @@ macro_rules! per_version {
             #[test] fn two_containers_with_policy_annotation() { super::two_containers_with_policy_annotation(v()) }
             #[test] fn more_than_policy_is_refused() { super::more_than_policy_is_refused(v()) }
             #[test] fn host_network_pod_is_refused() { super::host_network_pod_is_refused(v()) }
+            #[test] fn pod_user_namespace_without_host_users() { super::pod_user_namespace_without_host_users(v()) }
         }
     )*};
 }

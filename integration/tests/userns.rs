@@ -226,10 +226,10 @@ fn range_released_after_shim_crash(v: Version) {
 }
 
 /// create+start+wait+delete p50 through containerd, interleaved: airlock with its user
-/// namespace (agent-strict), airlock without one, and runc.v2 as the yardstick. "Without" is the
-/// same policy on a spec that joins a network namespace made beforehand (as a CRI pod's
-/// containers do), for which the policy adds no user namespace: the only other difference is
-/// setns instead of unshare for the network namespace. Prints p50/p95 per variant.
+/// namespace (agent-strict) and a network namespace of its own, the same on a spec that joins a
+/// network namespace made beforehand (as a CRI pod's sandbox joins CNI's: joined before the user
+/// namespace, with the shim mounting that namespace's sysfs), and runc.v2 as the yardstick.
+/// Prints p50/p95 per variant.
 fn measure_start_cost(v: Version) {
     let ctd = shared(v).unwrap();
     let ns = ctd.new_namespace("userns-cost").unwrap();
@@ -250,8 +250,8 @@ fn measure_start_cost(v: Version) {
         serde_json::to_vec(&v).unwrap()
     };
     let variants: [(&str, Runtime, bool); 3] = [
-        ("airlock, user namespace", Runtime::Airlock, false),
-        ("airlock, no user namespace", Runtime::Airlock, true),
+        ("airlock, own netns", Runtime::Airlock, false),
+        ("airlock, joined netns", Runtime::Airlock, true),
         ("runc.v2", Runtime::Runc, false),
     ];
     // Per variant: (create+start, whole lifecycle) in ms.

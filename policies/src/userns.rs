@@ -96,8 +96,8 @@ fn spec_userns(spec: &Spec) -> SpecUserNs<'_> {
     }
 }
 
-/// A namespace other than the user namespace that the spec joins by path, if any: a new user
-/// namespace cannot own it, and libcontainer joins it after creating the user namespace.
+/// A namespace other than the user namespace that the spec joins by path, if any (a CRI
+/// pod's network namespace): the runtime joins it before it creates the user namespace.
 fn joined_namespace(spec: &Spec) -> Option<LinuxNamespaceType> {
     spec.linux()
         .as_ref()?
@@ -110,11 +110,10 @@ fn joined_namespace(spec: &Spec) -> Option<LinuxNamespaceType> {
 
 impl Policy {
     /// The size of the host id range the caller must allocate for this container before
-    /// [`Policy::apply_in_pod`], or `None` when it needs none (user namespaces off, the spec
-    /// brings its own mappings or joins a user namespace, or it joins other namespaces of its
-    /// pod by path, which a new user namespace could not use).
+    /// [`Policy::apply_in_pod`], or `None` when it needs none (user namespaces off, or the spec
+    /// brings its own mappings or joins a user namespace).
     pub fn user_namespace_range_needed(&self, spec: &Spec) -> Option<u32> {
-        if !self.user_namespace.enabled || joined_namespace(spec).is_some() {
+        if !self.user_namespace.enabled {
             return None;
         }
         match spec_userns(spec) {
@@ -176,11 +175,11 @@ impl Policy {
             SpecUserNs::None => {}
         }
         if let Some(t) = joined_namespace(spec) {
+            // The runtime joins namespaces given by path (a CNI network namespace of a pod)
+            // before it creates the user namespace, as root of the node's user namespace.
             enforced.push(format!(
-                "user namespace: not applied: the container joins its pod's {t:?} namespace, \
-                 created outside a user namespace (set hostUsers: false for a pod user namespace)"
+                "user namespace: joins the {t:?} namespace it is given before creating its own"
             ));
-            return Ok(());
         }
         let Some(r) = range else {
             enforced.push(
@@ -371,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn a_container_joining_pod_namespaces_by_path_gets_no_new_user_namespace() {
+    fn a_container_joining_a_pod_network_namespace_still_gets_its_user_namespace() {
         let strict = builtin("agent-strict").unwrap();
         let mut spec = Spec::default();
         let linux = spec.linux_mut().as_mut().unwrap();
@@ -388,11 +387,20 @@ mod tests {
             })
             .collect();
         linux.set_namespaces(Some(ns));
-        assert_eq!(strict.user_namespace_range_needed(&spec), None);
+        assert_eq!(
+            strict.user_namespace_range_needed(&spec),
+            Some(DEFAULT_RANGE_SIZE)
+        );
         let enforced = strict.apply_in_pod(&mut spec, &no_host, Some(R)).unwrap();
-        assert!(userns_of(&spec).is_none());
+        assert!(userns_of(&spec).unwrap().path().is_none());
         assert!(
-            enforced.iter().any(|l| l.contains("not applied")),
+            enforced
+                .iter()
+                .any(|l| l.contains("Network namespace it is given")),
+            "{enforced:?}"
+        );
+        assert!(
+            enforced.iter().any(|l| l.contains("host uid 1073741824")),
             "{enforced:?}"
         );
     }

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-const DIR: &str = "airlock-mounts";
+/// The bundle directory that holds the mounts the shim makes for a container.
+pub const DIR: &str = "airlock-mounts";
 
 /// Whether an unprivileged process (group `gid`, if known) can walk every directory above
 /// `path`.

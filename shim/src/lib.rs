@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod info;
 pub mod logging;
+pub mod netns;
 pub mod oom;
 pub mod pidfd;
 pub mod runtime;

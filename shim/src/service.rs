@@ -415,11 +415,62 @@ impl TaskService {
         })?;
         crate::config::check_handler(config.handler(spec.annotations().as_ref()))?;
         let policy = config.select(spec.annotations().as_ref())?;
-        let range = match policy.user_namespace_range_needed(&spec) {
-            Some(size) => Some(self.pod_range(&spec, id, size).await?),
-            None => None,
+        // A CRI app container joins its sandbox's user namespace when the sandbox got one
+        // from the policy (the pod then shares one user namespace and one range).
+        let joins_pod = if policy.user_namespace.enabled {
+            self.pod_user_namespace(&spec).await
+        } else {
+            None
         };
-        let enforced = policy.apply_in_pod(&mut spec, &is_node_namespace, range)?;
+        let range = if let Some(userns) = &joins_pod {
+            join_user_namespace(&mut spec, userns);
+            // Registers the container as a user of its pod's range (the bundle's group and
+            // the range's lifetime); the same range the sandbox was mapped to.
+            Some(
+                self.pod_range(&spec, id, policy.user_namespace.size)
+                    .await?,
+            )
+        } else {
+            match policy.user_namespace_range_needed(&spec) {
+                Some(size) => Some(self.pod_range(&spec, id, size).await?),
+                None => None,
+            }
+        };
+        let mut enforced = policy.apply_in_pod(&mut spec, &is_node_namespace, range)?;
+        if let Some(netns) = crate::netns::foreign_network_namespace(&spec) {
+            // A pod network namespace made outside the container's user namespace: the shim
+            // mounts its sysfs and writes its sysctls (see netns.rs).
+            let t = Instant::now();
+            let sysfs = crate::netns::sysfs_path(bundle);
+            let sysfs = crate::netns::bind_sysfs_from(&mut spec, &sysfs).then_some(sysfs);
+            let sysctls = crate::netns::take_net_sysctls(&mut spec);
+            if sysfs.is_some() || !sysctls.is_empty() {
+                let (n, f, set) = (netns.clone(), sysfs.clone(), sysctls.clone());
+                let r = tokio::task::spawn_blocking(move || {
+                    crate::netns::prepare_in(&n, f.as_deref(), &set)
+                })
+                .await
+                .map_err(|e| Error::Runtime(format!("network namespace thread: {e}")))
+                .and_then(|r| r);
+                if let Err(e) = r {
+                    crate::bind_sources::cleanup(bundle);
+                    return Err(e);
+                }
+                enforced.push(format!(
+                    "pod network namespace: /sys mounted for it by the shim{}",
+                    if sysctls.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", sysctls {sysctls:?} set by the shim")
+                    }
+                ));
+                info!(
+                    netns = %netns.display(),
+                    elapsed_us = t.elapsed().as_micros() as u64,
+                    "pod network namespace prepared (sysfs, net sysctls)"
+                );
+            }
+        }
         info!(
             policy = %policy.name,
             handler = %config.handler(spec.annotations().as_ref()),
@@ -476,6 +527,46 @@ impl TaskService {
             seccomp: files,
             idmap_rootfs: range.is_some(),
         })
+    }
+
+    /// The user namespace of this pod's sandbox, when `spec` has none of its own and joins
+    /// namespaces of one of this shim's running containers by `/proc/<pid>/ns/...` (CRI's app
+    /// containers join their sandbox's network, IPC and UTS namespaces that way) and that
+    /// container runs in a user namespace other than the node's. Only this shim's own
+    /// containers count: they are the pod's, so a container never joins another pod's range.
+    async fn pod_user_namespace(&self, spec: &Spec) -> Option<PathBuf> {
+        let namespaces = spec.linux().as_ref()?.namespaces().as_ref()?;
+        if namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::User)
+        {
+            return None;
+        }
+        let pids: Vec<u32> = namespaces
+            .iter()
+            .filter_map(|n| n.path().as_ref())
+            .filter_map(|p| {
+                let rest = p.strip_prefix("/proc").ok()?;
+                let mut parts = rest.components();
+                let pid = parts.next()?.as_os_str().to_str()?.parse::<u32>().ok()?;
+                (parts.next()?.as_os_str() == "ns").then_some(pid)
+            })
+            .collect();
+        if pids.is_empty() {
+            return None;
+        }
+        let ours = self
+            .containers
+            .lock()
+            .await
+            .values()
+            .any(|c| pids.contains(&c.pid()));
+        let pid = pids[0];
+        if !ours || pids.iter().any(|p| *p != pid) {
+            return None;
+        }
+        let userns = PathBuf::from(format!("/proc/{pid}/ns/user"));
+        (!is_node_namespace(LinuxNamespaceType::User, &userns)).then_some(userns)
     }
 
     /// The host id range of `spec`'s pod (its CRI sandbox id, else the container itself),
@@ -1228,6 +1319,22 @@ pub fn userns_member(namespace: &str, id: &str) -> String {
 /// libcontainer 0.7 forces its systemd cgroup driver for a user-namespaced container whose
 /// cgroupsPath is relative (or missing) on a cgroup v2 host, and that driver cannot work
 /// without systemd: make the path absolute (the same cgroup for cgroupfs).
+/// Makes `spec` join the user namespace at `path` (it has none of its own).
+fn join_user_namespace(spec: &mut Spec, path: &Path) {
+    let Some(linux) = spec.linux_mut() else {
+        return;
+    };
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    namespaces.push(
+        oci_spec::runtime::LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::User)
+            .path(path)
+            .build()
+            .expect("type and path set"),
+    );
+    linux.set_namespaces(Some(namespaces));
+}
+
 fn absolute_cgroups_path(spec: &mut Spec, namespace: &str, id: &str) {
     let Some(linux) = spec.linux_mut() else {
         return;

@@ -90,6 +90,31 @@ impl TryFrom<Option<&Vec<LinuxNamespace>>> for Namespaces {
 }
 
 impl Namespaces {
+    /// AIRLOCK PATCH: the namespaces joined by path while still in the caller's user namespace,
+    /// before the container's user namespace is created or joined. A network namespace made by
+    /// CNI for a pod (owned by the host user namespace) can only be joined with capabilities
+    /// there: after unshare(CLONE_NEWUSER) setns(2) gives EPERM. Root of the parent user
+    /// namespace may join namespaces owned by any user namespace, so joining the network, IPC
+    /// and UTS namespaces first works whichever user namespace owns them. Only when the spec has
+    /// a user namespace; without one the order does not matter.
+    pub fn joined_before_userns(&self) -> Vec<(CloneFlags, &LinuxNamespace)> {
+        if !self
+            .namespace_map
+            .contains_key(&CloneFlags::CLONE_NEWUSER)
+        {
+            return Vec::new();
+        }
+        [
+            CloneFlags::CLONE_NEWUTS,
+            CloneFlags::CLONE_NEWIPC,
+            CloneFlags::CLONE_NEWNET,
+        ]
+        .into_iter()
+        .filter_map(|f| self.namespace_map.get(&f).map(|ns| (f, ns)))
+        .filter(|(_, ns)| ns.path().is_some())
+        .collect()
+    }
+
     pub fn apply_namespaces<F: Fn(CloneFlags) -> bool>(&self, filter: F) -> Result<()> {
         let to_enter: Vec<(&CloneFlags, &LinuxNamespace)> = ORDERED_NAMESPACES
             .iter()

@@ -105,6 +105,11 @@ pub fn container_intermediate_process(
     // namespace will be created, check
     // https://man7.org/linux/man-pages/man7/user_namespaces.7.html for more
     // information
+    // AIRLOCK PATCH: join the pod's network/IPC/UTS namespaces before the user namespace
+    // (see `Namespaces::joined_before_userns`); the init skips them later.
+    for (_, ns) in namespaces.joined_before_userns() {
+        namespaces.unshare_or_setns(ns)?;
+    }
     if let Some(user_namespace) = namespaces.get(LinuxNamespaceType::User)? {
         setup_userns(
             &namespaces,

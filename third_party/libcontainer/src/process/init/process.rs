@@ -624,11 +624,18 @@ fn apply_rest_namespaces(
     spec: &Spec,
     syscall: &dyn Syscall,
 ) -> Result<()> {
+    // AIRLOCK PATCH: not those the intermediate process joined before the user namespace.
+    let joined_early: Vec<CloneFlags> = namespaces
+        .joined_before_userns()
+        .into_iter()
+        .map(|(flag, _)| flag)
+        .collect();
     namespaces
         .apply_namespaces(|ns_type| -> bool {
             ns_type != CloneFlags::CLONE_NEWUSER
                 && ns_type != CloneFlags::CLONE_NEWPID
                 && ns_type != crate::namespaces::CLONE_NEWTIME_FLAG
+                && !joined_early.contains(&ns_type)
         })
         .map_err(|err| {
             tracing::error!(
