@@ -110,6 +110,72 @@ fn policy_refusal(v: Version) {
     assert_clean(&ctd, &ns, &[id]);
 }
 
+/// A writable bind of a host path and a device beyond the standard set are refused at create
+/// by agent-strict, naming the field, the path and the operator's setting; a read-only bind of
+/// the same path runs; nothing is left behind.
+fn host_access_refusal(v: Version) {
+    let ctd = shared(v).unwrap();
+    let ns = ctd.new_namespace("host-access").unwrap();
+    let host_dir = tempfile::tempdir().unwrap();
+    let src = host_dir.path().to_str().unwrap().to_string();
+    let bind = |opts: &str| {
+        let src = src.clone();
+        let opts: Vec<String> = opts.split(',').map(String::from).collect();
+        move |v: &mut serde_json::Value| {
+            v["mounts"].as_array_mut().unwrap().push(json!({
+                "destination": "/host", "type": "bind", "source": src, "options": opts
+            }));
+        }
+    };
+    let (rw, dev, ro) = (uid("rw"), uid("dev"), uid("ro"));
+    rt().block_on(async {
+        let c = ctd.client().await.unwrap();
+        let s = spec(&ctd, &ns, &rw, &["true"], bind("rbind,rw"));
+        let err = c
+            .create(&ns, &rw, Runtime::Airlock, s)
+            .await
+            .expect_err("a writable host bind must be refused");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("mounts")
+                && msg.contains(&src)
+                && msg.contains("writable_host_paths")
+                && msg.contains("agent-strict"),
+            "{msg}"
+        );
+
+        let s = spec(&ctd, &ns, &dev, &["true"], |v| {
+            v["linux"]["devices"] = json!([{
+                "path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438
+            }]);
+        });
+        let err = c
+            .create(&ns, &dev, Runtime::Airlock, s)
+            .await
+            .expect_err("/dev/fuse must be refused");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("linux.devices") && msg.contains("/dev/fuse"),
+            "{msg}"
+        );
+
+        let s = spec(
+            &ctd,
+            &ns,
+            &ro,
+            &["sh", "-c", "test -d /host && ! touch /host/x"],
+            bind("rbind,ro"),
+        );
+        let r = c.run(&ns, &ro, Runtime::Airlock, s, T).await.unwrap();
+        assert_eq!(
+            r.exit_status, 0,
+            "a read-only bind runs and stays read-only"
+        );
+    });
+    assert!(std::fs::read_dir(host_dir.path()).unwrap().next().is_none());
+    assert_clean(&ctd, &ns, &[rw, dev, ro]);
+}
+
 /// The `airlock.dev/policy` annotation picks a selectable policy; an unknown one is refused.
 fn policy_annotation(v: Version) {
     let ctd = shared(v).unwrap();
@@ -199,6 +265,8 @@ macro_rules! versions {
             fn pod_shares_one_shim() { super::pod_shares_one_shim($v) }
             #[test]
             fn policy_refusal() { super::policy_refusal($v) }
+            #[test]
+            fn host_access_refusal() { super::host_access_refusal($v) }
             #[test]
             fn policy_annotation() { super::policy_annotation($v) }
             #[test]

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod explain;
+mod host_access;
 mod locate;
 mod model;
 mod pod_seccomp;
@@ -20,7 +21,7 @@ mod userns;
 
 pub use config::{Config, Loaded};
 pub use locate::line_of;
-pub use model::{Filesystem, Limits, Namespaces, Policy, ProcessRules, Tmpfs};
+pub use model::{Filesystem, Limits, Namespaces, OnExcess, Policy, ProcessRules, Tmpfs};
 pub use pod_seccomp::compile_pod_profile;
 pub use seccomp::{is_syscall, native_arch, Seccomp, SeccompMode, SeccompProgram};
 pub use userns::{IdRange, UserNamespace, DEFAULT_RANGE_SIZE};

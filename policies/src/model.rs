@@ -78,6 +78,22 @@ pub struct Policy {
     /// Absent means off: the container's root is the host's root.
     #[serde(default)]
     pub user_namespace: UserNamespace,
+    /// What happens to a container that asks for more than the policy allows.
+    #[serde(default)]
+    pub on_excess: OnExcess,
+}
+
+/// What a policy does with a container that asks for more than it allows (a capability,
+/// a host namespace, a writable host mount, a device).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExcess {
+    /// Refuse to create it, with an error naming the field and the policy.
+    #[default]
+    Refuse,
+    /// Lower the spec to the policy and log a warning (`clamped: ...`) for each change. A user
+    /// namespace mapping of host root is refused even then: it has no safe lower form.
+    Clamp,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -94,6 +110,13 @@ pub struct Filesystem {
     pub readonly_rootfs: bool,
     #[serde(default)]
     pub tmpfs: Vec<Tmpfs>,
+    /// Host directories that containers may bind writable (besides their pod's own runtime
+    /// dirs: the CRI sandbox's state dir and the kubelet's pod dir).
+    #[serde(default)]
+    pub writable_host_paths: Vec<String>,
+    /// Device nodes allowed beyond the standard set (e.g. /dev/fuse).
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -126,6 +149,23 @@ pub struct Limits {
     pub memory_high: Option<String>,
     /// CPUs (cpu.max quota / period) when the pod sets no CPU quota, e.g. 2 or 0.5.
     pub cpus: Option<f64>,
+}
+
+/// Makes the container's `typ` namespace a new one of its own (clamp mode, instead of the
+/// host's).
+fn give_own_namespace(spec: &mut Spec, typ: LinuxNamespaceType) {
+    let Some(linux) = spec.linux_mut() else {
+        return;
+    };
+    let mut ns = linux.namespaces().clone().unwrap_or_default();
+    ns.retain(|n| n.typ() != typ);
+    ns.push(
+        oci_spec::runtime::LinuxNamespaceBuilder::default()
+            .typ(typ)
+            .build()
+            .expect("type set"),
+    );
+    linux.set_namespaces(Some(ns));
 }
 
 impl Policy {
@@ -172,6 +212,26 @@ impl Policy {
                 return Err(self.invalid(format!(
                     "filesystem.tmpfs: size {:?} of {} is not a size such as 64m or 1g",
                     t.size, t.path
+                )));
+            }
+        }
+        for p in &self.filesystem.writable_host_paths {
+            let path = Path::new(p);
+            if !path.is_absolute()
+                || path.parent().is_none()
+                || path
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(self.invalid(format!(
+                    "filesystem.writable_host_paths: {p:?} must be an absolute directory other than / without `..`"
+                )));
+            }
+        }
+        for d in &self.filesystem.devices {
+            if !d.starts_with("/dev/") || d.contains("..") {
+                return Err(self.invalid(format!(
+                    "filesystem.devices: {d:?} must be a path under /dev/ (e.g. /dev/fuse)"
                 )));
             }
         }
@@ -234,6 +294,25 @@ impl Policy {
         self.seccomp.compile(arch).map_err(|m| self.invalid(m))
     }
 
+    /// The container asks for more than the policy allows: refuse, or in clamp mode record
+    /// `clamped: <field> = <asked> (<done>)` in `enforced` and let the caller lower the spec.
+    pub(crate) fn excess(
+        &self,
+        field: &'static str,
+        asked: impl Into<String>,
+        hint: impl Into<String>,
+        done: &str,
+        enforced: &mut Vec<String>,
+    ) -> Result<()> {
+        match self.on_excess {
+            OnExcess::Refuse => Err(self.refused(field, asked, hint)),
+            OnExcess::Clamp => {
+                enforced.push(format!("clamped: {field} = {} ({done})", asked.into()));
+                Ok(())
+            }
+        }
+    }
+
     pub(crate) fn refused(
         &self,
         field: &'static str,
@@ -279,6 +358,8 @@ impl Policy {
         self.apply_namespaces(spec, is_host_ns, &mut enforced)?;
         self.apply_user_namespace(spec, is_host_ns, userns, &mut enforced)?;
         self.apply_process(spec, &mut enforced)?;
+        self.apply_host_mounts(spec, &mut enforced)?;
+        self.apply_devices(spec, &mut enforced)?;
         self.apply_filesystem(spec, &mut enforced);
         self.apply_limits(spec, &mut enforced);
         enforced.push(self.seccomp_summary());
@@ -287,7 +368,7 @@ impl Policy {
 
     fn apply_namespaces(
         &self,
-        spec: &Spec,
+        spec: &mut Spec,
         is_host_ns: &dyn Fn(LinuxNamespaceType, &Path) -> bool,
         enforced: &mut Vec<String>,
     ) -> Result<()> {
@@ -305,11 +386,14 @@ impl Policy {
         for name in ["network", "pid", "ipc", "uts"] {
             let typ = host_ns_type(name).expect("known");
             if !private.contains(&typ) && !self.namespaces.allow_host.iter().any(|a| a == name) {
-                return Err(self.refused(
+                self.excess(
                     "linux.namespaces",
                     format!("host {name} namespace"),
                     format!("give the container its own {name} namespace"),
-                ));
+                    &format!("given its own {name} namespace"),
+                    enforced,
+                )?;
+                give_own_namespace(spec, typ);
             }
         }
         enforced.push("namespaces: private pid, ipc, uts, network, mount".into());
@@ -332,25 +416,41 @@ impl Policy {
         };
         if let Some(caps) = process.capabilities().clone() {
             let mut caps = caps;
-            let lower = |set: &Option<HashSet<Capability>>| -> std::result::Result<Option<HashSet<Capability>>, Capability> {
-                let Some(set) = set else { return Ok(None) };
-                if let Some(extra) = set.iter().find(|c| !allowed.contains(c) && !defaults.contains(c)) {
-                    return Err(*extra);
-                }
-                Ok(Some(set.intersection(&allowed).copied().collect()))
-            };
-            let refuse = |c: Capability| {
-                self.refused(
+            // Capabilities asked for beyond the policy and containerd's defaults, once each.
+            let mut extra: Vec<Capability> = [
+                caps.bounding(),
+                caps.effective(),
+                caps.permitted(),
+                caps.inheritable(),
+                caps.ambient(),
+            ]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|c| !allowed.contains(c) && !defaults.contains(c))
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+            extra.sort_by_key(|c| c.to_string());
+            for c in extra {
+                self.excess(
                     "process.capabilities",
                     format!("CAP_{c}"),
                     "drop the capability from the pod's securityContext",
-                )
+                    "dropped",
+                    enforced,
+                )?;
+            }
+            let lower = |set: &Option<HashSet<Capability>>| {
+                set.as_ref()
+                    .map(|set| set.intersection(&allowed).copied().collect())
             };
-            caps.set_bounding(lower(caps.bounding()).map_err(refuse)?);
-            caps.set_effective(lower(caps.effective()).map_err(refuse)?);
-            caps.set_permitted(lower(caps.permitted()).map_err(refuse)?);
-            caps.set_inheritable(lower(caps.inheritable()).map_err(refuse)?);
-            caps.set_ambient(lower(caps.ambient()).map_err(refuse)?);
+            caps.set_bounding(lower(caps.bounding()));
+            caps.set_effective(lower(caps.effective()));
+            caps.set_permitted(lower(caps.permitted()));
+            caps.set_inheritable(lower(caps.inheritable()));
+            caps.set_ambient(lower(caps.ambient()));
             process.set_capabilities(Some(caps));
         }
         enforced.push(format!(

@@ -471,6 +471,9 @@ impl TaskService {
                 );
             }
         }
+        for line in enforced.iter().filter(|l| l.starts_with("clamped:")) {
+            warn!(policy = %policy.name, "{line}: the container asked for more than its policy allows (on_excess = \"clamp\")");
+        }
         info!(
             policy = %policy.name,
             handler = %config.handler(spec.annotations().as_ref()),
