@@ -1,12 +1,14 @@
-//! The Task API beyond create/start/wait/delete, through ctr and containerd's events:
-//! pause/resume, stats, update, pids, exec, stdin/CloseIO. Every case observes the effect
+//! The Task API beyond create/start/wait/delete, through ctr, the gRPC API and containerd's
+//! events: pause/resume, stats, update, pids, exec, stdin/CloseIO, terminals (ResizePty,
+//! Ctrl-C, CloseIO on a terminal). Every case observes the effect
 //! (a counter that stops, figures that are non-zero, cgroup files that change, output and exit
 //! codes of execs), for airlock and runc (the reference) on containerd 1.6 and 2.1.
 //!
 //! Select: `cargo test -p airlock-integration --test taskapi -- airlock_`.
 
-use airlock_integration::client::EventStream;
+use airlock_integration::client::{Client, EventStream};
 use airlock_integration::containerd::{Containerd, Version};
+use airlock_integration::fifo::TaskFifos;
 use airlock_integration::{leaks, proc_util, shared, Runtime, TaskEvent};
 use std::io::Write;
 use std::path::PathBuf;
@@ -145,6 +147,63 @@ impl Case {
                 cl.subscribe(vec![format!("namespace=={}", self.ns)]).await
             })
             .unwrap()
+    }
+
+    /// The spec of `args`, with a terminal or not (ctr run -t sets process.terminal).
+    fn spec(&self, id: &str, args: &[&str], terminal: bool) -> Vec<u8> {
+        let raw = self.ctd.spec(&self.ns, id, args).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        v["process"]["terminal"] = terminal.into();
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    /// An exec's OCI Process JSON for `args`.
+    fn process(&self, args: &[&str], terminal: bool) -> Vec<u8> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&self.spec("exec", args, terminal)).unwrap();
+        serde_json::to_vec(&v["process"]).unwrap()
+    }
+
+    /// Container + task `id` running `args` with `fifos` as its stdio, started (gRPC).
+    async fn start_with_io(
+        &self,
+        cl: &Client,
+        id: &str,
+        args: &[&str],
+        fifos: &TaskFifos,
+        terminal: bool,
+    ) -> anyhow::Result<()> {
+        cl.create_container(&self.ns, id, self.rt, self.spec(id, args, terminal))
+            .await?;
+        let mounts = cl.prepare_rootfs(&self.ns, id).await?;
+        cl.create_task_io(&self.ns, id, mounts, &fifos.stdio(terminal))
+            .await?;
+        cl.start(&self.ns, id).await?;
+        Ok(())
+    }
+
+    /// Exec `exec_id` running `args` with `fifos` as its stdio, started (gRPC).
+    async fn exec_with_io(
+        &self,
+        cl: &Client,
+        id: &str,
+        exec_id: &str,
+        args: &[&str],
+        fifos: &TaskFifos,
+        terminal: bool,
+    ) -> anyhow::Result<()> {
+        let process = self.process(args, terminal);
+        cl.exec_io(&self.ns, id, exec_id, process, &fifos.stdio(terminal))
+            .await?;
+        cl.start_exec(&self.ns, id, exec_id).await?;
+        Ok(())
+    }
+
+    /// Delete the stopped task and its container.
+    fn delete_stopped(&self, id: &str) {
+        self.wait_status(id, "STOPPED");
+        self.ctr_ok(&["tasks", "delete", id]);
+        self.ctr_ok(&["containers", "rm", id]);
     }
 
     fn rt(&self) -> tokio::runtime::Runtime {
@@ -587,6 +646,152 @@ fn stdin_cat(rt: Runtime, v: Version) {
     c.assert_no_leaks();
 }
 
+/// A shell on a terminal: no window size until ResizePty sets it, stdin is a tty, the
+/// output (echo included) arrives before the exit is reported, and the exit code propagates.
+fn tty_run(rt: Runtime, v: Version) {
+    let mut c = Case::new(rt, v, "ttyrun");
+    let id = c.id("ttyrun");
+    let tokio = c.rt();
+    tokio.block_on(async {
+        let cl = c.ctd.client().await.unwrap();
+        let mut io = TaskFifos::new().unwrap();
+        c.start_with_io(&cl, &id, &["sh"], &io, true).await.unwrap();
+        io.write(b"stty size; tty\n").await.unwrap();
+        io.expect("/dev/pts/", T).await.unwrap();
+        // busybox's stty refuses a 0 x 0 window ("stty: standard input").
+        assert!(!io.output().contains("40 100"), "{:?}", io.output());
+        cl.resize_pty(&c.ns, &id, "", 100, 40).await.unwrap();
+        io.write(b"stty size\n").await.unwrap();
+        io.expect("40 100", T).await.unwrap();
+        io.write(b"echo $((6*7))done; exit 3\n").await.unwrap();
+        let (status, _) = cl.wait(&c.ns, &id, T).await.unwrap();
+        assert_eq!(status, 3, "output: {:?}", io.output());
+        // Delivered before the exit was reported: already in the FIFO.
+        io.expect("42done", Duration::from_secs(2)).await.unwrap();
+    });
+    c.delete_stopped(&id);
+    c.assert_no_leaks();
+}
+
+/// `exec -t` into a running container, resized; errors of ResizePty for an unknown exec and
+/// for a process without a terminal.
+fn tty_exec(rt: Runtime, v: Version) {
+    let mut c = Case::new(rt, v, "ttyexec");
+    let id = c.id("ttyexec");
+    c.run_detached(&id, "trap 'exit 0' TERM; while :; do usleep 50000; done");
+    let tokio = c.rt();
+    tokio.block_on(async {
+        let cl = c.ctd.client().await.unwrap();
+        let mut io = TaskFifos::new().unwrap();
+        c.exec_with_io(&cl, &id, "t1", &["sh"], &io, true)
+            .await
+            .unwrap();
+        cl.resize_pty(&c.ns, &id, "t1", 100, 40).await.unwrap();
+        io.write(b"stty size; tty\n").await.unwrap();
+        io.expect("40 100", T).await.unwrap();
+        io.expect("/dev/pts/", T).await.unwrap();
+        io.write(b"echo $((6*7))done; exit 4\n").await.unwrap();
+        let status = cl.wait_exec(&c.ns, &id, "t1", T).await.unwrap();
+        assert_eq!(status, 4, "output: {:?}", io.output());
+        io.expect("42done", Duration::from_secs(2)).await.unwrap();
+        cl.delete_exec(&c.ns, &id, "t1").await.unwrap();
+
+        let unknown = cl.resize_pty(&c.ns, &id, "nope", 80, 24).await;
+        let no_tty = cl.resize_pty(&c.ns, &id, "", 80, 24).await;
+        if rt == Runtime::Airlock {
+            let e = unknown.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+            let e = no_tty.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+            assert!(e.message().contains("has no terminal"), "{e:?}");
+        } else {
+            eprintln!("PEER {rt} {}: ResizePty of an unknown exec: {unknown:?}; of a process without a terminal: {no_tty:?}", v.label());
+        }
+    });
+    c.remove(&id);
+    c.assert_no_leaks();
+}
+
+/// Ctrl-C: a 0x03 byte on a terminal's input interrupts its foreground process group (the
+/// pty is the process's controlling terminal): an exec'd `sleep` dies of SIGINT (130), and
+/// the init's trap runs.
+fn tty_ctrl_c(rt: Runtime, v: Version) {
+    let mut c = Case::new(rt, v, "ttyintr");
+    let id = c.id("ttyintr");
+    let tokio = c.rt();
+    tokio.block_on(async {
+        let cl = c.ctd.client().await.unwrap();
+        let mut io = TaskFifos::new().unwrap();
+        let script = "trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 1; done";
+        c.start_with_io(&cl, &id, &["sh", "-c", script], &io, true)
+            .await
+            .unwrap();
+        io.expect("ready", T).await.unwrap();
+        let mut exec_io = TaskFifos::new().unwrap();
+        c.exec_with_io(&cl, &id, "s1", &["sleep", "100"], &exec_io, true)
+            .await
+            .unwrap();
+        exec_io.write(&[0x03]).await.unwrap();
+        let status = cl.wait_exec(&c.ns, &id, "s1", T).await.unwrap();
+        assert_eq!(status, 130, "exec'd sleep after ^C");
+        cl.delete_exec(&c.ns, &id, "s1").await.unwrap();
+        io.write(&[0x03]).await.unwrap();
+        let (status, _) = cl.wait(&c.ns, &id, T).await.unwrap();
+        assert_eq!(status, 7, "init after ^C; output: {:?}", io.output());
+        io.expect("got-int", Duration::from_secs(2)).await.unwrap();
+    });
+    c.delete_stopped(&id);
+    c.assert_no_leaks();
+}
+
+/// CloseIO through the gRPC API, with a terminal or without: `cat` reads what was written, a
+/// pending partial line included, then end of input, and exits 0. (A terminal echoes the
+/// input, so there each text shows twice: the echo, then cat's copy.)
+fn cat_close_io(rt: Runtime, v: Version, terminal: bool) {
+    let mut c = Case::new(rt, v, if terminal { "ttycat" } else { "closeio" });
+    let id = c.id("cat");
+    let copies = if terminal { 2 } else { 1 };
+    let tokio = c.rt();
+    tokio.block_on(async {
+        let cl = c.ctd.client().await.unwrap();
+        let mut io = TaskFifos::new().unwrap();
+        c.start_with_io(&cl, &id, &["cat"], &io, terminal)
+            .await
+            .unwrap();
+        io.write(b"hello\n").await.unwrap();
+        io.expect_n("hello", copies, T).await.unwrap();
+        io.write(b"partial").await.unwrap();
+        io.expect("partial", T).await.unwrap();
+        if rt != Runtime::Airlock {
+            // runc's shim holds its own writer of the stdin FIFO until CloseIO, so its copy
+            // ends only once the client's writer is gone too (ctr closes it); Airlock ends
+            // the input on CloseIO alone.
+            io.close_stdin();
+        }
+        cl.close_stdin(&c.ns, &id, "").await.unwrap();
+        let r = cl.wait(&c.ns, &id, T).await;
+        let out = io.output();
+        if rt == Runtime::Airlock || !terminal {
+            let (status, _) = r.unwrap();
+            assert_eq!(status, 0, "cat after CloseIO; output: {out:?}");
+            io.expect_n("partial", copies, Duration::from_secs(2))
+                .await
+                .unwrap();
+        } else {
+            // runc's shim closes the pty master: cat fails reading (EIO) and exits 1.
+            eprintln!(
+                "PEER {rt} {}: cat on a terminal after CloseIO: {r:?}; output {out:?}",
+                v.label()
+            );
+        }
+    });
+    if c.status(&id) != "STOPPED" {
+        let _ = c.ctr(&["tasks", "kill", "-s", "KILL", &id]);
+    }
+    c.delete_stopped(&id);
+    c.assert_no_leaks();
+}
+
 /// Prints the latency of `ctr task exec` and other calls (p50/p95 of 20); run with
 /// `-- --ignored --nocapture measure_`.
 fn measure(rt: Runtime, v: Version) {
@@ -683,6 +888,26 @@ macro_rules! cases {
         #[test]
         fn stdin_cat() {
             super::stdin_cat(RT, V)
+        }
+        #[test]
+        fn close_io_cat() {
+            super::cat_close_io(RT, V, false)
+        }
+        #[test]
+        fn tty_run() {
+            super::tty_run(RT, V)
+        }
+        #[test]
+        fn tty_exec() {
+            super::tty_exec(RT, V)
+        }
+        #[test]
+        fn tty_ctrl_c() {
+            super::tty_ctrl_c(RT, V)
+        }
+        #[test]
+        fn tty_close_io_cat() {
+            super::cat_close_io(RT, V, true)
         }
     };
 }

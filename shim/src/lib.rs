@@ -15,6 +15,7 @@
 pub mod bind_sources;
 pub mod cgroup;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod info;
 pub mod logging;
