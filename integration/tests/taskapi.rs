@@ -831,6 +831,53 @@ fn measure(rt: Runtime, v: Version) {
     c.remove(&id);
 }
 
+/// Prints what a terminal costs: create + start until the first output, and until the exit,
+/// of `sh -c 'echo ready'` with and without a terminal (gRPC, 20 interleaved runs each, p50/p95);
+/// run with `-- --ignored --nocapture measure_tty`.
+fn measure_tty(rt: Runtime, v: Version) {
+    let mut c = Case::new(rt, v, "measuretty");
+    let tokio = c.rt();
+    let mut samples: [Vec<(Duration, Duration)>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..40 {
+        let terminal = i % 2 == 1;
+        let id = c.id(if terminal { "mtty" } else { "mplain" });
+        let sample = tokio.block_on(async {
+            let cl = c.ctd.client().await.unwrap();
+            let io = TaskFifos::new().unwrap();
+            let t0 = Instant::now();
+            c.start_with_io(&cl, &id, &["sh", "-c", "echo ready"], &io, terminal)
+                .await
+                .unwrap();
+            io.expect("ready", T).await.unwrap();
+            let first = t0.elapsed();
+            cl.wait(&c.ns, &id, T).await.unwrap();
+            let exit = t0.elapsed();
+            cl.delete_task(&c.ns, &id).await.unwrap();
+            cl.delete_container(&c.ns, &id).await.unwrap();
+            (first, exit)
+        });
+        samples[terminal as usize].push(sample);
+    }
+    let stats = |runs: &[(Duration, Duration)], pick: fn(&(Duration, Duration)) -> Duration| {
+        let mut d: Vec<Duration> = runs.iter().map(pick).collect();
+        d.sort();
+        (d[d.len() / 2], d[d.len() * 95 / 100])
+    };
+    for (name, runs) in [("plain", &samples[0]), ("tty", &samples[1])] {
+        let first = stats(runs, |s| s.0);
+        let exit = stats(runs, |s| s.1);
+        eprintln!(
+            "MEASURE {rt} {} {name}: create+start -> first output {:?}/{:?}, -> exit {:?}/{:?} (p50/p95 of {})",
+            v.label(),
+            first.0,
+            first.1,
+            exit.0,
+            exit.1,
+            runs.len()
+        );
+    }
+}
+
 macro_rules! cases {
     ($rt:expr, $v:expr) => {
         use super::*;
@@ -884,6 +931,11 @@ macro_rules! cases {
         #[ignore]
         fn measure_latency() {
             super::measure(RT, V)
+        }
+        #[test]
+        #[ignore]
+        fn measure_tty_latency() {
+            super::measure_tty(RT, V)
         }
         #[test]
         fn stdin_cat() {
