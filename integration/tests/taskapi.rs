@@ -673,6 +673,45 @@ fn tty_run(rt: Runtime, v: Version) {
     c.assert_no_leaks();
 }
 
+/// `ctr run -t` as users run it. ctr needs a terminal of its own: `script` gives it one, sized
+/// 40 x 100 first; ctr sends that size with ResizePty (right after Start), and the exit code
+/// comes back.
+fn ctr_run_tty(rt: Runtime, v: Version) {
+    let mut c = Case::new(rt, v, "ctrtty");
+    let id = c.id("ctrtty");
+    let ctr = c.ctd.ctr_command(Some(&c.ns));
+    let mut words: Vec<String> = std::iter::once(ctr.get_program())
+        .chain(ctr.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    words.extend(["run", "-t", "--rm"].map(String::from));
+    words.extend(c.runtime_args().into_iter().map(String::from));
+    words.extend(
+        [
+            airlock_integration::IMAGE_REF,
+            &id,
+            "sh",
+            "-c",
+            // ctr resizes right after Start, racing the first `stty size`: poll (busybox's
+            // stty exits 0 without a window size, printing nothing).
+            "tty; for i in $(seq 50); do s=$(stty size 2>/dev/null); [ -n \"$s\" ] && break; usleep 100000; done; echo size=$s; exit 5",
+        ]
+        .map(String::from),
+    );
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
+        .collect();
+    let line = format!("stty rows 40 cols 100; exec {}", quoted.join(" "));
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-q", "-e", "-c", &line, "/dev/null"]);
+    let out = proc_util::run(cmd, T).unwrap();
+    assert_eq!(out.code, Some(5), "{out:?}");
+    assert!(out.stdout.contains("/dev/pts/"), "{out:?}");
+    assert!(out.stdout.contains("size=40 100"), "{out:?}");
+    c.assert_no_leaks();
+}
+
 /// `exec -t` into a running container, resized; errors of ResizePty for an unknown exec and
 /// for a process without a terminal.
 fn tty_exec(rt: Runtime, v: Version) {
@@ -948,6 +987,10 @@ macro_rules! cases {
         #[test]
         fn tty_run() {
             super::tty_run(RT, V)
+        }
+        #[test]
+        fn ctr_run_tty() {
+            super::ctr_run_tty(RT, V)
         }
         #[test]
         fn tty_exec() {
