@@ -291,23 +291,16 @@ impl TaskService {
         };
         let (child, mut copier) = stdio::setup(&paths, &bundle).map_err(fail)?;
         let pid_file = bundle.join("init.pid");
-        let created = self
+        if let Err(e) = self
             .runtime
             .create(&req.id, &bundle, &pid_file, &seccomp, idmap_rootfs, child)
-            .await;
-        let console = match created {
-            Ok(()) => copier.connect_console().await,
-            Err(e) => Err(e),
-        };
-        let console = match console {
-            Ok(c) => c,
-            Err(e) => {
-                drop(copier);
-                // The runtime cleans up after itself; make sure, since a leak outlives us.
-                let _ = self.runtime.delete(&req.id, true).await;
-                return Err(fail(e));
-            }
-        };
+            .await
+        {
+            drop(copier);
+            // The runtime cleans up after itself; make sure, since a leak outlives us.
+            let _ = self.runtime.delete(&req.id, true).await;
+            return Err(fail(e));
+        }
         let t_runtime = t0.elapsed();
         let pidfd = match read_pid(&pid_file).await.and_then(|pid| {
             PidFd::open(pid).map_err(|e| Error::io(format!("open pidfd of {pid}"), e))
@@ -315,6 +308,17 @@ impl TaskService {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 let _ = self.runtime.delete(&req.id, true).await;
+                return Err(fail(e));
+            }
+        };
+        let console = match copier.connect_console().await {
+            Ok(c) => c,
+            Err(e) => {
+                drop(copier);
+                let _ = pidfd.signal(libc::SIGKILL);
+                let _ = self.runtime.delete(&req.id, true).await;
+                // The init is our child (we are its subreaper): reap it.
+                let _ = tokio::time::timeout(DRAIN_LIMIT, pidfd.wait()).await;
                 return Err(fail(e));
             }
         };
@@ -786,6 +790,8 @@ impl TaskService {
                 Ok(None) => {}
                 Err(err) => {
                     let _ = pidfd.signal(libc::SIGKILL);
+                    // Our child now (we are its subreaper): reap it.
+                    let _ = tokio::time::timeout(DRAIN_LIMIT, pidfd.wait()).await;
                     return Err(err);
                 }
             }
