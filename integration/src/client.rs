@@ -12,7 +12,7 @@ use containerd_client::services::v1::{
     snapshots::{snapshots_client::SnapshotsClient, PrepareSnapshotRequest, RemoveSnapshotRequest},
     tasks_client::TasksClient,
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, KillRequest, StartRequest, SubscribeRequest, WaitRequest,
+    DeleteTaskRequest, KillRequest, ResizePtyRequest, StartRequest, SubscribeRequest, WaitRequest,
 };
 use containerd_client::tonic::{transport::Channel, Request};
 use containerd_client::types::Mount;
@@ -54,6 +54,15 @@ fn req<T>(ns: &str, msg: T) -> Request<T> {
         ns.parse().expect("namespace is ASCII"),
     );
     r
+}
+
+/// The stdio of a task or exec: FIFO paths ("" = none) and whether it gets a terminal.
+#[derive(Debug, Clone, Default)]
+pub struct TaskStdio {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
 }
 
 /// Result of [`Client::run`].
@@ -334,14 +343,33 @@ impl Client {
         stdout: &str,
         stderr: &str,
     ) -> Result<u32> {
+        let stdio = TaskStdio {
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            ..Default::default()
+        };
+        self.create_task_io(ns, id, rootfs, &stdio).await
+    }
+
+    /// Task.Create with any stdio (stdin, a terminal); returns the pid. With a terminal the
+    /// spec's `process.terminal` must be true too, as containerd's clients set it.
+    pub async fn create_task_io(
+        &self,
+        ns: &str,
+        id: &str,
+        rootfs: Vec<Mount>,
+        stdio: &TaskStdio,
+    ) -> Result<u32> {
         let r = TasksClient::new(self.channel())
             .create(req(
                 ns,
                 CreateTaskRequest {
                     container_id: id.into(),
                     rootfs,
-                    stdout: stdout.into(),
-                    stderr: stderr.into(),
+                    stdin: stdio.stdin.clone(),
+                    stdout: stdio.stdout.clone(),
+                    stderr: stdio.stderr.clone(),
+                    terminal: stdio.terminal,
                     ..Default::default()
                 },
             ))
@@ -412,6 +440,19 @@ impl Client {
         exec_id: &str,
         process_json: Vec<u8>,
     ) -> Result<()> {
+        self.exec_io(ns, id, exec_id, process_json, &TaskStdio::default())
+            .await
+    }
+
+    /// Exec with any stdio (stdin, a terminal: then `process.terminal` must be true too).
+    pub async fn exec_io(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        process_json: Vec<u8>,
+        stdio: &TaskStdio,
+    ) -> Result<()> {
         TasksClient::new(self.channel())
             .exec(req(
                 ns,
@@ -422,7 +463,10 @@ impl Client {
                         type_url: PROCESS_TYPE_URL.into(),
                         value: process_json,
                     }),
-                    ..Default::default()
+                    stdin: stdio.stdin.clone(),
+                    stdout: stdio.stdout.clone(),
+                    stderr: stdio.stderr.clone(),
+                    terminal: stdio.terminal,
                 },
             ))
             .await
@@ -500,6 +544,29 @@ impl Client {
             ))
             .await
             .map_err(|s| anyhow!("tasks.update: {:?}: {}", s.code(), s.message()))?;
+        Ok(())
+    }
+
+    /// Sets the terminal size of the task (or of exec `exec_id`).
+    pub async fn resize_pty(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> std::result::Result<(), containerd_client::tonic::Status> {
+        TasksClient::new(self.channel())
+            .resize_pty(req(
+                ns,
+                ResizePtyRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    width,
+                    height,
+                },
+            ))
+            .await?;
         Ok(())
     }
 

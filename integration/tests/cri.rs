@@ -308,6 +308,40 @@ fn pod_lifecycle(v: Version) {
     });
 }
 
+/// A container with `tty: true` (kubectl run -t): its stdio is a terminal, stderr merged into
+/// it, and the CRI log has its output as the stdout stream.
+fn tty_container(v: Version) {
+    let (ctd, _turn) = cri_containerd(v);
+    rt().block_on(async {
+        let mut cri = Cri::connect(&ctd).await;
+        let pc = cri.pod_config("tty", &[], NamespaceMode::Pod);
+        let pod = cri.run_pod(&pc).await.expect("RunPodSandbox");
+        let mut cfg = cri.container_config(
+            "app",
+            &[
+                "sh",
+                "-c",
+                "tty; echo oops >&2; trap 'exit 0' TERM; while :; do sleep 0.1; done",
+            ],
+        );
+        cfg.tty = true;
+        let app = cri
+            .start_container(&pod, &pc, cfg)
+            .await
+            .unwrap_or_else(|e| panic!("Create/StartContainer: {e}\n{}", ctd.log_tail(30)));
+        let log_dir = PathBuf::from(&pc.log_directory);
+        wait_for(
+            "terminal output in the log",
+            Duration::from_secs(10),
+            || {
+                let l = read_log(&log_dir, "app");
+                l.contains(" stdout F /dev/pts/") && l.contains(" stdout F oops")
+            },
+        );
+        cri.teardown(&pod, std::slice::from_ref(&app)).await;
+    });
+}
+
 /// Two app containers and the sandbox: one shim; the policy annotation picks agent-default
 /// for all of them.
 fn two_containers_with_policy_annotation(v: Version) {
@@ -562,6 +596,7 @@ macro_rules! per_version {
             #[test] fn more_than_policy_is_refused() { super::more_than_policy_is_refused(v()) }
             #[test] fn host_network_pod_is_refused() { super::host_network_pod_is_refused(v()) }
             #[test] fn pod_user_namespace_without_host_users() { super::pod_user_namespace_without_host_users(v()) }
+            #[test] fn tty_container() { super::tty_container(v()) }
         }
     )*};
 }

@@ -1,12 +1,14 @@
-//! The Task API beyond create/start/wait/delete, through ctr and containerd's events:
-//! pause/resume, stats, update, pids, exec, stdin/CloseIO. Every case observes the effect
+//! The Task API beyond create/start/wait/delete, through ctr, the gRPC API and containerd's
+//! events: pause/resume, stats, update, pids, exec, stdin/CloseIO, terminals (ResizePty,
+//! Ctrl-C, CloseIO on a terminal). Every case observes the effect
 //! (a counter that stops, figures that are non-zero, cgroup files that change, output and exit
 //! codes of execs), for airlock and runc (the reference) on containerd 1.6 and 2.1.
 //!
 //! Select: `cargo test -p airlock-integration --test taskapi -- airlock_`.
 
-use airlock_integration::client::EventStream;
+use airlock_integration::client::{Client, EventStream};
 use airlock_integration::containerd::{Containerd, Version};
+use airlock_integration::fifo::TaskFifos;
 use airlock_integration::{leaks, proc_util, shared, Runtime, TaskEvent};
 use std::io::Write;
 use std::path::PathBuf;
@@ -145,6 +147,63 @@ impl Case {
                 cl.subscribe(vec![format!("namespace=={}", self.ns)]).await
             })
             .unwrap()
+    }
+
+    /// The spec of `args`, with a terminal or not (ctr run -t sets process.terminal).
+    fn spec(&self, id: &str, args: &[&str], terminal: bool) -> Vec<u8> {
+        let raw = self.ctd.spec(&self.ns, id, args).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        v["process"]["terminal"] = terminal.into();
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    /// An exec's OCI Process JSON for `args`.
+    fn process(&self, args: &[&str], terminal: bool) -> Vec<u8> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&self.spec("exec", args, terminal)).unwrap();
+        serde_json::to_vec(&v["process"]).unwrap()
+    }
+
+    /// Container + task `id` running `args` with `fifos` as its stdio, started (gRPC).
+    async fn start_with_io(
+        &self,
+        cl: &Client,
+        id: &str,
+        args: &[&str],
+        fifos: &TaskFifos,
+        terminal: bool,
+    ) -> anyhow::Result<()> {
+        cl.create_container(&self.ns, id, self.rt, self.spec(id, args, terminal))
+            .await?;
+        let mounts = cl.prepare_rootfs(&self.ns, id).await?;
+        cl.create_task_io(&self.ns, id, mounts, &fifos.stdio(terminal))
+            .await?;
+        cl.start(&self.ns, id).await?;
+        Ok(())
+    }
+
+    /// Exec `exec_id` running `args` with `fifos` as its stdio, started (gRPC).
+    async fn exec_with_io(
+        &self,
+        cl: &Client,
+        id: &str,
+        exec_id: &str,
+        args: &[&str],
+        fifos: &TaskFifos,
+        terminal: bool,
+    ) -> anyhow::Result<()> {
+        let process = self.process(args, terminal);
+        cl.exec_io(&self.ns, id, exec_id, process, &fifos.stdio(terminal))
+            .await?;
+        cl.start_exec(&self.ns, id, exec_id).await?;
+        Ok(())
+    }
+
+    /// Delete the stopped task and its container.
+    fn delete_stopped(&self, id: &str) {
+        self.wait_status(id, "STOPPED");
+        self.ctr_ok(&["tasks", "delete", id]);
+        self.ctr_ok(&["containers", "rm", id]);
     }
 
     fn rt(&self) -> tokio::runtime::Runtime {
@@ -587,6 +646,191 @@ fn stdin_cat(rt: Runtime, v: Version) {
     c.assert_no_leaks();
 }
 
+/// A shell on a terminal: no window size until ResizePty sets it, stdin is a tty, the
+/// output (echo included) arrives before the exit is reported, and the exit code propagates.
+fn tty_run(rt: Runtime, v: Version) {
+    let mut c = Case::new(rt, v, "ttyrun");
+    let id = c.id("ttyrun");
+    let tokio = c.rt();
+    tokio.block_on(async {
+        let cl = c.ctd.client().await.unwrap();
+        let mut io = TaskFifos::new().unwrap();
+        c.start_with_io(&cl, &id, &["sh"], &io, true).await.unwrap();
+        io.write(b"stty size; tty\n").await.unwrap();
+        io.expect("/dev/pts/", T).await.unwrap();
+        // busybox's stty refuses a 0 x 0 window ("stty: standard input").
+        assert!(!io.output().contains("40 100"), "{:?}", io.output());
+        cl.resize_pty(&c.ns, &id, "", 100, 40).await.unwrap();
+        io.write(b"stty size\n").await.unwrap();
+        io.expect("40 100", T).await.unwrap();
+        io.write(b"echo $((6*7))done; exit 3\n").await.unwrap();
+        let (status, _) = cl.wait(&c.ns, &id, T).await.unwrap();
+        assert_eq!(status, 3, "output: {:?}", io.output());
+        // Delivered before the exit was reported: already in the FIFO.
+        io.expect("42done", Duration::from_secs(2)).await.unwrap();
+    });
+    c.delete_stopped(&id);
+    c.assert_no_leaks();
+}
+
+/// `ctr run -t` as users run it. ctr needs a terminal of its own: `script` gives it one, sized
+/// 40 x 100 first; ctr sends that size with ResizePty (right after Start), and the exit code
+/// comes back.
+fn ctr_run_tty(rt: Runtime, v: Version) {
+    let mut c = Case::new(rt, v, "ctrtty");
+    let id = c.id("ctrtty");
+    let ctr = c.ctd.ctr_command(Some(&c.ns));
+    let mut words: Vec<String> = std::iter::once(ctr.get_program())
+        .chain(ctr.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    words.extend(["run", "-t", "--rm"].map(String::from));
+    words.extend(c.runtime_args().into_iter().map(String::from));
+    words.extend(
+        [
+            airlock_integration::IMAGE_REF,
+            &id,
+            "sh",
+            "-c",
+            // ctr resizes right after Start, racing the first `stty size`: poll (busybox's
+            // stty exits 0 without a window size, printing nothing).
+            "tty; for i in $(seq 50); do s=$(stty size 2>/dev/null); [ -n \"$s\" ] && break; usleep 100000; done; echo size=$s; exit 5",
+        ]
+        .map(String::from),
+    );
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
+        .collect();
+    let line = format!("stty rows 40 cols 100; exec {}", quoted.join(" "));
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-q", "-e", "-c", &line, "/dev/null"]);
+    let out = proc_util::run(cmd, T).unwrap();
+    assert_eq!(out.code, Some(5), "{out:?}");
+    assert!(out.stdout.contains("/dev/pts/"), "{out:?}");
+    assert!(out.stdout.contains("size=40 100"), "{out:?}");
+    c.assert_no_leaks();
+}
+
+/// `exec -t` into a running container, resized; errors of ResizePty for an unknown exec and
+/// for a process without a terminal.
+fn tty_exec(rt: Runtime, v: Version) {
+    let mut c = Case::new(rt, v, "ttyexec");
+    let id = c.id("ttyexec");
+    c.run_detached(&id, "trap 'exit 0' TERM; while :; do usleep 50000; done");
+    let tokio = c.rt();
+    tokio.block_on(async {
+        let cl = c.ctd.client().await.unwrap();
+        let mut io = TaskFifos::new().unwrap();
+        c.exec_with_io(&cl, &id, "t1", &["sh"], &io, true)
+            .await
+            .unwrap();
+        cl.resize_pty(&c.ns, &id, "t1", 100, 40).await.unwrap();
+        io.write(b"stty size; tty\n").await.unwrap();
+        io.expect("40 100", T).await.unwrap();
+        io.expect("/dev/pts/", T).await.unwrap();
+        io.write(b"echo $((6*7))done; exit 4\n").await.unwrap();
+        let status = cl.wait_exec(&c.ns, &id, "t1", T).await.unwrap();
+        assert_eq!(status, 4, "output: {:?}", io.output());
+        io.expect("42done", Duration::from_secs(2)).await.unwrap();
+        cl.delete_exec(&c.ns, &id, "t1").await.unwrap();
+
+        let unknown = cl.resize_pty(&c.ns, &id, "nope", 80, 24).await;
+        let no_tty = cl.resize_pty(&c.ns, &id, "", 80, 24).await;
+        if rt == Runtime::Airlock {
+            let e = unknown.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+            let e = no_tty.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+            assert!(e.message().contains("has no terminal"), "{e:?}");
+        } else {
+            eprintln!("PEER {rt} {}: ResizePty of an unknown exec: {unknown:?}; of a process without a terminal: {no_tty:?}", v.label());
+        }
+    });
+    c.remove(&id);
+    c.assert_no_leaks();
+}
+
+/// Ctrl-C: a 0x03 byte on a terminal's input interrupts its foreground process group (the
+/// pty is the process's controlling terminal): an exec'd `sleep` dies of SIGINT (130), and
+/// the init's trap runs.
+fn tty_ctrl_c(rt: Runtime, v: Version) {
+    let mut c = Case::new(rt, v, "ttyintr");
+    let id = c.id("ttyintr");
+    let tokio = c.rt();
+    tokio.block_on(async {
+        let cl = c.ctd.client().await.unwrap();
+        let mut io = TaskFifos::new().unwrap();
+        let script = "trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 1; done";
+        c.start_with_io(&cl, &id, &["sh", "-c", script], &io, true)
+            .await
+            .unwrap();
+        io.expect("ready", T).await.unwrap();
+        let mut exec_io = TaskFifos::new().unwrap();
+        c.exec_with_io(&cl, &id, "s1", &["sleep", "100"], &exec_io, true)
+            .await
+            .unwrap();
+        exec_io.write(&[0x03]).await.unwrap();
+        let status = cl.wait_exec(&c.ns, &id, "s1", T).await.unwrap();
+        assert_eq!(status, 130, "exec'd sleep after ^C");
+        cl.delete_exec(&c.ns, &id, "s1").await.unwrap();
+        io.write(&[0x03]).await.unwrap();
+        let (status, _) = cl.wait(&c.ns, &id, T).await.unwrap();
+        assert_eq!(status, 7, "init after ^C; output: {:?}", io.output());
+        io.expect("got-int", Duration::from_secs(2)).await.unwrap();
+    });
+    c.delete_stopped(&id);
+    c.assert_no_leaks();
+}
+
+/// CloseIO through the gRPC API, with a terminal or without: `cat` reads what was written, a
+/// pending partial line included, then end of input, and exits 0. (A terminal echoes the
+/// input, so there each text shows twice: the echo, then cat's copy.)
+fn cat_close_io(rt: Runtime, v: Version, terminal: bool) {
+    let mut c = Case::new(rt, v, if terminal { "ttycat" } else { "closeio" });
+    let id = c.id("cat");
+    let copies = if terminal { 2 } else { 1 };
+    let tokio = c.rt();
+    tokio.block_on(async {
+        let cl = c.ctd.client().await.unwrap();
+        let mut io = TaskFifos::new().unwrap();
+        c.start_with_io(&cl, &id, &["cat"], &io, terminal)
+            .await
+            .unwrap();
+        io.write(b"hello\n").await.unwrap();
+        io.expect_n("hello", copies, T).await.unwrap();
+        io.write(b"partial").await.unwrap();
+        io.expect("partial", T).await.unwrap();
+        if rt != Runtime::Airlock {
+            // runc's shim holds its own writer of the stdin FIFO until CloseIO, so its copy
+            // ends only once the client's writer is gone too (ctr closes it); Airlock ends
+            // the input on CloseIO alone.
+            io.close_stdin();
+        }
+        cl.close_stdin(&c.ns, &id, "").await.unwrap();
+        let r = cl.wait(&c.ns, &id, T).await;
+        let out = io.output();
+        if rt == Runtime::Airlock || !terminal {
+            let (status, _) = r.unwrap();
+            assert_eq!(status, 0, "cat after CloseIO; output: {out:?}");
+            io.expect_n("partial", copies, Duration::from_secs(2))
+                .await
+                .unwrap();
+        } else {
+            // runc's shim closes the pty master: cat fails reading (EIO) and exits 1.
+            eprintln!(
+                "PEER {rt} {}: cat on a terminal after CloseIO: {r:?}; output {out:?}",
+                v.label()
+            );
+        }
+    });
+    if c.status(&id) != "STOPPED" {
+        let _ = c.ctr(&["tasks", "kill", "-s", "KILL", &id]);
+    }
+    c.delete_stopped(&id);
+    c.assert_no_leaks();
+}
+
 /// Prints the latency of `ctr task exec` and other calls (p50/p95 of 20); run with
 /// `-- --ignored --nocapture measure_`.
 fn measure(rt: Runtime, v: Version) {
@@ -624,6 +868,53 @@ fn measure(rt: Runtime, v: Version) {
         exec.0, exec.1, pause.0, pause.1, metrics.0, metrics.1, ps.0, ps.1
     );
     c.remove(&id);
+}
+
+/// Prints what a terminal costs: create + start until the first output, and until the exit,
+/// of `sh -c 'echo ready'` with and without a terminal (gRPC, 20 interleaved runs each, p50/p95);
+/// run with `-- --ignored --nocapture measure_tty`.
+fn measure_tty(rt: Runtime, v: Version) {
+    let mut c = Case::new(rt, v, "measuretty");
+    let tokio = c.rt();
+    let mut samples: [Vec<(Duration, Duration)>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..40 {
+        let terminal = i % 2 == 1;
+        let id = c.id(if terminal { "mtty" } else { "mplain" });
+        let sample = tokio.block_on(async {
+            let cl = c.ctd.client().await.unwrap();
+            let io = TaskFifos::new().unwrap();
+            let t0 = Instant::now();
+            c.start_with_io(&cl, &id, &["sh", "-c", "echo ready"], &io, terminal)
+                .await
+                .unwrap();
+            io.expect("ready", T).await.unwrap();
+            let first = t0.elapsed();
+            cl.wait(&c.ns, &id, T).await.unwrap();
+            let exit = t0.elapsed();
+            cl.delete_task(&c.ns, &id).await.unwrap();
+            cl.delete_container(&c.ns, &id).await.unwrap();
+            (first, exit)
+        });
+        samples[terminal as usize].push(sample);
+    }
+    let stats = |runs: &[(Duration, Duration)], pick: fn(&(Duration, Duration)) -> Duration| {
+        let mut d: Vec<Duration> = runs.iter().map(pick).collect();
+        d.sort();
+        (d[d.len() / 2], d[d.len() * 95 / 100])
+    };
+    for (name, runs) in [("plain", &samples[0]), ("tty", &samples[1])] {
+        let first = stats(runs, |s| s.0);
+        let exit = stats(runs, |s| s.1);
+        eprintln!(
+            "MEASURE {rt} {} {name}: create+start -> first output {:?}/{:?}, -> exit {:?}/{:?} (p50/p95 of {})",
+            v.label(),
+            first.0,
+            first.1,
+            exit.0,
+            exit.1,
+            runs.len()
+        );
+    }
 }
 
 macro_rules! cases {
@@ -681,8 +972,37 @@ macro_rules! cases {
             super::measure(RT, V)
         }
         #[test]
+        #[ignore]
+        fn measure_tty_latency() {
+            super::measure_tty(RT, V)
+        }
+        #[test]
         fn stdin_cat() {
             super::stdin_cat(RT, V)
+        }
+        #[test]
+        fn close_io_cat() {
+            super::cat_close_io(RT, V, false)
+        }
+        #[test]
+        fn tty_run() {
+            super::tty_run(RT, V)
+        }
+        #[test]
+        fn ctr_run_tty() {
+            super::ctr_run_tty(RT, V)
+        }
+        #[test]
+        fn tty_exec() {
+            super::tty_exec(RT, V)
+        }
+        #[test]
+        fn tty_ctrl_c() {
+            super::tty_ctrl_c(RT, V)
+        }
+        #[test]
+        fn tty_close_io_cat() {
+            super::cat_close_io(RT, V, true)
         }
     };
 }

@@ -73,6 +73,12 @@ pub enum RuntimeError {
     #[error("seccomp program {path} is unusable: {detail}; recompile it from the policy (the shim writes it per container)")]
     SeccompProgram { path: PathBuf, detail: String },
 
+    #[error("{what} asks for a terminal (process.terminal is true) but no --console-socket was given; pass --console-socket PATH (a unix socket that receives the pty master) or set process.terminal to false")]
+    ConsoleSocketMissing { what: String },
+
+    #[error("--console-socket was given but {what} has no terminal (process.terminal is false); drop --console-socket or set process.terminal to true")]
+    ConsoleSocketUnused { what: String },
+
     #[error("{0}")]
     Io(String),
 

@@ -129,6 +129,11 @@ impl TestBundle {
     /// `create` with the container's stdio on pipes. Returns (exit status, stderr of the
     /// runtime if it failed (read to EOF), readers for the container's stdout/stderr).
     fn create(&self) -> Created {
+        self.create_with(&[])
+    }
+
+    /// `create` with extra options (before the id).
+    fn create_with(&self, extra: &[&std::ffi::OsStr]) -> Created {
         let (out_r, out_w) = std::io::pipe().unwrap();
         let (err_r, err_w) = std::io::pipe().unwrap();
         let status = self
@@ -138,6 +143,7 @@ impl TestBundle {
             .arg(self.bundle())
             .arg("--pid-file")
             .arg(self.pid_file())
+            .args(extra)
             .arg(&self.id)
             .stdin(Stdio::null())
             .stdout(out_w)
@@ -444,6 +450,105 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
             h.display()
         );
     }
+}
+
+/// Sets `process.terminal` in the bundle's config.json.
+fn set_terminal(b: &TestBundle, terminal: bool) {
+    let path = b.bundle().join("config.json");
+    let mut spec = Spec::load(&path).unwrap();
+    let mut process = spec.process().clone().unwrap();
+    process.set_terminal(Some(terminal));
+    spec.set_process(Some(process));
+    spec.save(&path).unwrap();
+}
+
+/// Accepts the runtime's connection and takes the descriptor it sent (SCM_RIGHTS).
+fn receive_master(listener: &std::os::unix::net::UnixListener) -> std::fs::File {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+    let (stream, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 64];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .unwrap();
+    let fd = msg
+        .cmsgs()
+        .unwrap()
+        .find_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+        .expect("the runtime sent no descriptor");
+    // SAFETY: the kernel just installed this descriptor for us.
+    unsafe { std::fs::File::from_raw_fd(fd) }
+}
+
+/// With process.terminal, `create --console-socket` sends a pty master; the init's stdio is the
+/// pty's slave and its controlling terminal, in a session of its own. The socket is required
+/// exactly when the process has a terminal.
+#[test]
+fn terminal_over_the_console_socket() {
+    let Some(_g) = serial() else { return };
+    let script =
+        "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-a-tty; read line; echo got-$line; exit 4";
+    let b = TestBundle::new("tty", &["sh", "-c", script]);
+    set_terminal(&b, true);
+    let msg = failing_create(&b);
+    assert!(msg.contains("no --console-socket was given"), "{msg}");
+
+    let sock = b.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let c = b.create_with(&["--console-socket".as_ref(), sock.as_os_str()]);
+    assert!(c.ok, "create failed: {}", read_all(c.stderr));
+    let mut master = receive_master(&listener);
+    let pid = b.init_pid();
+    // /proc/PID/stat: "pid (comm) state ppid pgrp session tty_nr ..."
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(f[3], pid.to_string(), "init leads its own session: {stat}");
+    assert_ne!(f[4], "0", "init has a controlling terminal: {stat}");
+
+    assert!(b.run(&["start", &b.id]).status.success());
+    std::io::Write::write_all(&mut master, b"hi\n").unwrap();
+    assert_eq!(waitpid(pid, None).unwrap(), WaitStatus::Exited(pid, 4));
+    // Every slave is closed now: the master reads what is left, then fails with EIO.
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match std::io::Read::read(&mut master, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+            Err(e) => panic!("read master: {e}"),
+        }
+    }
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("all-a-tty\r\n"), "{out:?}");
+    assert!(out.contains("got-hi\r\n"), "{out:?}");
+    assert!(b.run(&["delete", &b.id]).status.success());
+    b.assert_nothing_left();
+
+    // A socket for a process without a terminal is refused too.
+    let b = TestBundle::new("notty", &["true"]);
+    let c = b.create_with(&["--console-socket".as_ref(), sock.as_os_str()]);
+    assert!(!c.ok);
+    let msg = read_all(c.stderr);
+    assert!(
+        msg.contains("has no terminal (process.terminal is false)"),
+        "{msg}"
+    );
+    b.assert_nothing_left();
 }
 
 #[test]

@@ -10,11 +10,13 @@
 //! The shim is async (tokio, current-thread) and never calls libcontainer itself: it runs the
 //! single-threaded `airlock-runtime` binary for create/start/kill/delete, waits for container
 //! inits through pidfds (the shim is their subreaper; the `containerd-shim` crate's global
-//! `waitpid(-1)` reaper is disabled), and copies stdio between pipes and containerd's FIFOs.
+//! `waitpid(-1)` reaper is disabled), and copies stdio between pipes (or a pty master) and
+//! containerd's FIFOs.
 
 pub mod bind_sources;
 pub mod cgroup;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod info;
 pub mod logging;

@@ -87,7 +87,8 @@ impl Runtime {
         Err(Error::Runtime(msg))
     }
 
-    /// Create the container, paused before exec. The container inherits `stdio`. With
+    /// Create the container, paused before exec. The container inherits `stdio` (or gets a
+    /// terminal whose master is sent over `stdio.console_socket`). With
     /// `idmap_rootfs`, the runtime idmaps the rootfs to the spec's user namespace mappings.
     pub async fn create(
         &self,
@@ -112,6 +113,7 @@ impl Runtime {
         if idmap_rootfs {
             cmd.arg("--idmap-rootfs");
         }
+        console_socket_arg(&mut cmd, &stdio);
         cmd.arg(id);
         self.run_with_stdio(cmd, stdio, &log, "create").await
     }
@@ -131,8 +133,9 @@ impl Runtime {
             .arg("--process")
             .arg(process)
             .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id);
+            .arg(pid_file);
+        console_socket_arg(&mut cmd, &stdio);
+        cmd.arg(id);
         self.run_with_stdio(cmd, stdio, log, "exec").await
     }
 
@@ -222,6 +225,13 @@ impl Runtime {
         }
         cmd.arg(id);
         self.run(cmd, "delete").await
+    }
+}
+
+/// With a terminal, the runtime sends the pty master over this socket (its stdio is unused).
+fn console_socket_arg(cmd: &mut Command, stdio: &ChildStdio) {
+    if let Some(socket) = &stdio.console_socket {
+        cmd.arg("--console-socket").arg(socket);
     }
 }
 

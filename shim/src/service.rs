@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use containerd_shim::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
     DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest,
-    PidsRequest, PidsResponse, ResumeRequest, ShutdownRequest, StartRequest, StartResponse,
-    StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest,
-    WaitResponse,
+    PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest,
+    WaitRequest, WaitResponse,
 };
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::protos::events::task::{
@@ -29,6 +29,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::bind_sources;
 use crate::cgroup::Cgroup;
+use crate::console::Console;
 use crate::error::{Error, Result};
 use crate::oom::{OomCounter, OomSource};
 use crate::pidfd::{ExitInfo, PidFd};
@@ -59,6 +60,8 @@ struct Exec {
     exited_tx: watch::Sender<Option<ExitInfo>>,
     exited: watch::Receiver<Option<ExitInfo>>,
     copier: Arc<Mutex<Copier>>,
+    /// The pty master, once started with a terminal.
+    console: std::sync::OnceLock<Arc<Console>>,
 }
 
 impl Exec {
@@ -76,6 +79,8 @@ struct Container {
     phase: Mutex<Phase>,
     exited: watch::Receiver<Option<ExitInfo>>,
     copier: Arc<Mutex<Copier>>,
+    /// The pty master of an init created with a terminal.
+    console: Option<Arc<Console>>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     /// Found on first use (the OOM watcher, Pids, Stats), never on the start path.
     cgroup: std::sync::OnceLock<Cgroup>,
@@ -244,7 +249,7 @@ impl TaskService {
             seccomp,
             idmap_rootfs,
         } = self
-            .apply_policy(&bundle, &req.id, req.options.as_ref())
+            .apply_policy(&bundle, &req.id, req.terminal, req.options.as_ref())
             .await?;
         let t_policy = t0.elapsed();
 
@@ -284,7 +289,7 @@ impl TaskService {
             }
             e
         };
-        let (child, copier) = stdio::setup(&paths).map_err(fail)?;
+        let (child, mut copier) = stdio::setup(&paths, &bundle).map_err(fail)?;
         let pid_file = bundle.join("init.pid");
         if let Err(e) = self
             .runtime
@@ -306,6 +311,17 @@ impl TaskService {
                 return Err(fail(e));
             }
         };
+        let console = match copier.connect_console().await {
+            Ok(c) => c,
+            Err(e) => {
+                drop(copier);
+                let _ = pidfd.signal(libc::SIGKILL);
+                let _ = self.runtime.delete(&req.id, true).await;
+                // The init is our child (we are its subreaper): reap it.
+                let _ = tokio::time::timeout(DRAIN_LIMIT, pidfd.wait()).await;
+                return Err(fail(e));
+            }
+        };
         let (tx, rx) = watch::channel(None);
         let container = Arc::new(Container {
             id: req.id.clone(),
@@ -316,6 +332,7 @@ impl TaskService {
             phase: Mutex::new(Phase::Created),
             exited: rx,
             copier: Arc::new(Mutex::new(copier)),
+            console,
             execs: Mutex::new(HashMap::new()),
             cgroup: std::sync::OnceLock::new(),
             oom: Mutex::new(OomCounter::default()),
@@ -394,6 +411,7 @@ impl TaskService {
         &self,
         bundle: &Path,
         id: &str,
+        terminal: bool,
         options: Option<&containerd_shim::protos::protobuf::well_known_types::any::Any>,
     ) -> Result<Applied> {
         let t0 = Instant::now();
@@ -413,6 +431,11 @@ impl TaskService {
                 path.display()
             ))
         })?;
+        check_terminal(
+            spec.process().as_ref().and_then(|p| p.terminal()),
+            terminal,
+            "the container's spec",
+        )?;
         crate::config::check_handler(config.handler(spec.annotations().as_ref()))?;
         let policy = config.select(spec.annotations().as_ref())?;
         // A CRI app container joins its sandbox's user namespace when the sandbox got one
@@ -763,11 +786,6 @@ impl TaskService {
                 )))
             }
         }
-        if req.terminal {
-            return Err(Error::InvalidArgument(
-                "terminal (tty) exec is not supported by airlock yet; run exec without -t".into(),
-            ));
-        }
         let any = req
             .spec
             .as_ref()
@@ -776,6 +794,7 @@ impl TaskService {
             serde_json::from_slice(&any.value).map_err(|e| {
                 Error::InvalidArgument(format!("exec process spec is not an OCI Process: {e}"))
             })?;
+        check_terminal(process.terminal(), req.terminal, "the exec's process spec")?;
         let init = read_init_process(&c.bundle).await?;
         confine_exec(&mut process, &init);
         let spec = c.bundle.join(format!("exec-{}.json", req.exec_id));
@@ -808,6 +827,7 @@ impl TaskService {
                 exited_tx: tx,
                 exited: rx,
                 copier: Arc::new(Mutex::new(Copier::default())),
+                console: std::sync::OnceLock::new(),
             }),
         );
         drop(execs);
@@ -840,7 +860,7 @@ impl TaskService {
                     c.id
                 )));
             }
-            let (child, copier) = stdio::setup(&e.stdio)?;
+            let (child, mut copier) = stdio::setup(&e.stdio, &c.bundle)?;
             let pid_file = c.bundle.join(format!("exec-{exec_id}.pid"));
             let log = c.bundle.join(format!("exec-{exec_id}.log"));
             let r = self
@@ -857,6 +877,18 @@ impl TaskService {
             let pidfd = Arc::new(
                 PidFd::open(pid).map_err(|err| Error::io(format!("open pidfd of {pid}"), err))?,
             );
+            match copier.connect_console().await {
+                Ok(Some(console)) => {
+                    let _ = e.console.set(console);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    let _ = pidfd.signal(libc::SIGKILL);
+                    // Our child now (we are its subreaper): reap it.
+                    let _ = tokio::time::timeout(DRAIN_LIMIT, pidfd.wait()).await;
+                    return Err(err);
+                }
+            }
             let _ = e.pidfd.set(pidfd);
             *e.copier.lock().await = copier;
             *phase = Phase::Running;
@@ -1030,6 +1062,43 @@ impl TaskService {
         Ok(())
     }
 
+    /// Sets the window size of the init's or an exec's terminal.
+    async fn do_resize_pty(&self, req: ResizePtyRequest) -> Result<()> {
+        let c = self.get(&req.id).await?;
+        let (console, what, terminal) = if req.exec_id.is_empty() {
+            (
+                c.console.clone(),
+                format!("container {}", c.id),
+                c.stdio.terminal,
+            )
+        } else {
+            let e = c.exec(&req.exec_id).await?;
+            (
+                e.console.get().cloned(),
+                format!("exec {} in container {}", e.id, c.id),
+                e.stdio.terminal,
+            )
+        };
+        let Some(console) = console else {
+            return Err(Error::FailedPrecondition(if terminal {
+                format!("{what} has not started yet: its terminal does not exist; resize it after Start")
+            } else {
+                format!("{what} has no terminal; ResizePty needs a process created with terminal: true (ctr -t)")
+            }));
+        };
+        let size = |v: u32, name: &str| {
+            u16::try_from(v).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "{name} {v} is too large for a terminal (max 65535)"
+                ))
+            })
+        };
+        let (rows, cols) = (size(req.height, "height")?, size(req.width, "width")?);
+        console
+            .resize(rows, cols)
+            .map_err(|e| Error::io(format!("resize the terminal of {what}"), e))
+    }
+
     async fn do_kill(&self, req: KillRequest) -> Result<()> {
         let c = self.get(&req.id).await?;
         if !req.exec_id.is_empty() {
@@ -1184,6 +1253,18 @@ fn confine_exec(exec: &mut oci_spec::runtime::Process, init: &oci_spec::runtime:
     if init.no_new_privileges() == Some(true) {
         exec.set_no_new_privileges(Some(true));
     }
+}
+
+/// The task request and the process spec must agree on the terminal (containerd sets both;
+/// the runtime would refuse a mismatch less clearly).
+fn check_terminal(spec: Option<bool>, requested: bool, what: &str) -> Result<()> {
+    let spec = spec.unwrap_or(false);
+    if spec == requested {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "the request asks for terminal: {requested} but {what} has process.terminal: {spec}; set both the same (ctr -t sets both)"
+    )))
 }
 
 fn validate_id(id: &str) -> Result<()> {
@@ -1449,6 +1530,12 @@ impl Task for TaskService {
         Ok(Empty::default())
     }
 
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        let span = info_span!("resize_pty", id = %req.id, exec_id = %req.exec_id);
+        self.do_resize_pty(req).instrument(span).await?;
+        Ok(Empty::default())
+    }
+
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
         let span = info_span!("update", id = %req.id);
         self.do_update(req).instrument(span).await?;
@@ -1590,6 +1677,19 @@ mod tests {
         let (_, idmapped, gid) = strip_idmap_options(&out);
         assert!(!idmapped);
         assert_eq!(gid, None);
+    }
+
+    #[test]
+    fn terminal_must_agree_with_the_spec() {
+        assert!(check_terminal(Some(true), true, "spec").is_ok());
+        assert!(check_terminal(None, false, "spec").is_ok());
+        let e = check_terminal(None, true, "the exec's process spec").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("terminal: true but the exec's process spec has process.terminal: false"),
+            "{e}"
+        );
+        assert!(check_terminal(Some(true), false, "spec").is_err());
     }
 
     #[test]

@@ -1,22 +1,30 @@
-//! Container stdio: pipes between the container and the FIFOs containerd passes.
+//! Container stdio: pipes (or a terminal) between the container and the FIFOs containerd
+//! passes.
 //!
 //! The container writes into pipes owned by the shim, and the shim copies them into
 //! containerd's FIFOs. The indirection keeps a container alive when its client goes away,
 //! and lets the shim know when all output has been delivered before it reports an exit.
+//! With a terminal, the container's stdio is a pty's slave and the shim copies between the
+//! FIFOs and the pty's master (stderr is merged into the terminal's output, as with runc);
+//! see `console.rs`.
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::console::{Console, ConsoleSocket};
 use crate::error::{Error, Result};
+
+/// How long the shim waits for the pty master once the runtime has returned.
+const CONSOLE_RECEIVE_LIMIT: Duration = Duration::from_secs(5);
 
 /// The FIFO paths of one process, as containerd sends them.
 #[derive(Debug, Clone, Default)]
@@ -27,11 +35,14 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
-/// The ends handed to the runtime process (and so inherited by the container).
+/// The ends handed to the runtime process (and so inherited by the container), or with a
+/// terminal the socket the runtime sends the pty master over.
+#[derive(Default)]
 pub struct ChildStdio {
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+    pub console_socket: Option<PathBuf>,
 }
 
 /// The shim's side: copy tasks and the stdin writer.
@@ -41,31 +52,35 @@ pub struct Copier {
     stdin: Option<JoinHandle<()>>,
     /// Asks the stdin copier to forward what is already written, then close (CloseIO).
     stdin_close: Option<Arc<Notify>>,
+    /// A terminal's socket and FIFOs until the runtime has sent the master.
+    pending_console: Option<(ConsoleSocket, StdioPaths)>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::io("create stdio pipe", e.into()))
 }
 
-/// Open the FIFOs and create the pipes. Must run inside the tokio runtime.
-pub fn setup(paths: &StdioPaths) -> Result<(ChildStdio, Copier)> {
-    if paths.terminal {
-        return Err(Error::InvalidArgument(
-            "terminal (tty) mode is not supported by airlock yet; run without -t".into(),
-        ));
-    }
+/// Open the FIFOs and create the pipes; with a terminal, listen on a console socket in
+/// `console_dir` instead (the FIFOs are connected by [`Copier::connect_console`] once the
+/// runtime has sent the pty master). Must run inside the tokio runtime.
+pub fn setup(paths: &StdioPaths, console_dir: &Path) -> Result<(ChildStdio, Copier)> {
     let mut copier = Copier::default();
+    if paths.terminal {
+        let socket = ConsoleSocket::bind(console_dir)?;
+        let child = ChildStdio {
+            console_socket: Some(socket.path().to_path_buf()),
+            ..Default::default()
+        };
+        copier.pending_console = Some((socket, paths.clone()));
+        return Ok((child, copier));
+    }
     let stdout = output(&paths.stdout, &mut copier)?;
     let stderr = output(&paths.stderr, &mut copier)?;
     let stdin = if paths.stdin.is_empty() {
         None
     } else {
         let (r, w) = pipe()?;
-        // A non-blocking open never waits for the client; epoll reports the FIFO readable
-        // only once a writer has connected, and hung up once it has gone.
-        let mut src = pipe::OpenOptions::new()
-            .open_receiver(Path::new(&paths.stdin))
-            .map_err(|e| Error::io(format!("open stdin fifo {}", paths.stdin), e))?;
+        let mut src = open_stdin_fifo(&paths.stdin)?;
         let mut dst =
             pipe::Sender::from_owned_fd(w).map_err(|e| Error::io("register stdin pipe", e))?;
         let close = Arc::new(Notify::new());
@@ -82,23 +97,45 @@ pub fn setup(paths: &StdioPaths) -> Result<(ChildStdio, Copier)> {
             stdin,
             stdout,
             stderr,
+            console_socket: None,
         },
         copier,
     ))
 }
 
-/// Copies the stdin FIFO into the container's pipe until EOF, or until `close` is notified;
+/// A non-blocking open never waits for the client; epoll reports the FIFO readable only once
+/// a writer has connected, and hung up once it has gone.
+fn open_stdin_fifo(path: &str) -> Result<pipe::Receiver> {
+    pipe::OpenOptions::new()
+        .open_receiver(Path::new(path))
+        .map_err(|e| Error::io(format!("open stdin fifo {path}"), e))
+}
+
+/// Why [`copy_stdin`] stopped, and the last byte it forwarded.
+struct StdinEnd {
+    /// CloseIO asked for it (else the client closed the FIFO, or the container's side broke).
+    closed: bool,
+    last: Option<u8>,
+}
+
+/// Copies the stdin FIFO into the container's input until EOF, or until `close` is notified;
 /// then forwards what the client had already written and stops.
-async fn copy_stdin(src: &mut pipe::Receiver, dst: &mut pipe::Sender, close: &Notify) {
+async fn copy_stdin(
+    src: &mut pipe::Receiver,
+    dst: &mut (impl AsyncWrite + Unpin),
+    close: &Notify,
+) -> StdinEnd {
     let mut buf = vec![0u8; 32 * 1024];
+    let mut last = None;
     loop {
         tokio::select! {
             r = src.read(&mut buf) => match r {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return StdinEnd { closed: false, last },
                 Ok(n) => {
                     if dst.write_all(&buf[..n]).await.is_err() {
-                        return;
+                        return StdinEnd { closed: false, last };
                     }
+                    last = Some(buf[n - 1]);
                 }
             },
             _ = close.notified() => {
@@ -106,25 +143,16 @@ async fn copy_stdin(src: &mut pipe::Receiver, dst: &mut pipe::Sender, close: &No
                     if n == 0 || dst.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
+                    last = Some(buf[n - 1]);
                 }
-                return;
+                return StdinEnd { closed: true, last };
             }
         }
     }
 }
 
-fn output(path: &str, copier: &mut Copier) -> Result<Option<OwnedFd>> {
-    let (r, w) = pipe()?;
-    let mut src =
-        pipe::Receiver::from_owned_fd(r).map_err(|e| Error::io("register stdio pipe", e))?;
-    if path.is_empty() {
-        // No client stream: discard. Not /dev/null: libcontainer 0.7 replaces a /dev/null
-        // stdio fd with the container's /dev/null opened read-only, so writes would fail EBADF.
-        copier.outputs.push(tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut src, &mut tokio::io::sink()).await;
-        }));
-        return Ok(Some(w));
-    }
+/// Opens an output FIFO for writing.
+fn open_output_fifo(path: &str) -> Result<pipe::Sender> {
     // containerd opens the read side before Create, so a non-blocking open succeeds. For an
     // exec, ctr may open its read side a moment later (ENXIO: no reader yet): then open the
     // FIFO read-write, which never waits; output is buffered until the reader arrives.
@@ -134,14 +162,91 @@ fn output(path: &str, copier: &mut Copier) -> Result<Option<OwnedFd>> {
             .open_sender(Path::new(path)),
         r => r,
     };
-    let mut dst = dst.map_err(|e| Error::io(format!("open stdio fifo {path}"), e))?;
-    copier.outputs.push(tokio::spawn(async move {
+    dst.map_err(|e| Error::io(format!("open stdio fifo {path}"), e))
+}
+
+/// Copies `src` to the FIFO at `path` (discards it when there is no FIFO) until EOF.
+fn spawn_output(
+    mut src: impl AsyncRead + Unpin + Send + 'static,
+    path: &str,
+) -> Result<JoinHandle<()>> {
+    if path.is_empty() {
+        // No client stream: discard. Not /dev/null: libcontainer 0.7 replaces a /dev/null
+        // stdio fd with the container's /dev/null opened read-only, so writes would fail EBADF.
+        return Ok(tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut src, &mut tokio::io::sink()).await;
+        }));
+    }
+    let mut dst = open_output_fifo(path)?;
+    Ok(tokio::spawn(async move {
         let _ = tokio::io::copy(&mut src, &mut dst).await;
-    }));
+    }))
+}
+
+fn output(path: &str, copier: &mut Copier) -> Result<Option<OwnedFd>> {
+    let (r, w) = pipe()?;
+    let src = pipe::Receiver::from_owned_fd(r).map_err(|e| Error::io("register stdio pipe", e))?;
+    copier.outputs.push(spawn_output(src, path)?);
     Ok(Some(w))
 }
 
+/// Ends a terminal's input after CloseIO: the container reads EOF from the terminal when its
+/// line is empty and VEOF arrives (a second VEOF when a partial line was pending, which the
+/// first one only flushes). A terminal in raw mode has no end-of-input byte: nothing is sent.
+async fn end_terminal_input(console: &Arc<Console>, last: Option<u8>) {
+    let eof = match console.eof_char() {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            tracing::info!("CloseIO on a terminal in raw mode: no end-of-input byte to send");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("CloseIO on a terminal: cannot read its termios: {e}");
+            return;
+        }
+    };
+    let partial_line = last.is_some_and(|b| b != b'\n' && b != b'\r' && b != eof);
+    let bytes = if partial_line {
+        vec![eof, eof]
+    } else {
+        vec![eof]
+    };
+    if let Err(e) = console.writer().write_all(&bytes).await {
+        tracing::warn!("CloseIO on a terminal: writing VEOF failed: {e}");
+    }
+}
+
 impl Copier {
+    /// With a terminal: takes the pty master the runtime sent over the console socket and
+    /// starts copying (stdin FIFO -> master, master -> stdout FIFO). Returns the console
+    /// (for resizes); `None` without a terminal. Call once the runtime has returned.
+    pub async fn connect_console(&mut self) -> Result<Option<Arc<Console>>> {
+        let Some((socket, paths)) = self.pending_console.take() else {
+            return Ok(None);
+        };
+        let master = socket.receive(CONSOLE_RECEIVE_LIMIT).await?;
+        let console =
+            Arc::new(Console::new(master).map_err(|e| Error::io("register the pty master", e))?);
+        self.outputs
+            .push(spawn_output(console.reader(), &paths.stdout)?);
+        if !paths.stdin.is_empty() {
+            let mut src = open_stdin_fifo(&paths.stdin)?;
+            let close = Arc::new(Notify::new());
+            self.stdin_close = Some(close.clone());
+            let c = console.clone();
+            self.stdin = Some(tokio::spawn(async move {
+                let end = copy_stdin(&mut src, &mut c.writer(), &close).await;
+                // A client that went away is not the end of a terminal's input (it may
+                // attach again); CloseIO is.
+                if !end.closed {
+                    close.notified().await;
+                }
+                end_terminal_input(&c, end.last).await;
+            }));
+        }
+        Ok(Some(console))
+    }
+
     /// Wait until the container's output has been copied out (its pipes closed), at most
     /// `limit`: a daemonised grandchild may keep a pipe open forever.
     pub async fn drain(&mut self, limit: Duration) {

@@ -57,6 +57,11 @@ enum Command {
         /// gidMappings), so its files belong to the container's root without a chown.
         #[arg(long = "idmap-rootfs")]
         idmap_rootfs: bool,
+        /// A listening unix socket; required exactly when process.terminal is true. The init's
+        /// stdio becomes a new pty's slave (its controlling terminal) and the pty's master is
+        /// sent over the socket (SCM_RIGHTS), as runc does.
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
         id: String,
     },
     /// Let the container's init exec the workload.
@@ -95,6 +100,9 @@ enum Command {
         process: PathBuf,
         #[arg(long = "pid-file")]
         pid_file: Option<PathBuf>,
+        /// As for create: required exactly when the process has terminal: true.
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
         id: String,
     },
 }
@@ -146,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pid_file,
             seccomp,
             idmap_rootfs,
+            console_socket,
             id,
         } => {
             rt.create(CreateOptions {
@@ -155,6 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 executor: None,
                 seccomp,
                 idmap_rootfs,
+                console_socket,
             })?;
         }
         Command::Start { id } => rt.start(&id)?,
@@ -187,9 +197,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Exec {
             process,
             pid_file,
+            console_socket,
             id,
         } => {
-            rt.exec(&id, &process, pid_file.as_deref(), None)?;
+            rt.exec(
+                &id,
+                &process,
+                pid_file.as_deref(),
+                console_socket.as_deref(),
+                None,
+            )?;
         }
     }
     Ok(())
@@ -244,6 +261,8 @@ mod tests {
             "--seccomp",
             "/b/f.bpf",
             "--idmap-rootfs",
+            "--console-socket",
+            "/b/c.sock",
             "c1",
         ])
         .unwrap();
@@ -255,9 +274,11 @@ mod tests {
                 pid_file,
                 seccomp,
                 idmap_rootfs,
+                console_socket,
                 id,
             } => {
                 assert!(idmap_rootfs);
+                assert_eq!(console_socket, Some(PathBuf::from("/b/c.sock")));
                 assert_eq!(bundle, PathBuf::from("/b"));
                 assert_eq!(seccomp, vec![PathBuf::from("/b/f.bpf")]);
                 assert_eq!(pid_file, Some(PathBuf::from("/p")));

@@ -61,6 +61,10 @@ pub struct CreateOptions {
     /// namespace (`linux.uidMappings`/`gidMappings`), so the image's files belong to the
     /// container's root without a chown. Removed again on delete and on a failed create.
     pub idmap_rootfs: bool,
+    /// A listening unix socket that receives the pty master (SCM_RIGHTS), exactly when the
+    /// spec's `process.terminal` is true: the init's stdio is then the pty's slave, which is
+    /// also its controlling terminal.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// Result of a successful create.
@@ -195,6 +199,16 @@ impl ProcessRuntime {
             source,
         })?;
 
+        let terminal = bundle
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        check_console_socket(terminal, opts.console_socket.as_deref(), || {
+            format!("config.json in {}", bundle.dir.display())
+        })?;
+
         let cg_path = cgroup_path(&bundle.spec, id);
         let record = {
             let _s = info_span!("cgroup_prepare", path = %cg_path.display()).entered();
@@ -266,7 +280,13 @@ impl ProcessRuntime {
         let t_build = Instant::now();
         let built = {
             let _s = info_span!("libcontainer_build").entered();
-            self.build(id, &bundle.dir, opts.pid_file.as_deref(), executor.clone())
+            self.build(
+                id,
+                &bundle.dir,
+                opts.pid_file.as_deref(),
+                opts.console_socket.as_deref(),
+                executor.clone(),
+            )
         };
         let build_us = t_build.elapsed().as_micros() as u64;
 
@@ -336,11 +356,13 @@ impl ProcessRuntime {
         id: &str,
         bundle: &Path,
         pid_file: Option<&Path>,
+        console_socket: Option<&Path>,
         executor: AirlockExecutor,
     ) -> std::result::Result<Container, LibcontainerError> {
         ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .with_root_path(&self.root)?
             .with_pid_file(pid_file)?
+            .with_console_socket(console_socket)
             .with_executor(executor)
             .validate_id()?
             .as_init(bundle)
@@ -507,11 +529,14 @@ impl ProcessRuntime {
     /// its namespaces and cgroup, with the capabilities and no_new_privs the process names.
     /// Returns once the process runs (its host pid is written to `pid_file`); the process
     /// becomes a child of the caller's subreaper when this runtime process exits.
+    /// With `console_socket` (exactly when the process has `terminal: true`), its stdio is a
+    /// new pty's slave, its controlling terminal; the master is sent over the socket.
     pub fn exec(
         &self,
         id: &str,
         process: &Path,
         pid_file: Option<&Path>,
+        console_socket: Option<&Path>,
         executor: Option<AirlockExecutor>,
     ) -> Result<i32> {
         let t0 = Instant::now();
@@ -528,6 +553,10 @@ impl ProcessRuntime {
                 hint: "exec needs a running container",
             });
         }
+        let terminal = read_process(process)?.terminal().unwrap_or(false);
+        check_console_socket(terminal, console_socket, || {
+            format!("process {}", process.display())
+        })?;
         let mut executor = executor.unwrap_or_default();
         if executor.seccomp().is_empty() {
             let dir = self.container_dir(id);
@@ -542,7 +571,10 @@ impl ProcessRuntime {
         let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .with_root_path(&self.root)
             .and_then(|b| b.with_pid_file(pid_file))
-            .map(|b| b.with_executor(executor))
+            .map(|b| {
+                b.with_console_socket(console_socket)
+                    .with_executor(executor)
+            })
             .and_then(|b| {
                 b.as_tenant()
                     .with_process(Some(process))
@@ -593,6 +625,36 @@ fn lifecycle_error(
         },
         e => RuntimeError::backend(id, action, &e),
     }
+}
+
+/// libcontainer needs a console socket exactly when the process has a terminal; say so in our
+/// words before anything is created.
+fn check_console_socket(
+    terminal: bool,
+    console_socket: Option<&Path>,
+    what: impl FnOnce() -> String,
+) -> Result<()> {
+    match (terminal, console_socket) {
+        (true, None) => Err(RuntimeError::ConsoleSocketMissing { what: what() }),
+        (false, Some(_)) => Err(RuntimeError::ConsoleSocketUnused { what: what() }),
+        _ => Ok(()),
+    }
+}
+
+/// An exec's OCI Process JSON.
+fn read_process(path: &Path) -> Result<oci_spec::runtime::Process> {
+    let raw = std::fs::read(path).map_err(|e| {
+        RuntimeError::Io(format!(
+            "cannot read the process spec {}: {e}; pass the OCI Process JSON file",
+            path.display()
+        ))
+    })?;
+    serde_json::from_slice(&raw).map_err(|e| {
+        RuntimeError::Io(format!(
+            "the process spec {} is not an OCI Process JSON: {e}; fix the file",
+            path.display()
+        ))
+    })
 }
 
 fn remove_cgroup_leaf(id: &str, cg_path: &Path) {
