@@ -497,6 +497,26 @@ impl Client {
         Ok(())
     }
 
+    /// The task's cgroup metrics as the shim returned them (Tasks.Metrics): the type URL says
+    /// which cgroup version they describe (`io.containerd.cgroups.v1.Metrics` or `...v2...`).
+    pub async fn metrics(&self, ns: &str, id: &str) -> Result<Any> {
+        let r = TasksClient::new(self.channel())
+            .metrics(req(
+                ns,
+                containerd_client::services::v1::MetricsRequest {
+                    filters: vec![format!("id=={id}")],
+                },
+            ))
+            .await
+            .map_err(|s| anyhow!("tasks.metrics: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        r.metrics
+            .into_iter()
+            .find(|m| m.id == id)
+            .and_then(|m| m.data)
+            .ok_or_else(|| anyhow!("tasks.metrics: no metrics for task {id}"))
+    }
+
     /// Closes the stdin of the task (or of exec `exec_id`).
     pub async fn close_stdin(&self, ns: &str, id: &str, exec_id: &str) -> Result<()> {
         TasksClient::new(self.channel())
