@@ -127,13 +127,13 @@ impl Case {
         })
     }
 
-    /// The task's pid and status from `ctr task ls`.
+    /// The task's pid and status, as `ctr task ls` shows them (through the gRPC API: a ctr
+    /// process per poll costs up to a second in the emulated test node).
     pub fn task_line(&self, id: &str) -> Option<(i32, String)> {
-        let out = self.ctr_ok(&["tasks", "ls"]);
-        out.stdout.lines().find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.first() == Some(&id)).then(|| (f[1].parse().unwrap_or(0), f[2].to_string()))
-        })
+        crate::test_rt()
+            .block_on(async { self.ctd.client().await?.task(&self.ns, id).await })
+            .unwrap_or_else(|e| panic!("task {id}: {e:#}"))
+            .map(|(pid, status)| (pid as i32, status))
     }
 
     pub fn task_pid(&self, id: &str) -> i32 {
@@ -192,7 +192,7 @@ impl Case {
 
     /// Task.Update with an OCI LinuxResources JSON.
     pub fn update(&self, id: &str, json: &str) -> anyhow::Result<()> {
-        self.rt()
+        crate::test_rt()
             .block_on(async { self.ctd.client().await?.update(&self.ns, id, json).await })
     }
 }
