@@ -130,10 +130,7 @@ impl Case {
     /// The task's pid and status, as `ctr task ls` shows them (through the gRPC API: a ctr
     /// process per poll costs up to a second in the emulated test node).
     pub fn task_line(&self, id: &str) -> Option<(i32, String)> {
-        crate::test_rt()
-            .block_on(async { self.ctd.client().await?.task(&self.ns, id).await })
-            .unwrap_or_else(|e| panic!("task {id}: {e:#}"))
-            .map(|(pid, status)| (pid as i32, status))
+        task_state(&self.ctd, &self.ns, id)
     }
 
     pub fn task_pid(&self, id: &str) -> i32 {
@@ -195,6 +192,15 @@ impl Case {
         crate::test_rt()
             .block_on(async { self.ctd.client().await?.update(&self.ns, id, json).await })
     }
+}
+
+/// Task `id`'s init pid and status (`RUNNING`, `PAUSED`, `STOPPED`, ...) through Tasks.Get;
+/// `None` when it has no task.
+pub fn task_state(ctd: &Containerd, ns: &str, id: &str) -> Option<(i32, String)> {
+    crate::test_rt()
+        .block_on(async { ctd.client().await?.task(ns, id).await })
+        .unwrap_or_else(|e| panic!("task {id}: {e:#}"))
+        .map(|(pid, status)| (pid as i32, status))
 }
 
 pub fn topics(evs: &[Envelope]) -> Vec<String> {

@@ -129,27 +129,18 @@ impl Pod {
         }
     }
 
+    /// The task's init pid (through the gRPC API: a ctr process costs up to a second here).
     fn task_pid(&self, id: &str) -> u32 {
-        let out = self.ctr(&["tasks", "ls"]);
-        out.stdout
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                (f.next() == Some(id)).then(|| f.next()?.parse().ok())?
-            })
-            .next()
-            .unwrap_or_else(|| panic!("task {id} not listed: {}", out.stdout))
+        taskapi::task_state(&self.ctd, &self.ns, id)
+            .unwrap_or_else(|| panic!("task {id} not found"))
+            .0 as u32
     }
 
     /// SIGKILL every process of the task, wait for it, delete task and container.
     fn remove(&self, id: &str) {
         let _ = self.ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", id]);
-        let gone = proc_util::wait_until(T, Duration::from_millis(200), || {
-            let out = self.ctr(&["tasks", "ls"]);
-            !out.stdout.lines().any(|l| {
-                let mut f = l.split_whitespace();
-                f.next() == Some(id) && f.nth(1) == Some("RUNNING")
-            })
+        let gone = proc_util::wait_until(T, Duration::from_millis(100), || {
+            taskapi::task_state(&self.ctd, &self.ns, id).is_none_or(|t| t.1 != "RUNNING")
         });
         assert!(gone, "task {id} still running after SIGKILL --all");
         let d = self.ctr(&["tasks", "delete", id]);
