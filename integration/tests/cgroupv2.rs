@@ -442,20 +442,13 @@ fn memory_bomb_is_oom_killed() {
 
 /// Pause freezes the container through cgroup v2's freezer: `cgroup.freeze` is 1, the kernel
 /// reports `frozen 1` in `cgroup.events`, the task is PAUSED and a counter stops; resume thaws
-/// it and the counter advances; TaskPaused comes before TaskResumed.
+/// it and the counter advances; TaskPaused comes before TaskResumed. Paused again, delete is
+/// refused and SIGKILL still ends it (the shim thaws it).
 #[test]
 #[ignore = "needs the cgroup v2 test node: integration/node/run.sh"]
 fn pause_and_resume_through_cgroup_freeze() {
     assert_cgroup_v2_node();
     taskapi::pause_resume(Runtime::Airlock, Version::V1_6);
-}
-
-/// SIGKILL reaches a frozen container (the shim thaws it), delete of a paused task is refused.
-#[test]
-#[ignore = "needs the cgroup v2 test node: integration/node/run.sh"]
-fn kill_of_a_paused_container() {
-    assert_cgroup_v2_node();
-    taskapi::kill_paused(Runtime::Airlock, Version::V1_6);
 }
 
 /// Task.Stats returns `io.containerd.cgroups.v2.Metrics` with real figures: memory usage,

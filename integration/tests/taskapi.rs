@@ -3,15 +3,13 @@
 //! (a counter that stops, figures that are non-zero, cgroup files that change, output and exit
 //! codes of execs), for airlock and runc (the reference) on containerd 1.6 and 2.1.
 //!
-//! Pause/resume, kill of a paused task, stats, update and block I/O limits are scenarios of
+//! Pause/resume (and kill of a paused task), stats, update and block I/O limits are scenarios of
 //! `airlock_integration::taskapi`, which the cgroup v2 node (`tests/cgroupv2.rs`) runs too.
 //!
 //! Select: `cargo test -p airlock-integration --test taskapi -- airlock_`.
 
 use airlock_integration::containerd::Version;
-use airlock_integration::taskapi::{
-    io_limits, kill_paused, pause_resume, stats, topics, update, Case, T,
-};
+use airlock_integration::taskapi::{io_limits, pause_resume, stats, topics, update, Case, T};
 use airlock_integration::{proc_util, Runtime, TaskEvent};
 use std::io::Write;
 use std::sync::Arc;
@@ -344,10 +342,6 @@ macro_rules! cases {
         #[test]
         fn pause_resume() {
             super::pause_resume(RT, V)
-        }
-        #[test]
-        fn kill_paused() {
-            super::kill_paused(RT, V)
         }
         #[test]
         fn oom_before_exit() {
