@@ -208,6 +208,7 @@ impl Cgroup {
         };
         let oom = self.read_kv("memory", "memory.oom_control");
         Ok(v1::Metrics {
+            blkio: MessageField::some(self.blkio_v1()),
             pids: MessageField::some(pids),
             cpu: MessageField::some(cpu),
             memory: MessageField::some(memory),
@@ -219,6 +220,37 @@ impl Cgroup {
             }),
             ..Default::default()
         })
+    }
+
+    /// blkio counters as containerd's cgroups library reads them: the CFQ/BFQ `*_recursive`
+    /// files where the kernel has them, else the throttle counters (always present).
+    fn blkio_v1(&self) -> v1::BlkIOStat {
+        let entries = |file: &str| {
+            self.read("blkio", file)
+                .map(|s| parse_blkio(&s))
+                .unwrap_or_default()
+        };
+        if self
+            .dir("blkio")
+            .is_some_and(|d| d.join("blkio.io_serviced_recursive").exists())
+        {
+            return v1::BlkIOStat {
+                io_service_bytes_recursive: entries("blkio.io_service_bytes_recursive"),
+                io_serviced_recursive: entries("blkio.io_serviced_recursive"),
+                io_queued_recursive: entries("blkio.io_queued_recursive"),
+                io_service_time_recursive: entries("blkio.io_service_time_recursive"),
+                io_wait_time_recursive: entries("blkio.io_wait_time_recursive"),
+                io_merged_recursive: entries("blkio.io_merged_recursive"),
+                io_time_recursive: entries("blkio.time_recursive"),
+                sectors_recursive: entries("blkio.sectors_recursive"),
+                ..Default::default()
+            };
+        }
+        v1::BlkIOStat {
+            io_service_bytes_recursive: entries("blkio.throttle.io_service_bytes_recursive"),
+            io_serviced_recursive: entries("blkio.throttle.io_serviced_recursive"),
+            ..Default::default()
+        }
     }
 
     pub fn metrics_v2(&self) -> Result<v2::Metrics> {
@@ -365,6 +397,29 @@ impl Cgroup {
     }
 }
 
+/// A v1 blkio file: `MAJ:MIN Op value` lines (`MAJ:MIN value` for times and sectors); the
+/// `Total` line is left out, as containerd does.
+fn parse_blkio(text: &str) -> Vec<v1::BlkIOEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (maj, min) = f.first()?.split_once(':')?;
+            let (op, value) = match f.len() {
+                3 => (f[1].to_string(), f[2]),
+                2 => (String::new(), f[1]),
+                _ => return None,
+            };
+            Some(v1::BlkIOEntry {
+                op,
+                major: maj.parse().ok()?,
+                minor: min.parse().ok()?,
+                value: value.parse().ok()?,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
 /// `io.stat`: one line per device, `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. ...`.
 fn parse_io_stat(text: &str) -> Vec<v2::IOEntry> {
     text.lines()
@@ -485,6 +540,17 @@ mod tests {
         assert_eq!(psi.some.avg10, 1.5);
         assert_eq!(psi.some.total, 1234);
         assert_eq!(psi.full.total, 99);
+    }
+
+    #[test]
+    fn blkio_lines() {
+        let e = parse_blkio("254:0 Read 4096\n254:0 Write 0\n7:0 12\nTotal 4096\n");
+        assert_eq!(e.len(), 3);
+        assert_eq!(
+            (e[0].major, e[0].minor, e[0].op.as_str(), e[0].value),
+            (254, 0, "Read", 4096)
+        );
+        assert_eq!((e[2].major, e[2].op.as_str(), e[2].value), (7, "", 12));
     }
 
     #[test]
