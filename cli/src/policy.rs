@@ -140,6 +140,37 @@ mod tests {
     }
 
     #[test]
+    fn lint_names_file_line_and_field_of_a_bad_io_weight() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("team-io.toml");
+        std::fs::write(
+            &f,
+            TEAM.replace("team-a", "team-io") + "[limits]\npids = 100\nio_weight = 5\n",
+        )
+        .unwrap();
+        let (out, ok) = lint(&[&f], &PolicySet::builtin());
+        assert!(!ok);
+        assert!(
+            out.contains("team-io.toml:10:")
+                && out.contains("limits.io_weight")
+                && out.contains("10-1000"),
+            "{out}"
+        );
+        std::fs::write(
+            &f,
+            TEAM.replace("team-a", "team-io") + "[limits]\nio_weight = 500\n",
+        )
+        .unwrap();
+        let (out, ok) = lint(&[&f], &PolicySet::builtin());
+        assert!(ok, "{out}");
+        let out = explain(f.to_str().unwrap(), &PolicySet::builtin()).unwrap();
+        assert!(
+            out.contains("limits.io_weight") && out.contains("io weight: 500"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn explain_file_and_diff() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("team-a.toml");

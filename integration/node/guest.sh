@@ -82,6 +82,8 @@ mkdir -p /run/containerd /run/airlock
 # containerd's overlayfs snapshotter; the cloud kernel ships overlay as a module.
 modprobe overlay 2>/dev/null || true
 grep -qw overlay /proc/filesystems || fail "no overlay filesystem in the guest kernel"
+# Loop devices give the io.max tests a block device to name (the root is virtio-fs, no disk).
+modprobe loop 2>/dev/null || true
 
 export AIRLOCK_BIN_DIR=$bin_dir
 # The harness caches the busybox image under the target dir, which is read-only here.

@@ -570,6 +570,50 @@ impl Client {
         Ok(())
     }
 
+    /// The task's init pid and status (`RUNNING`, `PAUSED`, `STOPPED`, ... as `ctr tasks ls`
+    /// prints them); `None` when the container has no task.
+    pub async fn task(&self, ns: &str, id: &str) -> Result<Option<(u32, String)>> {
+        let r = TasksClient::new(self.channel())
+            .get(req(
+                ns,
+                containerd_client::services::v1::GetRequest {
+                    container_id: id.into(),
+                    ..Default::default()
+                },
+            ))
+            .await;
+        match r {
+            Ok(r) => Ok(r.into_inner().process.map(|p| {
+                let status = containerd_client::types::v1::Status::try_from(p.status)
+                    .map(|s| s.as_str_name())
+                    .unwrap_or("UNKNOWN");
+                (p.pid, status.to_string())
+            })),
+            Err(s) if s.code() == containerd_client::tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(anyhow!("tasks.get: {:?}: {}", s.code(), s.message())),
+        }
+    }
+
+    /// The task's cgroup metrics as the shim returned them (Tasks.Metrics): the type URL says
+    /// which cgroup version they describe (`io.containerd.cgroups.v1.Metrics` or `...v2...`).
+    pub async fn metrics(&self, ns: &str, id: &str) -> Result<Any> {
+        let r = TasksClient::new(self.channel())
+            .metrics(req(
+                ns,
+                containerd_client::services::v1::MetricsRequest {
+                    filters: vec![format!("id=={id}")],
+                },
+            ))
+            .await
+            .map_err(|s| anyhow!("tasks.metrics: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        r.metrics
+            .into_iter()
+            .find(|m| m.id == id)
+            .and_then(|m| m.data)
+            .ok_or_else(|| anyhow!("tasks.metrics: no metrics for task {id}"))
+    }
+
     /// Closes the stdin of the task (or of exec `exec_id`).
     pub async fn close_stdin(&self, ns: &str, id: &str, exec_id: &str) -> Result<()> {
         TasksClient::new(self.channel())

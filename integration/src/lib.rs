@@ -22,6 +22,7 @@ pub mod probe;
 pub mod proc_util;
 pub mod runtime;
 pub mod shared;
+pub mod taskapi;
 
 pub use client::{Client, TaskEvent};
 pub use containerd::{Builder, Containerd, CtrOutput, Version};

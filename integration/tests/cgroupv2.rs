@@ -9,13 +9,13 @@
 //! Each test uses its own namespace of one containerd 1.6 shared by the binary (in the node
 //! containerd runs directly, without the hybrid host's unified-tmpfs trick).
 //!
-//! Sections still to come (being built elsewhere; add them here with the same helpers):
-//! pause/resume (`cgroup.freeze`), stats (`memory.current`, `cpu.stat`, `pids.current` through
-//! Task.Stats), Task.Update (rewrite `memory.max`/`cpu.max` of a running container), TaskOOM
-//! before TaskExit (`memory.events` `oom_kill`), user namespaces (cgroup owned by the mapped root).
+//! The Task API section (pause/resume through `cgroup.freeze`, stats as v2 Metrics, update,
+//! block I/O limits in `io.weight`/`io.max`) runs the host suite's scenarios
+//! (`airlock_integration::taskapi`, also run by `tests/taskapi.rs` on the host's cgroup v1),
+//! which check the files of the cgroup version the kernel has.
 
 use airlock_integration::containerd::{Containerd, Version};
-use airlock_integration::{proc_util, shared, Runtime, IMAGE_REF};
+use airlock_integration::{proc_util, shared, taskapi, Runtime, IMAGE_REF};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -129,27 +129,18 @@ impl Pod {
         }
     }
 
+    /// The task's init pid (through the gRPC API: a ctr process costs up to a second here).
     fn task_pid(&self, id: &str) -> u32 {
-        let out = self.ctr(&["tasks", "ls"]);
-        out.stdout
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                (f.next() == Some(id)).then(|| f.next()?.parse().ok())?
-            })
-            .next()
-            .unwrap_or_else(|| panic!("task {id} not listed: {}", out.stdout))
+        taskapi::task_state(&self.ctd, &self.ns, id)
+            .unwrap_or_else(|| panic!("task {id} not found"))
+            .0 as u32
     }
 
     /// SIGKILL every process of the task, wait for it, delete task and container.
     fn remove(&self, id: &str) {
         let _ = self.ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", id]);
-        let gone = proc_util::wait_until(T, Duration::from_millis(200), || {
-            let out = self.ctr(&["tasks", "ls"]);
-            !out.stdout.lines().any(|l| {
-                let mut f = l.split_whitespace();
-                f.next() == Some(id) && f.nth(1) == Some("RUNNING")
-            })
+        let gone = proc_util::wait_until(T, Duration::from_millis(100), || {
+            taskapi::task_state(&self.ctd, &self.ns, id).is_none_or(|t| t.1 != "RUNNING")
         });
         assert!(gone, "task {id} still running after SIGKILL --all");
         let d = self.ctr(&["tasks", "delete", id]);
@@ -445,6 +436,47 @@ fn memory_bomb_is_oom_killed() {
         oom.is_some() && oom < exit,
         "TaskOOM must come before TaskExit: {topics:?}"
     );
+}
+
+// --- Task API on cgroup v2 -------------------------------------------------------------------
+
+/// Pause freezes the container through cgroup v2's freezer: `cgroup.freeze` is 1, the kernel
+/// reports `frozen 1` in `cgroup.events`, the task is PAUSED and a counter stops; resume thaws
+/// it and the counter advances; TaskPaused comes before TaskResumed. Paused again, delete is
+/// refused and SIGKILL still ends it (the shim thaws it).
+#[test]
+#[ignore = "needs the cgroup v2 test node: integration/node/run.sh"]
+fn pause_and_resume_through_cgroup_freeze() {
+    assert_cgroup_v2_node();
+    taskapi::pause_resume(Runtime::Airlock, Version::V1_6);
+}
+
+/// Task.Stats returns `io.containerd.cgroups.v2.Metrics` with real figures: memory usage,
+/// pids.current, cpu usage_usec after busy work (zeros fail).
+#[test]
+#[ignore = "needs the cgroup v2 test node: integration/node/run.sh"]
+fn stats_are_v2_metrics_with_real_figures() {
+    assert_cgroup_v2_node();
+    taskapi::stats(Runtime::Airlock, Version::V1_6);
+}
+
+/// Task.Update rewrites memory.max, pids.max, cpu.max and cpu.weight (from shares) of a
+/// running container; bad values and pids above the policy's ceiling are refused with an error
+/// naming the field, and change nothing.
+#[test]
+#[ignore = "needs the cgroup v2 test node: integration/node/run.sh"]
+fn update_changes_limits_of_a_running_container() {
+    assert_cgroup_v2_node();
+    taskapi::update(Runtime::Airlock, Version::V1_6);
+}
+
+/// The pod's `linux.resources.blockIO` lands in `io.weight` (500 -> 4950) and `io.max` (read
+/// bps and write iops on a block device of the node).
+#[test]
+#[ignore = "needs the cgroup v2 test node: integration/node/run.sh"]
+fn io_limits_from_the_pod_land_in_io_weight_and_io_max() {
+    assert_cgroup_v2_node();
+    taskapi::io_limits(Runtime::Airlock, Version::V1_6);
 }
 
 // --- cleanup --------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 
 use airlock_integration::containerd::{Containerd, Version};
 use airlock_integration::leaks::{self, Leaks};
-use airlock_integration::{proc_util, shared, Runtime, IMAGE_REF};
+use airlock_integration::{proc_util, Runtime, IMAGE_REF};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,13 +27,10 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Case {
     fn new(rt: Runtime, v: Version, name: &str) -> Self {
-        let ctd = shared(v).unwrap_or_else(|e| panic!("start containerd {}: {e:#}", v.label()));
-        let ns = ctd
-            .new_namespace(&format!("{rt}-{name}"))
-            .unwrap_or_else(|e| panic!("namespace: {e:#}"));
+        let c = airlock_integration::taskapi::Case::new(rt, v, name);
         Case {
-            ctd,
-            ns,
+            ctd: c.ctd,
+            ns: c.ns,
             rt,
             ids: Vec::new(),
         }

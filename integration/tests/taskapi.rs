@@ -4,288 +4,18 @@
 //! (a counter that stops, figures that are non-zero, cgroup files that change, output and exit
 //! codes of execs), for airlock and runc (the reference) on containerd 1.6 and 2.1.
 //!
+//! Pause/resume (and kill of a paused task), stats, update and block I/O limits are scenarios of
+//! `airlock_integration::taskapi`, which the cgroup v2 node (`tests/cgroupv2.rs`) runs too.
+//!
 //! Select: `cargo test -p airlock-integration --test taskapi -- airlock_`.
 
-use airlock_integration::client::{Client, EventStream};
-use airlock_integration::containerd::{Containerd, Version};
+use airlock_integration::containerd::Version;
 use airlock_integration::fifo::TaskFifos;
-use airlock_integration::{leaks, proc_util, shared, Runtime, TaskEvent};
+use airlock_integration::taskapi::{io_limits, pause_resume, stats, topics, update, Case, T};
+use airlock_integration::{proc_util, Runtime, TaskEvent};
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const T: Duration = Duration::from_secs(45);
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A shell loop that counts into /tmp/n (the sandbox's root is read-only; /tmp is not) and
-/// ends on TERM (a bare PID 1 ignores it).
-const COUNTER_LOOP: &str =
-    "trap 'exit 0' TERM; i=0; while :; do i=$((i+1)); echo $i > /tmp/n; usleep 20000; done";
-
-struct Case {
-    ctd: Arc<Containerd>,
-    ns: String,
-    rt: Runtime,
-    ids: Vec<String>,
-}
-
-impl Case {
-    fn new(rt: Runtime, v: Version, name: &str) -> Self {
-        let ctd = shared(v).unwrap_or_else(|e| panic!("start containerd {}: {e:#}", v.label()));
-        let ns = ctd
-            .new_namespace(&format!("{rt}-{name}"))
-            .unwrap_or_else(|e| panic!("namespace: {e:#}"));
-        Case {
-            ctd,
-            ns,
-            rt,
-            ids: Vec::new(),
-        }
-    }
-
-    fn id(&mut self, label: &str) -> String {
-        let id = format!(
-            "{label}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        self.ids.push(id.clone());
-        id
-    }
-
-    fn ctr(&self, args: &[&str]) -> proc_util::Output {
-        self.ctd
-            .ctr_timeout(Some(&self.ns), args, T)
-            .unwrap_or_else(|e| panic!("{e:#}"))
-    }
-
-    fn ctr_ok(&self, args: &[&str]) -> proc_util::Output {
-        let out = self.ctr(args);
-        assert!(
-            out.success(),
-            "ctr {args:?}: {out:?}\n{}",
-            self.ctd.log_tail(30)
-        );
-        out
-    }
-
-    fn runtime_args(&self) -> Vec<&'static str> {
-        match self.rt {
-            Runtime::Runc => vec!["--runtime", "io.containerd.runc.v2"],
-            Runtime::Crun => vec![
-                "--runtime",
-                "io.containerd.runc.v2",
-                "--runc-binary",
-                "crun",
-            ],
-            Runtime::Airlock => vec!["--runtime", "io.containerd.airlock.v2"],
-        }
-    }
-
-    /// `ctr run -d` a shell script; returns the init's host pid once it runs.
-    fn run_detached(&self, id: &str, script: &str) -> i32 {
-        let mut args = vec!["run", "-d"];
-        args.extend(self.runtime_args());
-        args.extend([airlock_integration::IMAGE_REF, id, "sh", "-c", script]);
-        self.ctr_ok(&args);
-        self.task_pid(id)
-    }
-
-    /// The task's pid and status from `ctr task ls`.
-    fn task_line(&self, id: &str) -> Option<(i32, String)> {
-        let out = self.ctr_ok(&["tasks", "ls"]);
-        out.stdout.lines().find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.first() == Some(&id)).then(|| (f[1].parse().unwrap_or(0), f[2].to_string()))
-        })
-    }
-
-    fn task_pid(&self, id: &str) -> i32 {
-        self.task_line(id).expect("task listed").0
-    }
-
-    fn status(&self, id: &str) -> String {
-        self.task_line(id).map(|l| l.1).unwrap_or_default()
-    }
-
-    fn wait_status(&self, id: &str, want: &str) {
-        let ok = proc_util::wait_until(T, Duration::from_millis(50), || self.status(id) == want);
-        assert!(ok, "task {id} never became {want}: {}", self.status(id));
-    }
-
-    /// Kill (KILL), wait for STOPPED, delete the task and container.
-    fn remove(&self, id: &str) {
-        let _ = self.ctr(&["tasks", "kill", "-s", "KILL", id]);
-        self.wait_status(id, "STOPPED");
-        self.ctr_ok(&["tasks", "delete", id]);
-        self.ctr_ok(&["containers", "rm", id]);
-    }
-
-    /// Airlock leaves nothing behind (processes, cgroups, mounts, state, sockets).
-    fn assert_no_leaks(&self) {
-        if self.rt != Runtime::Airlock {
-            return;
-        }
-        let l = leaks::wait_no_leaks(&self.ctd, &self.ns, &self.ids, Duration::from_secs(10));
-        assert!(l.is_empty(), "leaks in {}: {l:#?}", self.ns);
-    }
-
-    fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> proc_util::Output {
-        let mut a = vec!["tasks", "exec", "--exec-id", exec_id, id];
-        a.extend_from_slice(args);
-        self.ctr(&a)
-    }
-
-    /// Every event of this case's namespace, from now on.
-    fn subscribe(&self, tokio: &tokio::runtime::Runtime) -> EventStream {
-        tokio
-            .block_on(async {
-                let cl = self.ctd.client().await?;
-                cl.subscribe(vec![format!("namespace=={}", self.ns)]).await
-            })
-            .unwrap()
-    }
-
-    /// The spec of `args`, with a terminal or not (ctr run -t sets process.terminal).
-    fn spec(&self, id: &str, args: &[&str], terminal: bool) -> Vec<u8> {
-        let raw = self.ctd.spec(&self.ns, id, args).unwrap();
-        let mut v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-        v["process"]["terminal"] = terminal.into();
-        serde_json::to_vec(&v).unwrap()
-    }
-
-    /// An exec's OCI Process JSON for `args`.
-    fn process(&self, args: &[&str], terminal: bool) -> Vec<u8> {
-        let v: serde_json::Value =
-            serde_json::from_slice(&self.spec("exec", args, terminal)).unwrap();
-        serde_json::to_vec(&v["process"]).unwrap()
-    }
-
-    /// Container + task `id` running `args` with `fifos` as its stdio, started (gRPC).
-    async fn start_with_io(
-        &self,
-        cl: &Client,
-        id: &str,
-        args: &[&str],
-        fifos: &TaskFifos,
-        terminal: bool,
-    ) -> anyhow::Result<()> {
-        cl.create_container(&self.ns, id, self.rt, self.spec(id, args, terminal))
-            .await?;
-        let mounts = cl.prepare_rootfs(&self.ns, id).await?;
-        cl.create_task_io(&self.ns, id, mounts, &fifos.stdio(terminal))
-            .await?;
-        cl.start(&self.ns, id).await?;
-        Ok(())
-    }
-
-    /// Exec `exec_id` running `args` with `fifos` as its stdio, started (gRPC).
-    async fn exec_with_io(
-        &self,
-        cl: &Client,
-        id: &str,
-        exec_id: &str,
-        args: &[&str],
-        fifos: &TaskFifos,
-        terminal: bool,
-    ) -> anyhow::Result<()> {
-        let process = self.process(args, terminal);
-        cl.exec_io(&self.ns, id, exec_id, process, &fifos.stdio(terminal))
-            .await?;
-        cl.start_exec(&self.ns, id, exec_id).await?;
-        Ok(())
-    }
-
-    /// Delete the stopped task and its container.
-    fn delete_stopped(&self, id: &str) {
-        self.wait_status(id, "STOPPED");
-        self.ctr_ok(&["tasks", "delete", id]);
-        self.ctr_ok(&["containers", "rm", id]);
-    }
-
-    fn rt(&self) -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-}
-
-fn topics(evs: &[airlock_integration::client::Envelope]) -> Vec<String> {
-    evs.iter().map(|e| e.topic.clone()).collect()
-}
-
-fn read_counter(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/root/tmp/n"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The v1 (or v2) cgroup directory of `controller` for process `pid`.
-fn cgroup_dir(pid: i32, controller: &str) -> PathBuf {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        let p = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
-        return PathBuf::from("/sys/fs/cgroup").join(p.trim_start_matches('/'));
-    }
-    let p = text
-        .lines()
-        .find_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let (_, c, p) = (it.next()?, it.next()?, it.next()?);
-            c.split(',').any(|c| c == controller).then(|| p.to_string())
-        })
-        .unwrap_or_else(|| panic!("no {controller} cgroup in {text}"));
-    PathBuf::from("/sys/fs/cgroup")
-        .join(controller)
-        .join(p.trim_start_matches('/'))
-}
-
-fn read_file(p: &std::path::Path) -> String {
-    std::fs::read_to_string(p)
-        .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
-        .trim()
-        .to_string()
-}
-
-fn pause_resume(rt: Runtime, v: Version) {
-    let mut c = Case::new(rt, v, "pause");
-    let id = c.id("pause");
-    let tokio = c.rt();
-    let mut ev = c.subscribe(&tokio);
-    let pid = c.run_detached(&id, COUNTER_LOOP);
-    assert!(
-        proc_util::wait_until(T, Duration::from_millis(20), || read_counter(pid) > 3),
-        "counter never advanced"
-    );
-    c.ctr_ok(&["tasks", "pause", &id]);
-    assert_eq!(c.status(&id), "PAUSED");
-    let frozen = read_counter(pid);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(read_counter(pid), frozen, "counter advanced while paused");
-    c.ctr_ok(&["tasks", "resume", &id]);
-    assert_eq!(c.status(&id), "RUNNING");
-    assert!(
-        proc_util::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-            read_counter(pid) > frozen + 3
-        }),
-        "counter did not advance after resume"
-    );
-    let evs = tokio
-        .block_on(ev.collect_until(T, |v| topics(v).iter().any(|t| t == "/tasks/resumed")))
-        .unwrap();
-    let t = topics(&evs);
-    let p = t.iter().position(|t| t == "/tasks/paused");
-    let r = t.iter().position(|t| t == "/tasks/resumed");
-    assert!(p.is_some() && p < r, "events: {t:?}");
-    c.remove(&id);
-    c.assert_no_leaks();
-}
 
 /// A memory bomb under a 32 MiB limit is OOM-killed: TaskOOM is published before the
 /// container's TaskExit, and the exit status is 137.
@@ -316,85 +46,6 @@ fn oom_before_exit(rt: Runtime, v: Version) {
         oom.is_some() && oom < exit,
         "TaskOOM must come before TaskExit: {t:?}"
     );
-    c.assert_no_leaks();
-}
-
-/// SIGKILL reaches a paused container (it is thawed to die), and the exit is reported.
-fn kill_paused(rt: Runtime, v: Version) {
-    let mut c = Case::new(rt, v, "killpaused");
-    let id = c.id("killpaused");
-    c.run_detached(&id, COUNTER_LOOP);
-    c.ctr_ok(&["tasks", "pause", &id]);
-    assert_eq!(c.status(&id), "PAUSED");
-    let out = c.ctr(&["tasks", "delete", &id]);
-    assert!(!out.success(), "deleting a paused task must fail: {out:?}");
-    c.ctr_ok(&["tasks", "kill", "-s", "KILL", &id]);
-    c.wait_status(&id, "STOPPED");
-    c.ctr_ok(&["tasks", "delete", &id]);
-    c.ctr_ok(&["containers", "rm", &id]);
-    c.assert_no_leaks();
-}
-
-/// `ctr task metrics` prints the cgroup figures: real, non-zero ones.
-fn stats(rt: Runtime, v: Version) {
-    let mut c = Case::new(rt, v, "stats");
-    let id = c.id("stats");
-    // Burn a little CPU and memory first, so the figures cannot be zero.
-    c.run_detached(
-        &id,
-        "trap 'exit 0' TERM; x=$(head -c 2000000 /dev/zero | tr '\\0' a); i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo ready > /tmp/r; while :; do usleep 50000; done",
-    );
-    let pid = c.task_pid(&id);
-    assert!(proc_util::wait_until(T, Duration::from_millis(50), || {
-        std::fs::metadata(format!("/proc/{pid}/root/tmp/r")).is_ok()
-    }));
-    let out = c.ctr_ok(&["tasks", "metrics", &id]);
-    let figure = |names: &[&str]| -> u64 {
-        out.stdout
-            .lines()
-            .find_map(|l| {
-                let mut f = l.split_whitespace();
-                let k = f.next()?;
-                names.contains(&k).then(|| f.next()?.parse().ok())?
-            })
-            .unwrap_or_else(|| panic!("none of {names:?} in metrics:\n{}", out.stdout))
-    };
-    let mem = figure(&["memory.usage_in_bytes", "memory.usage"]);
-    let pids = figure(&["pids.current"]);
-    let cpu = figure(&["cpuacct.usage", "cpu.usage_usec"]);
-    assert!(mem > 0, "memory usage is 0:\n{}", out.stdout);
-    assert!(pids >= 1, "pids.current is 0:\n{}", out.stdout);
-    assert!(cpu > 0, "cpu usage is 0:\n{}", out.stdout);
-    c.remove(&id);
-    c.assert_no_leaks();
-}
-
-/// `ctr task update` changes the limits in the container's cgroup.
-fn update(rt: Runtime, v: Version) {
-    let mut c = Case::new(rt, v, "update");
-    let id = c.id("update");
-    let pid = c.run_detached(&id, "trap 'exit 0' TERM; while :; do usleep 50000; done");
-    let mem = cgroup_dir(pid, "memory");
-    let pids = cgroup_dir(pid, "pids");
-    let unified = mem == pids;
-    let tokio = c.rt();
-    let update = |json: &str| {
-        tokio
-            .block_on(async { c.ctd.client().await?.update(&c.ns, &id, json).await })
-            .unwrap_or_else(|e| panic!("update {json}: {e:#}"))
-    };
-    update(r#"{"memory":{"limit":67108864}}"#);
-    let limit = if unified {
-        "memory.max"
-    } else {
-        "memory.limit_in_bytes"
-    };
-    assert_eq!(read_file(&mem.join(limit)), "67108864");
-    update(r#"{"pids":{"limit":42}}"#);
-    assert_eq!(read_file(&pids.join("pids.max")), "42");
-    // The memory limit set before is kept (fields left out are not changed).
-    assert_eq!(read_file(&mem.join(limit)), "67108864");
-    c.remove(&id);
     c.assert_no_leaks();
 }
 
@@ -927,10 +578,6 @@ macro_rules! cases {
             super::pause_resume(RT, V)
         }
         #[test]
-        fn kill_paused() {
-            super::kill_paused(RT, V)
-        }
-        #[test]
         fn oom_before_exit() {
             super::oom_before_exit(RT, V)
         }
@@ -941,6 +588,10 @@ macro_rules! cases {
         #[test]
         fn update() {
             super::update(RT, V)
+        }
+        #[test]
+        fn io_limits() {
+            super::io_limits(RT, V)
         }
         #[test]
         fn exec() {

@@ -17,6 +17,7 @@ mod pod_seccomp;
 mod seccomp;
 mod store;
 pub mod syscalls;
+mod update;
 mod userns;
 
 pub use config::{Config, Loaded};
@@ -27,6 +28,7 @@ pub use seccomp::{is_syscall, native_arch, Seccomp, SeccompMode, SeccompProgram}
 pub use userns::{IdRange, UserNamespace, DEFAULT_RANGE_SIZE};
 
 pub use store::{load_file, parse_located, Entry, PolicySet, Source};
+pub use update::UpdateRules;
 
 /// Annotation with which a pod picks a policy.
 pub const POLICY_ANNOTATION: &str = "airlock.dev/policy";
@@ -89,6 +91,12 @@ pub enum Error {
         name: String,
         selectable: String,
         annotation: &'static str,
+    },
+    #[error("the update asks for {field} = {value}, which cannot be applied: {hint}")]
+    InvalidUpdate {
+        field: &'static str,
+        value: String,
+        hint: String,
     },
     #[error("refused by policy {policy}: the container asks for {field} = {asked}, which the policy does not allow ({hint})")]
     Refused {

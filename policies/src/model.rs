@@ -149,6 +149,11 @@ pub struct Limits {
     pub memory_high: Option<String>,
     /// CPUs (cpu.max quota / period) when the pod sets no CPU quota, e.g. 2 or 0.5.
     pub cpus: Option<f64>,
+    /// Block I/O weight when the pod sets none, on the OCI `blockIO.weight` scale 10-1000
+    /// (default 100 is the kernel's): blkio.weight / blkio.bfq.weight on cgroup v1; on v2
+    /// io.bfq.weight, or io.weight mapped to 1-10000 as runc maps it (500 -> 4950). The host
+    /// needs a weight-based I/O policy (BFQ, or io.cost on v2) or container creation fails.
+    pub io_weight: Option<u16>,
 }
 
 /// Makes the container's `typ` namespace a new one of its own (clamp mode, instead of the
@@ -261,6 +266,14 @@ impl Policy {
             if !(0.01..=1024.0).contains(&c) {
                 return Err(self.invalid(format!(
                     "limits.cpus must be between 0.01 and 1024, got {c}"
+                )));
+            }
+        }
+        if let Some(w) = self.limits.io_weight {
+            if !(10..=1000).contains(&w) {
+                return Err(self.invalid(format!(
+                    "limits.io_weight: {w} is outside 10-1000 (the OCI blockIO.weight scale; \
+                     100 is the kernel's default)"
                 )));
             }
         }
@@ -606,6 +619,16 @@ impl Policy {
                 enforced.push("cpu.max: the pod's own quota".into());
             }
         }
+        if let Some(weight) = self.limits.io_weight {
+            let mut io = resources.block_io().clone().unwrap_or_default();
+            if io.weight().is_none_or(|w| w == 0) {
+                io.set_weight(Some(weight));
+                resources.set_block_io(Some(io));
+                enforced.push(format!("io weight: {weight} (default; the pod set none)"));
+            } else {
+                enforced.push("io weight: the pod's own".into());
+            }
+        }
         linux.set_resources(Some(resources));
     }
 }
@@ -817,12 +840,41 @@ mod tests {
             ("memory = \"lots\"", "limits.memory"),
             ("swap = \"1g\"", "limits.swap"),
             ("cpus = 0.0", "limits.cpus"),
+            ("io_weight = 5", "limits.io_weight"),
+            ("io_weight = 1001", "limits.io_weight"),
         ] {
             let e = Policy::parse(&format!("{base}{extra}\n"), "x.toml")
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(field), "{e}");
         }
+    }
+
+    #[test]
+    fn io_weight_is_a_default_the_pod_may_replace() {
+        let text = "name = \"io\"\n[process]\nno_new_privileges = true\ncapabilities = []\n\
+                    [filesystem]\nreadonly_rootfs = true\n[limits]\nio_weight = 300\n";
+        let p = Policy::parse(text, "io.toml").unwrap();
+        let mut spec = default_spec();
+        let enforced = p.apply(&mut spec).unwrap();
+        assert!(enforced
+            .iter()
+            .any(|l| l == "io weight: 300 (default; the pod set none)"));
+        let r = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        assert_eq!(r.block_io().as_ref().unwrap().weight(), Some(300));
+
+        let mut spec = default_spec();
+        let mut res = LinuxResourcesBuilder::default().build().unwrap();
+        let mut io = oci_spec::runtime::LinuxBlockIo::default();
+        io.set_weight(Some(50));
+        res.set_block_io(Some(io));
+        spec.linux_mut().as_mut().unwrap().set_resources(Some(res));
+        p.apply(&mut spec).unwrap();
+        let r = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        assert_eq!(r.block_io().as_ref().unwrap().weight(), Some(50));
+        assert!(crate::explain::explain(&p)
+            .to_string()
+            .contains("limits.io_weight"));
     }
 
     #[test]

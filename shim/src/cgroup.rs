@@ -208,6 +208,7 @@ impl Cgroup {
         };
         let oom = self.read_kv("memory", "memory.oom_control");
         Ok(v1::Metrics {
+            blkio: MessageField::some(self.blkio_v1()),
             pids: MessageField::some(pids),
             cpu: MessageField::some(cpu),
             memory: MessageField::some(memory),
@@ -221,7 +222,46 @@ impl Cgroup {
         })
     }
 
+    /// blkio counters as containerd's cgroups library reads them: the CFQ/BFQ `*_recursive`
+    /// files where the kernel has them, else the throttle counters (always present).
+    fn blkio_v1(&self) -> v1::BlkIOStat {
+        let entries = |file: &str| {
+            self.read("blkio", file)
+                .map(|s| parse_blkio(&s))
+                .unwrap_or_default()
+        };
+        if self
+            .dir("blkio")
+            .is_some_and(|d| d.join("blkio.io_serviced_recursive").exists())
+        {
+            return v1::BlkIOStat {
+                io_service_bytes_recursive: entries("blkio.io_service_bytes_recursive"),
+                io_serviced_recursive: entries("blkio.io_serviced_recursive"),
+                io_queued_recursive: entries("blkio.io_queued_recursive"),
+                io_service_time_recursive: entries("blkio.io_service_time_recursive"),
+                io_wait_time_recursive: entries("blkio.io_wait_time_recursive"),
+                io_merged_recursive: entries("blkio.io_merged_recursive"),
+                io_time_recursive: entries("blkio.time_recursive"),
+                sectors_recursive: entries("blkio.sectors_recursive"),
+                ..Default::default()
+            };
+        }
+        v1::BlkIOStat {
+            io_service_bytes_recursive: entries("blkio.throttle.io_service_bytes_recursive"),
+            io_serviced_recursive: entries("blkio.throttle.io_serviced_recursive"),
+            ..Default::default()
+        }
+    }
+
     pub fn metrics_v2(&self) -> Result<v2::Metrics> {
+        // Every file below reads as 0 when missing: a cgroup that is gone must be an error,
+        // not a set of zeros.
+        if !self
+            .dir("")
+            .is_some_and(|d| d.join("cgroup.procs").exists())
+        {
+            return Err(Error::NotFound("the container's cgroup".into()));
+        }
         let cpu = self.read_kv("", "cpu.stat");
         let c = |k: &str| cpu.get(k).copied().unwrap_or(0);
         let mem = self.read_kv("", "memory.stat");
@@ -241,6 +281,9 @@ impl Cgroup {
                 nr_periods: c("nr_periods"),
                 nr_throttled: c("nr_throttled"),
                 throttled_usec: c("throttled_usec"),
+                nr_bursts: c("nr_bursts"),
+                burst_usec: c("burst_usec"),
+                psi: self.psi("cpu.pressure"),
                 ..Default::default()
             }),
             memory: MessageField::some(v2::MemoryStat {
@@ -263,11 +306,31 @@ impl Cgroup {
                 slab_unreclaimable: m("slab_unreclaimable"),
                 pgfault: m("pgfault"),
                 pgmajfault: m("pgmajfault"),
+                // Linux 5.9 split these by anon/file; containerd's reader takes the old names.
+                workingset_refault: mem
+                    .get("workingset_refault")
+                    .copied()
+                    .unwrap_or_else(|| m("workingset_refault_anon") + m("workingset_refault_file")),
+                workingset_activate: mem.get("workingset_activate").copied().unwrap_or_else(|| {
+                    m("workingset_activate_anon") + m("workingset_activate_file")
+                }),
+                workingset_nodereclaim: m("workingset_nodereclaim"),
+                pgrefill: m("pgrefill"),
+                pgscan: m("pgscan"),
+                pgsteal: m("pgsteal"),
+                pgactivate: m("pgactivate"),
+                pgdeactivate: m("pgdeactivate"),
+                pglazyfree: m("pglazyfree"),
+                pglazyfreed: m("pglazyfreed"),
+                thp_fault_alloc: m("thp_fault_alloc"),
+                thp_collapse_alloc: m("thp_collapse_alloc"),
                 usage: self.read_u64("", "memory.current"),
                 usage_limit: self.read_u64("", "memory.max"),
                 swap_usage: self.read_u64("", "memory.swap.current"),
                 swap_limit: self.read_u64("", "memory.swap.max"),
                 max_usage: self.read_u64("", "memory.peak"),
+                swap_max_usage: self.read_u64("", "memory.swap.peak"),
+                psi: self.psi("memory.pressure"),
                 ..Default::default()
             }),
             memory_events: MessageField::some(v2::MemoryEvents {
@@ -276,10 +339,137 @@ impl Cgroup {
                 max: e("max"),
                 oom: e("oom"),
                 oom_kill: e("oom_kill"),
+                oom_group_kill: e("oom_group_kill"),
                 ..Default::default()
             }),
+            io: MessageField::some(v2::IOStat {
+                usage: self
+                    .read("", "io.stat")
+                    .map(|s| parse_io_stat(&s))
+                    .unwrap_or_default(),
+                psi: self.psi("io.pressure"),
+                ..Default::default()
+            }),
+            hugetlb: self.hugetlb_v2(),
             ..Default::default()
         })
+    }
+
+    /// `<resource>.pressure` (PSI), when the kernel has it.
+    fn psi(&self, file: &str) -> MessageField<v2::PSIStats> {
+        match self.read("", file) {
+            Some(text) => MessageField::some(parse_psi(&text)),
+            None => MessageField::none(),
+        }
+    }
+
+    /// One entry per huge page size (`hugetlb.<size>.current` / `.max` / `.events`).
+    fn hugetlb_v2(&self) -> Vec<v2::HugeTlbStat> {
+        let Some(dir) = self.dir("") else {
+            return Vec::new();
+        };
+        let mut sizes: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().into_string().ok()?;
+                        let size = name.strip_prefix("hugetlb.")?.strip_suffix(".current")?;
+                        Some(size.to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        sizes.sort();
+        sizes
+            .into_iter()
+            .map(|size| v2::HugeTlbStat {
+                current: self.read_u64("", &format!("hugetlb.{size}.current")),
+                max: self.read_u64("", &format!("hugetlb.{size}.max")),
+                failcnt: self
+                    .read_kv("", &format!("hugetlb.{size}.events"))
+                    .get("max")
+                    .copied()
+                    .unwrap_or(0),
+                pagesize: size,
+                ..Default::default()
+            })
+            .collect()
+    }
+}
+
+/// A v1 blkio file: `MAJ:MIN Op value` lines (`MAJ:MIN value` for times and sectors); the
+/// `Total` line is left out, as containerd does.
+fn parse_blkio(text: &str) -> Vec<v1::BlkIOEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (maj, min) = f.first()?.split_once(':')?;
+            let (op, value) = match f.len() {
+                3 => (f[1].to_string(), f[2]),
+                2 => (String::new(), f[1]),
+                _ => return None,
+            };
+            Some(v1::BlkIOEntry {
+                op,
+                major: maj.parse().ok()?,
+                minor: min.parse().ok()?,
+                value: value.parse().ok()?,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// `io.stat`: one line per device, `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. ...`.
+fn parse_io_stat(text: &str) -> Vec<v2::IOEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (maj, min) = f.next()?.split_once(':')?;
+            let mut e = v2::IOEntry {
+                major: maj.parse().ok()?,
+                minor: min.parse().ok()?,
+                ..Default::default()
+            };
+            for kv in f {
+                let Some((k, v)) = kv.split_once('=') else {
+                    continue;
+                };
+                let v = v.parse().unwrap_or(0);
+                match k {
+                    "rbytes" => e.rbytes = v,
+                    "wbytes" => e.wbytes = v,
+                    "rios" => e.rios = v,
+                    "wios" => e.wios = v,
+                    _ => {}
+                }
+            }
+            Some(e)
+        })
+        .collect()
+}
+
+/// `*.pressure`: `some avg10=0.00 avg60=0.00 avg300=0.00 total=0` and a `full` line.
+fn parse_psi(text: &str) -> v2::PSIStats {
+    let line = |kind: &str| {
+        let l = text.lines().find(|l| l.starts_with(kind))?;
+        let mut d = v2::PSIData::default();
+        for kv in l.split_whitespace().skip(1) {
+            let (k, v) = kv.split_once('=')?;
+            match k {
+                "avg10" => d.avg10 = v.parse().unwrap_or(0.0),
+                "avg60" => d.avg60 = v.parse().unwrap_or(0.0),
+                "avg300" => d.avg300 = v.parse().unwrap_or(0.0),
+                "total" => d.total = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        Some(d)
+    };
+    v2::PSIStats {
+        some: line("some ").into(),
+        full: line("full ").into(),
+        ..Default::default()
     }
 }
 
@@ -325,6 +515,48 @@ mod tests {
     fn parses_the_unified_path() {
         let cg = Cgroup::parse("0::/ns/c1\n", true);
         assert_eq!(cg, Cgroup::V2(PathBuf::from("/sys/fs/cgroup/ns/c1")));
+    }
+
+    #[test]
+    fn io_stat_and_psi() {
+        let io = parse_io_stat(
+            "254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n7:0 rbytes=1 wbytes=0 rios=1 wios=0\n",
+        );
+        assert_eq!(io.len(), 2);
+        assert_eq!(
+            (
+                io[0].major,
+                io[0].minor,
+                io[0].rbytes,
+                io[0].wbytes,
+                io[0].rios,
+                io[0].wios
+            ),
+            (254, 0, 4096, 8192, 1, 2)
+        );
+        let psi = parse_psi(
+            "some avg10=1.50 avg60=0.00 avg300=0.00 total=1234\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=99\n",
+        );
+        assert_eq!(psi.some.avg10, 1.5);
+        assert_eq!(psi.some.total, 1234);
+        assert_eq!(psi.full.total, 99);
+    }
+
+    #[test]
+    fn blkio_lines() {
+        let e = parse_blkio("254:0 Read 4096\n254:0 Write 0\n7:0 12\nTotal 4096\n");
+        assert_eq!(e.len(), 3);
+        assert_eq!(
+            (e[0].major, e[0].minor, e[0].op.as_str(), e[0].value),
+            (254, 0, "Read", 4096)
+        );
+        assert_eq!((e[2].major, e[2].op.as_str(), e[2].value), (7, "", 12));
+    }
+
+    #[test]
+    fn a_v2_cgroup_that_is_gone_is_an_error_not_zeros() {
+        let cg = Cgroup::V2(PathBuf::from("/sys/fs/cgroup/no/such/cgroup"));
+        assert!(matches!(cg.metrics_v2(), Err(Error::NotFound(_))));
     }
 
     #[test]

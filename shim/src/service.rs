@@ -87,6 +87,8 @@ struct Container {
     /// OOM kills reported; held while a TaskOOM is being published, so the exit path
     /// publishes TaskExit only after it.
     oom: Mutex<OomCounter>,
+    /// The policy's ceilings, checked on every Task.Update.
+    update_rules: airlock_policies::UpdateRules,
 }
 
 impl Container {
@@ -160,6 +162,8 @@ pub struct TaskService {
 /// What applying the policy produced for the runtime.
 struct Applied {
     seccomp: Vec<PathBuf>,
+    /// What the policy keeps enforcing on Task.Update.
+    update_rules: airlock_policies::UpdateRules,
     /// The policy mapped the container to its pod's host range: idmap the rootfs to it.
     idmap_rootfs: bool,
 }
@@ -248,6 +252,7 @@ impl TaskService {
         let Applied {
             seccomp,
             idmap_rootfs,
+            update_rules,
         } = self
             .apply_policy(&bundle, &req.id, req.terminal, req.options.as_ref())
             .await?;
@@ -336,6 +341,7 @@ impl TaskService {
             execs: Mutex::new(HashMap::new()),
             cgroup: std::sync::OnceLock::new(),
             oom: Mutex::new(OomCounter::default()),
+            update_rules,
         });
         self.containers
             .lock()
@@ -552,6 +558,7 @@ impl TaskService {
         Ok(Applied {
             seccomp: files,
             idmap_rootfs: range.is_some(),
+            update_rules: policy.update_rules(),
         })
     }
 
@@ -1032,13 +1039,17 @@ impl TaskService {
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("update carries no resources".into()))?;
         // containerd sends the runtime-spec LinuxResources as a JSON-typed Any; check it
-        // here so a bad request gets a clear error without running the runtime.
-        serde_json::from_slice::<oci_spec::runtime::LinuxResources>(&any.value).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "update resources ({}) are not an OCI LinuxResources JSON: {e}",
-                any.type_url
-            ))
-        })?;
+        // here so a bad request gets a clear error without running the runtime, and nothing
+        // is half-applied: values the kernel would refuse, and anything above the policy's
+        // ceilings, are refused as a whole.
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "update resources ({}) are not an OCI LinuxResources JSON: {e}",
+                    any.type_url
+                ))
+            })?;
+        c.update_rules.check(&resources)?;
         let file = c.bundle.join("update-resources.json");
         tokio::fs::write(&file, &any.value)
             .await

@@ -511,9 +511,32 @@ impl ProcessRuntime {
                 hint: "limits can only be changed while the container exists and runs",
             });
         }
+        // libcgroups' v2 manager rebuilds the device BPF program on every apply from the rules
+        // it is given: an update that names no devices would replace the container's own rules
+        // with the defaults. Keep them by passing the rules the container was created with.
+        let mut resources = resources.clone();
+        if resources.devices().is_none() {
+            let path = c.bundle().join("config.json");
+            let bytes = std::fs::read(&path).map_err(|e| RuntimeError::Backend {
+                id: id.to_owned(),
+                action: "update",
+                detail: format!(
+                    "cannot read {} for the container's device rules: {e}; the bundle must \
+                     stay in place while the container exists",
+                    path.display()
+                ),
+            })?;
+            let spec = crate::spec::parse_spec(c.bundle(), &bytes)?;
+            resources.set_devices(
+                spec.linux()
+                    .as_ref()
+                    .and_then(|l| l.resources().as_ref())
+                    .and_then(|r| r.devices().clone()),
+            );
+        }
         let m = self.cgroup_manager(&c)?;
         m.apply(&ControllerOpt {
-            resources,
+            resources: &resources,
             disable_oom_killer: false,
             oom_score_adj: None,
             freezer_state: None,
