@@ -6,8 +6,8 @@
 //! in the node.
 
 use crate::client::{Client, Envelope, EventStream};
-use crate::fifo::TaskFifos;
 use crate::containerd::{Containerd, Version};
+use crate::fifo::TaskFifos;
 use crate::{leaks, proc_util, shared, Runtime, IMAGE_REF};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
