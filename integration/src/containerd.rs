@@ -706,10 +706,21 @@ impl Containerd {
         crate::Client::connect(&self.socket()).await
     }
 
-    fn cleanup_containers(&self) {
+    /// Whether namespace `ns` was made by this process's harness (a unique name); others,
+    /// such as CRI's `k8s.io`, are shared with every containerd on the host.
+    fn owns(ns: &str) -> bool {
+        ns.starts_with(&format!("{NAMESPACE_PREFIX}-{}-", std::process::id()))
+    }
+
+    /// Deletes every task and container left, in every namespace. Returns the (namespace, id)
+    /// of those in namespaces this harness does not own: their host-wide leftovers are then
+    /// removed by id, never by the namespace's name, which other containerd instances on the
+    /// host (another test run's CRI in `k8s.io`) use too.
+    fn cleanup_containers(&self) -> Vec<(String, String)> {
+        let mut shared = Vec::new();
         let t = Duration::from_secs(15);
         let Ok(nss) = self.ctr_timeout(None, &["namespaces", "ls", "-q"], t) else {
-            return;
+            return shared;
         };
         for ns in nss.stdout.lines().map(str::trim).filter(|s| !s.is_empty()) {
             if let Ok(tasks) = self.ctr_timeout(Some(ns), &["tasks", "ls", "-q"], t) {
@@ -725,15 +736,21 @@ impl Containerd {
             if let Ok(cs) = self.ctr_timeout(Some(ns), &["containers", "ls", "-q"], t) {
                 for id in cs.stdout.lines().map(str::trim).filter(|s| !s.is_empty()) {
                     let _ = self.ctr_timeout(Some(ns), &["containers", "rm", id], t);
+                    if !Self::owns(ns) {
+                        shared.push((ns.to_string(), id.to_string()));
+                    }
                 }
             }
-            self.namespaces.lock().unwrap().insert(ns.to_string());
+            if Self::owns(ns) {
+                self.namespaces.lock().unwrap().insert(ns.to_string());
+            }
         }
+        shared
     }
 
     fn stop(&mut self) {
         // 1. Ask containerd to remove what is left, while it still runs.
-        self.cleanup_containers();
+        let shared = self.cleanup_containers();
         let shims_before = self.shims();
         let mut victims: Vec<i32> = Vec::new();
         for s in &shims_before {
@@ -770,6 +787,9 @@ impl Containerd {
             if namespaces
                 .iter()
                 .any(|ns| cg.contains(&format!(":/{ns}/")) || cg.contains(&format!("/{ns}/")))
+                || shared
+                    .iter()
+                    .any(|(ns, id)| cg.contains(&format!("/{ns}/{id}")))
             {
                 victims.push(pid);
             }
@@ -783,14 +803,21 @@ impl Containerd {
         proc_util::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
             victims.iter().all(|p| !proc_util::alive(*p))
         });
-        // 4. Host-wide leftovers named after our (unique) namespaces.
-        for ns in &namespaces {
-            for cg in crate::leaks::cgroup_dirs(ns, None) {
+        // 4. Host-wide leftovers named after our (unique) namespaces, and after the ids of
+        //    our containers in shared ones.
+        let ours = namespaces.iter().map(|ns| (ns.as_str(), None)).chain(
+            shared
+                .iter()
+                .map(|(ns, id)| (ns.as_str(), Some(id.as_str()))),
+        );
+        for (ns, id) in ours {
+            for cg in crate::leaks::cgroup_dirs(ns, id) {
                 remove_cgroup_tree(&cg);
             }
-            let _ = std::fs::remove_dir_all(Path::new(AIRLOCK_STATE_DIR).join(ns));
+            let state = Path::new(AIRLOCK_STATE_DIR).join(ns);
+            let _ = std::fs::remove_dir_all(id.map(|id| state.join(id)).unwrap_or(state));
             // User namespace ranges of pods whose shims were killed above.
-            for f in crate::leaks::userns_ranges_of(ns, None) {
+            for f in crate::leaks::userns_ranges_of(ns, id) {
                 let _ = std::fs::remove_file(f);
             }
         }
