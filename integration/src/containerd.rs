@@ -820,6 +820,7 @@ impl Containerd {
             for f in crate::leaks::userns_ranges_of(ns, id) {
                 let _ = std::fs::remove_file(f);
             }
+            remove_runc_state(ns, id);
         }
         for s in &shims_before {
             let _ = std::fs::remove_file(self.shim_socket_path(&s.namespace, &s.id));
@@ -904,6 +905,29 @@ fn install_runsc_wrapper(dir: &Path, runsc: &Path) -> Result<()> {
     std::fs::write(&p, script)?;
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
+}
+
+/// Root the runc.v2 shim gives its OCI runtime, per namespace (`--root`).
+pub const RUNC_ROOT: &str = "/run/containerd/runc";
+
+/// The OCI runtime's state under [`RUNC_ROOT`] of namespace `ns` (all of it) or of container
+/// `id` in it: runc's `<id>/` and runsc's `<id>_sandbox:<sandbox>.{state,lock}`, which a runsc
+/// container whose delete failed (its sandbox killed) leaves behind.
+fn remove_runc_state(ns: &str, id: Option<&str>) {
+    let root = Path::new(RUNC_ROOT).join(ns);
+    let Some(id) = id else {
+        let _ = std::fs::remove_dir_all(&root);
+        return;
+    };
+    let _ = std::fs::remove_dir_all(root.join(id));
+    let runsc = format!("{id}_sandbox:");
+    if let Ok(rd) = std::fs::read_dir(&root) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&runsc) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 fn remove_cgroup_tree(p: &Path) {
