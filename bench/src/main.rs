@@ -5,6 +5,7 @@
 //! Never used as a timed assertion: CI runs `--quick` only to prove the harness works.
 
 mod baseline;
+mod cri;
 mod measure;
 mod report;
 mod stats;
@@ -19,7 +20,8 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use report::{
-    BaselineResult, Goal, Machine, MemoryResult, Metric, Report, SubjectResult, SweepResult,
+    BaselineResult, CriResult, Goal, Machine, MemoryResult, Metric, Report, SubjectResult,
+    SweepResult,
 };
 use subjects::Subject;
 
@@ -34,8 +36,9 @@ struct Args {
     /// Interleaved rounds (each round runs every runtime once; one more warm-up round is dropped).
     #[arg(long, default_value_t = 30)]
     runs: usize,
-    /// A smoke run (about 30 s): 3 rounds, 3 execs, sweep 1 and 4, 2 idle pods (overrides
-    /// --runs, --sweep and --pods). Proves the harness works; its figures are not a measurement.
+    /// A smoke run (about 40 s): 3 rounds, 3 execs, 2 CRI rounds, sweep 1 and 4, 2 idle pods
+    /// (overrides --runs, --sweep and --pods). Proves the harness works; its figures are not a
+    /// measurement.
     #[arg(long)]
     quick: bool,
     /// containerd to drive: 1.6 or 2.1.
@@ -63,6 +66,9 @@ struct Args {
     /// Skip the direct runtime baseline (no containerd).
     #[arg(long)]
     no_baseline: bool,
+    /// Skip the CRI section (then containerd runs without its CRI plugin).
+    #[arg(long)]
+    no_cri: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,11 +190,18 @@ fn main() -> Result<()> {
 
 fn run(args: Args) -> Result<()> {
     let started = Instant::now();
-    let (rounds, exec_runs, levels, pods) = if args.quick {
-        (3, 3, vec![1, 4], 2)
+    let (rounds, exec_runs, levels, pods, cri_rounds) = if args.quick {
+        (3, 3, vec![1, 4], 2, 2)
     } else {
-        (args.runs, args.runs, args.sweep.clone(), args.pods)
+        (
+            args.runs,
+            args.runs,
+            args.sweep.clone(),
+            args.pods,
+            args.runs,
+        )
     };
+    let cri_rounds = if args.no_cri { 0 } else { cri_rounds };
     anyhow::ensure!(
         rounds >= 1 && pods >= 1,
         "--runs and --pods must be at least 1"
@@ -199,10 +212,18 @@ fn run(args: Args) -> Result<()> {
         other => bail!("--containerd {other}: use 1.6 or 2.1"),
     };
     let load_before = loadavg();
+    // One containerd for every section: with CRI on it runs in a network namespace of its own
+    // (a CNI bridge for the pods); the ctr and gRPC containers are unaffected (each gets a new
+    // network namespace either way).
     let ctd = Containerd::builder()
         .version(version)
+        .cri(!args.no_cri)
         .start()
         .context("start a private containerd")?;
+    if !args.no_cri {
+        ctd.import_cri_images()
+            .context("import the busybox and pause images into CRI's namespace")?;
+    }
     let ns = ctd.new_namespace("bench")?;
     let (mut subjects, mut skipped) = subjects::detect(&ctd, &args.policies);
     if !args.only.is_empty() {
@@ -220,7 +241,14 @@ fn run(args: Args) -> Result<()> {
         .prefix("airlock-bench-io-")
         .tempdir()?;
 
-    let steps = ((rounds + 1) * n * 2 + exec_runs * n + levels.len() * n + n + 1) as u64;
+    let cri_n = subjects.iter().filter(|s| s.cri_handler.is_some()).count();
+    let cri_steps = if args.no_cri {
+        0
+    } else {
+        (cri_rounds + 1) * cri_n
+    };
+    let steps =
+        ((rounds + 1) * n * 2 + cri_steps + exec_runs * n + levels.len() * n + n + 1) as u64;
     let pb = ProgressBar::new(steps).with_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} {msg}")
             .expect("valid template"),
@@ -282,7 +310,25 @@ fn run(args: Args) -> Result<()> {
         }
     }
 
-    // 2. Idle pods: memory per pod, then exec into the first one of each runtime.
+    // 2. Pods through the CRI API.
+    let mut cri_results: Vec<CriResult> = Vec::new();
+    if !args.no_cri {
+        for s in subjects.iter().filter(|s| s.cri_handler.is_none()) {
+            skipped.push(format!(
+                "{} through CRI: no CRI runtime handler is registered for it",
+                s.name
+            ));
+        }
+        match cri::run(&rt, &ctd, &subjects, cri_rounds, |msg| {
+            pb.set_message(msg.to_string());
+            pb.inc(1);
+        }) {
+            Ok(r) => cri_results = r,
+            Err(e) => skipped.push(format!("CRI section: {e:#}")),
+        }
+    }
+
+    // 3. Idle pods: memory per pod, then exec into the first one of each runtime.
     pb.set_message(format!("memory: {pods} idle pods per runtime"));
     let mut memory = Vec::new();
     let mut pod_ids: Vec<Vec<String>> = Vec::new();
@@ -348,7 +394,7 @@ fn run(args: Args) -> Result<()> {
         }
     });
 
-    // 3. Concurrency sweep.
+    // 4. Concurrency sweep.
     let mut sweep = Vec::new();
     for (li, &level) in levels.iter().enumerate() {
         for k in 0..n {
@@ -381,7 +427,7 @@ fn run(args: Args) -> Result<()> {
         (a.n, subject_index(&subjects, &a.name)).cmp(&(b.n, subject_index(&subjects, &b.name)))
     });
 
-    // 4. The floor: each OCI runtime alone on a bundle.
+    // 5. The floor: each OCI runtime alone on a bundle.
     let mut baseline_results = Vec::new();
     if !args.no_baseline {
         pb.set_message("runtime alone on a bundle (no containerd)");
@@ -424,7 +470,7 @@ fn run(args: Args) -> Result<()> {
     }
     pb.finish_and_clear();
 
-    // 5. Ratios, per interleaved round.
+    // 6. Ratios, per interleaved round.
     let peers: Vec<usize> = (0..n).filter(|&i| !subjects[i].airlock).collect();
     let total = measure::PHASES.len() - 1;
     let fastest_ctr = stats::fastest_per_round(
@@ -476,7 +522,7 @@ fn run(args: Args) -> Result<()> {
             first_error: acc[i].first_error.take(),
         });
     }
-    let goals = goals(&results, &memory);
+    let goals = goals(&results, &cri_results, &memory);
     let report = Report {
         bench_version: env!("CARGO_PKG_VERSION").into(),
         unix_time: std::time::SystemTime::now()
@@ -492,15 +538,21 @@ fn run(args: Args) -> Result<()> {
         rounds,
         order: "rotated each round".into(),
         skipped,
-        not_measured: vec![
-            "warm start: Airlock has no warm pools yet".into(),
-            "CRI path: the CRI issue has not landed".into(),
-            "airlock-vm memory (VMM): the microVM mode is not built yet".into(),
-        ],
+        not_measured: [
+            Some("warm start: Airlock has no warm pools yet"),
+            args.no_cri.then_some("CRI path: --no-cri"),
+            Some("airlock-vm memory (VMM): the microVM mode is not built yet"),
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::from)
+        .collect(),
         results,
         sweep,
         memory,
         baseline: baseline_results,
+        cri: cri_results,
+        cri_rounds,
         goals,
     };
     write_report(&report, &args.out)?;
@@ -541,7 +593,7 @@ fn slug(name: &str) -> String {
 }
 
 /// The issue's product goals, for airlock/agent-strict.
-fn goals(results: &[SubjectResult], memory: &[MemoryResult]) -> Vec<Goal> {
+fn goals(results: &[SubjectResult], cri: &[CriResult], memory: &[MemoryResult]) -> Vec<Goal> {
     const SUBJECT: &str = "airlock/agent-strict";
     let Some(r) = results.iter().find(|r| r.name == SUBJECT) else {
         return Vec::new();
@@ -549,6 +601,7 @@ fn goals(results: &[SubjectResult], memory: &[MemoryResult]) -> Vec<Goal> {
     let ratio = |rs: &[stats::Ratio], to: &str| rs.iter().find(|x| x.to == to).map(|x| x.p50);
     let tail = |m: &Metric| m.summary.as_ref().map(|s| s.p99 / s.p50);
     let total = r.phases.last();
+    let cri_ready = cri.iter().find(|c| c.name == SUBJECT);
     let rss = memory
         .iter()
         .find(|m| m.name == SUBJECT)
@@ -586,6 +639,16 @@ fn goals(results: &[SubjectResult], memory: &[MemoryResult]) -> Vec<Goal> {
             "cold start p99 / own p50 (gRPC total)",
             total.and_then(tail),
             2.0,
+        ),
+        goal(
+            "pod ready p50 / runc (CRI)",
+            cri_ready.and_then(|c| ratio(&c.ready_ratios, "runc")),
+            0.5,
+        ),
+        goal(
+            "pod ready p50 / crun (CRI)",
+            cri_ready.and_then(|c| ratio(&c.ready_ratios, "crun")),
+            0.6,
         ),
         goal("shim RSS per pod, MiB", rss, 4.0),
     ]

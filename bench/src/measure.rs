@@ -24,7 +24,8 @@ pub const PHASES: [&str; 7] = [
     "total",
 ];
 
-fn ms(d: Duration) -> f64 {
+/// A duration in milliseconds.
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 

@@ -89,6 +89,24 @@ pub struct BaselineResult {
     pub first_error: Option<String>,
 }
 
+/// One subject through the CRI API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CriResult {
+    pub name: String,
+    /// CRI runtime handler (`airlock`, `runc`, `crun`, `runsc`).
+    pub handler: String,
+    /// `cri::PHASES`.
+    pub phases: Vec<Metric>,
+    /// Ratios of the "pod ready" p50 (per-round medians) to runc and crun.
+    pub ready_ratios: Vec<Ratio>,
+    /// Same for the total.
+    pub total_ratios: Vec<Ratio>,
+    pub failures: usize,
+    pub first_error: Option<String>,
+    /// Why it was not measured (its warm-up pod failed), if so.
+    pub skipped: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Goal {
     pub goal: String,
@@ -115,6 +133,12 @@ pub struct Report {
     pub sweep: Vec<SweepResult>,
     pub memory: Vec<MemoryResult>,
     pub baseline: Vec<BaselineResult>,
+    /// Pods through the CRI API (absent in reports from before it existed).
+    #[serde(default)]
+    pub cri: Vec<CriResult>,
+    /// Interleaved rounds of the CRI section.
+    #[serde(default)]
+    pub cri_rounds: usize,
     pub goals: Vec<Goal>,
 }
 
@@ -143,6 +167,68 @@ fn p50_p99(m: &Metric) -> String {
         .as_ref()
         .map(|s| format!("{} / {}", f1(s.p50), f1(s.p99)))
         .unwrap_or_else(|| "-".into())
+}
+
+/// `| name | runs | fail | min | p50 | p95 | p99 | max | CV |` then `extra` cells, for a
+/// distribution table (dashes when every run failed).
+fn summary_row(name: &str, m: &Metric, extra: &[String]) -> String {
+    let mut row = match &m.summary {
+        Some(c) => format!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {:.0}% |",
+            c.runs,
+            m.failures,
+            f1(c.min),
+            f1(c.p50),
+            f1(c.p95),
+            f1(c.p99),
+            f1(c.max),
+            c.cv * 100.0,
+        ),
+        None => format!("| {name} | 0 | {} | - | - | - | - | - | - |", m.failures),
+    };
+    for e in extra {
+        row.push_str(&format!(" {e} |"));
+    }
+    row.push('\n');
+    row
+}
+
+/// Header of a [`summary_row`] table with `extra` column names.
+fn summary_header(extra: &[&str]) -> String {
+    let mut h = "| runtime | runs | fail | min | p50 | p95 | p99 | max | CV |".to_string();
+    let mut sep = "| --- | --- | --- | --- | --- | --- | --- | --- | --- |".to_string();
+    for e in extra {
+        h.push_str(&format!(" {e} |"));
+        sep.push_str(" --- |");
+    }
+    format!("{h}\n{sep}\n")
+}
+
+/// A per-phase table: p50 / p99 of every phase, the failed rounds (of the last phase, the
+/// total) and the total's ratios to runc and crun.
+fn phase_table(phases: &[&str], rows: &[(&str, &[Metric], &[Ratio])]) -> String {
+    let mut s = String::from("| runtime | fail |");
+    for p in phases {
+        s.push_str(&format!(" {p} |"));
+    }
+    s.push_str(" total / runc | total / crun |\n|---|---|");
+    for _ in phases {
+        s.push_str("---|");
+    }
+    s.push_str("---|---|\n");
+    for (name, metrics, ratios) in rows {
+        let fail = metrics.last().map(|m| m.failures).unwrap_or(0);
+        s.push_str(&format!("| {name} | {fail} |"));
+        for p in *metrics {
+            s.push_str(&format!(" {} |", p50_p99(p)));
+        }
+        s.push_str(&format!(
+            " {} | {} |\n",
+            ratio_cell(ratios, "runc"),
+            ratio_cell(ratios, "crun")
+        ));
+    }
+    s
 }
 
 impl Report {
@@ -199,54 +285,38 @@ impl Report {
         s.push_str(".\n\n");
 
         s.push_str("**Cold start, whole `ctr run --rm IMAGE ID true`** (ms; ratios: median of per-round ratios, p25–p75 in brackets)\n\n");
-        s.push_str("| runtime | runs | fail | min | p50 | p95 | p99 | max | CV | p50 / runc | p50 / crun | p50 / fastest peer |\n");
-        s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        s.push_str(&summary_header(&[
+            "p50 / runc",
+            "p50 / crun",
+            "p50 / fastest peer",
+        ]));
         for r in &self.results {
-            match &r.ctr_run.summary {
-                Some(c) => s.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0}% | {} | {} | {} |\n",
-                    r.name,
-                    c.runs,
-                    r.ctr_run.failures,
-                    f1(c.min),
-                    f1(c.p50),
-                    f1(c.p95),
-                    f1(c.p99),
-                    f1(c.max),
-                    c.cv * 100.0,
+            s.push_str(&summary_row(
+                &r.name,
+                &r.ctr_run,
+                &[
                     ratio_cell(&r.ctr_ratios, "runc"),
                     ratio_cell(&r.ctr_ratios, "crun"),
                     ratio_cell(&r.ctr_ratios, "fastest peer"),
-                )),
-                None => s.push_str(&format!(
-                    "| {} | 0 | {} | - | - | - | - | - | - | - | - | - |\n",
-                    r.name, r.ctr_run.failures
-                )),
-            }
+                ],
+            ));
         }
 
         s.push_str("\n**Cold start by phase, gRPC client** (ms, p50 / p99; `first output` = request to the first byte on the stdout FIFO; create includes shim start and snapshot)\n\n");
-        s.push_str("| runtime | fail |");
-        for p in crate::measure::PHASES {
-            s.push_str(&format!(" {p} |"));
-        }
-        s.push_str(" total / runc | total / crun |\n|---|---|");
-        for _ in crate::measure::PHASES {
-            s.push_str("---|");
-        }
-        s.push_str("---|---|\n");
-        for r in &self.results {
-            let fail = r.phases.last().map(|m| m.failures).unwrap_or(0);
-            s.push_str(&format!("| {} | {fail} |", r.name));
-            for p in &r.phases {
-                s.push_str(&format!(" {} |", p50_p99(p)));
-            }
-            s.push_str(&format!(
-                " {} | {} |\n",
-                ratio_cell(&r.grpc_ratios, "runc"),
-                ratio_cell(&r.grpc_ratios, "crun")
-            ));
-        }
+        let rows: Vec<(&str, &[Metric], &[Ratio])> = self
+            .results
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.phases.as_slice(),
+                    r.grpc_ratios.as_slice(),
+                )
+            })
+            .collect();
+        s.push_str(&phase_table(&crate::measure::PHASES, &rows));
+
+        s.push_str(&self.cri_markdown());
 
         s.push_str(
             "\n**Exec `true` into a running sandbox, gRPC** (exec, start, wait, delete; ms)\n\n",
@@ -406,6 +476,62 @@ impl Report {
         s
     }
 
+    /// The CRI section (empty when it did not run).
+    fn cri_markdown(&self) -> String {
+        if self.cri.is_empty() {
+            return String::new();
+        }
+        let mut s = format!(
+            "\n**Pod start through the CRI API** (ms; {} interleaved rounds; RunPodSandbox, \
+             CreateContainer, StartContainer of `echo ready` on the CNI bridge network, as a \
+             kubelet starts a pod; `pod ready` = RunPodSandbox called → StartContainer returned)\n\n",
+            self.cri_rounds
+        );
+        s.push_str(&summary_header(&["handler", "p50 / runc", "p50 / crun"]));
+        for r in &self.cri {
+            if let Some(ready) = r.phases.get(crate::cri::READY) {
+                s.push_str(&summary_row(
+                    &r.name,
+                    ready,
+                    &[
+                        format!("`{}`", r.handler),
+                        ratio_cell(&r.ready_ratios, "runc"),
+                        ratio_cell(&r.ready_ratios, "crun"),
+                    ],
+                ));
+            }
+        }
+        s.push_str("\n**CRI by phase** (ms, p50 / p99; `exit` = StartContainer returned → containerd's TaskExit event arrived, 0 when it came first; `total` = the sum of the six phases before `pod ready`)\n\n");
+        let rows: Vec<(&str, &[Metric], &[Ratio])> = self
+            .cri
+            .iter()
+            .filter(|r| r.skipped.is_none())
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.phases.as_slice(),
+                    r.total_ratios.as_slice(),
+                )
+            })
+            .collect();
+        s.push_str(&phase_table(&crate::cri::PHASES, &rows));
+        for r in &self.cri {
+            if let Some(why) = &r.skipped {
+                s.push_str(&format!(
+                    "\n{} through CRI (handler `{}`) not measured: {why}\n",
+                    r.name, r.handler
+                ));
+            }
+            if let Some(e) = &r.first_error {
+                s.push_str(&format!(
+                    "\n{} through CRI failed {} time(s); first error: {e}\n",
+                    r.name, r.failures
+                ));
+            }
+        }
+        s
+    }
+
     /// For a baseline runtime, the matching subject's gRPC total p50 minus the runtime's own
     /// total p50 (ms) and that share of the gRPC total.
     pub fn containerd_share(&self, baseline_name: &str) -> Option<(f64, f64)> {
@@ -468,6 +594,29 @@ impl Report {
                 .map(|r| (r.name.clone(), r.exec.summary.clone()))
                 .collect(),
         );
+        for (i, title) in [
+            (
+                crate::cri::READY,
+                "CRI: pod ready (RunPodSandbox → StartContainer)",
+            ),
+            (
+                crate::cri::TOTAL,
+                "CRI: total (pod ready, exit, stop, remove)",
+            ),
+        ] {
+            add(
+                title,
+                self.cri
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.name.clone(),
+                            r.phases.get(i).and_then(|m| m.summary.clone()),
+                        )
+                    })
+                    .collect(),
+            );
+        }
         add(
             "runtime alone (no containerd): total",
             self.baseline
@@ -642,6 +791,16 @@ mod tests {
                 failures: 0,
                 first_error: None,
             }],
+            cri: vec![
+                cri_result("airlock/agent-strict", 60.0, None),
+                cri_result("runc", 120.0, None),
+                cri_result(
+                    "gvisor",
+                    0.0,
+                    Some("its warm-up pod failed: RunPodSandbox: Unknown: no network"),
+                ),
+            ],
+            cri_rounds: 10,
             goals: vec![Goal {
                 goal: "p50 / runc".into(),
                 measured: Some(0.5),
@@ -649,6 +808,76 @@ mod tests {
                 pass: Some(true),
             }],
         }
+    }
+
+    /// A CRI result with 10 samples per phase from `base` (no samples when `skipped`).
+    fn cri_result(name: &str, base: f64, skipped: Option<&str>) -> CriResult {
+        let samples = |b: f64| -> Vec<f64> {
+            if skipped.is_some() {
+                Vec::new()
+            } else {
+                (0..10).map(|i| b + i as f64).collect()
+            }
+        };
+        CriResult {
+            name: name.into(),
+            handler: match name {
+                "gvisor" => "runsc".into(),
+                n if n.starts_with("airlock") => "airlock".into(),
+                n => n.into(),
+            },
+            phases: crate::cri::PHASES
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Metric::new(p, samples(base + i as f64)))
+                .collect(),
+            ready_ratios: skipped
+                .is_none()
+                .then(|| Ratio {
+                    to: "runc".into(),
+                    p50: 0.4,
+                    p25: 0.35,
+                    p75: 0.45,
+                })
+                .into_iter()
+                .collect(),
+            total_ratios: vec![],
+            failures: 0,
+            first_error: None,
+            skipped: skipped.map(String::from),
+        }
+    }
+
+    #[test]
+    fn cri_section_has_both_tables_and_says_what_was_skipped() {
+        let md = fixed().markdown();
+        for want in [
+            "**Pod start through the CRI API** (ms; 10 interleaved rounds;",
+            // pod ready = phase 6: 60 + 6 .. 60 + 6 + 9.
+            "| airlock/agent-strict | 10 | 0 | 66.0 | 70.0 | 75.0 | 75.0 | 75.0 | 4% | `airlock` | 0.40 (0.35–0.45) | - |",
+            "| gvisor | 0 | 0 | - | - | - | - | - | - | `runsc` | - | - |",
+            "| runtime | fail | RunPodSandbox | CreateContainer | StartContainer | exit | StopPodSandbox | RemovePodSandbox | pod ready | total | total / runc | total / crun |",
+            "| runc | 0 | 124.0 / 129.0 | 125.0 / 130.0 |",
+            "gvisor through CRI (handler `runsc`) not measured: its warm-up pod failed: RunPodSandbox: Unknown: no network",
+        ] {
+            assert!(md.contains(want), "missing {want:?} in\n{md}");
+        }
+        // A skipped handler has no row in the phase table.
+        assert!(!md.contains("| gvisor | 0 | - |"), "{md}");
+        // Sections in order: gRPC phases, CRI, exec.
+        let at = |x: &str| md.find(x).unwrap();
+        assert!(at("by phase, gRPC") < at("CRI API") && at("CRI API") < at("**Exec"));
+    }
+
+    #[test]
+    fn reports_from_before_the_cri_section_still_load() {
+        let mut v = serde_json::to_value(fixed()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("cri");
+        o.remove("cri_rounds");
+        let r: Report = serde_json::from_value(v).unwrap();
+        assert!(r.cri.is_empty());
+        assert!(!r.markdown().contains("CRI API"));
     }
 
     #[test]
@@ -678,8 +907,10 @@ mod tests {
         assert!(svg.contains("gRPC: first output"));
         assert!(svg.contains("runtime alone (no containerd): total"));
         assert!(svg.contains("airlock-strict"));
-        // The background plus 10 panels (ctr, 7 phases, exec, baseline) holding 19 boxes.
-        assert_eq!(svg.matches("<rect").count(), 1 + 19, "{svg}");
+        assert!(svg.contains("CRI: pod ready (RunPodSandbox → StartContainer)"));
+        // The background plus 12 panels (ctr, 7 phases, exec, 2 CRI, baseline) holding 23
+        // boxes (the skipped CRI handler has none).
+        assert_eq!(svg.matches("<rect").count(), 1 + 23, "{svg}");
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Subject {
     pub annotations: Vec<(String, String)>,
     /// Whether this is Airlock (the product) rather than a peer.
     pub airlock: bool,
+    /// CRI runtime handler registered for it in the harness's containerd, if any.
+    pub cri_handler: Option<String>,
 }
 
 impl Subject {
@@ -76,21 +78,29 @@ pub fn detect(ctd: &Containerd, policies: &[String]) -> (Vec<Subject>, Vec<Strin
             runc_binary: None,
             annotations: vec![(POLICY_ANNOTATION.into(), p.clone())],
             airlock: true,
+            cri_handler: Some("airlock".into()),
         });
     }
-    let peer = |name: &str, rt: &str, bin: Option<String>| Subject {
+    // The CRI handlers are the runtimes `Containerd::config` registers.
+    let peer = |name: &str, rt: &str, bin: Option<String>, handler: Option<&str>| Subject {
         name: name.into(),
         runtime_type: rt.into(),
         runc_binary: bin,
         annotations: Vec::new(),
         airlock: false,
+        cri_handler: handler.map(String::from),
     };
     match which("runc") {
-        Some(_) => v.push(peer("runc", "io.containerd.runc.v2", None)),
+        Some(_) => v.push(peer("runc", "io.containerd.runc.v2", None, Some("runc"))),
         None => skipped.push("runc: `runc` is not installed".to_string()),
     }
     match which("crun") {
-        Some(_) => v.push(peer("crun", "io.containerd.runc.v2", Some("crun".into()))),
+        Some(_) => v.push(peer(
+            "crun",
+            "io.containerd.runc.v2",
+            Some("crun".into()),
+            Some("crun"),
+        )),
         None => skipped.push("crun: `crun` is not installed".to_string()),
     }
     // containerd/rust-extensions' runc shim: the closest peer (a Rust shim around runc).
@@ -101,7 +111,7 @@ pub fn detect(ctd: &Containerd, policies: &[String]) -> (Vec<Subject>, Vec<Strin
             "runc-v2-rs: containerd-shim-runc-v2-rs 0.2 needs containerd >= 2.0 (try --containerd 2.1)"
                 .to_string(),
         ),
-        (Some(_), Some(_)) => v.push(peer("runc-v2-rs", "io.containerd.runc.v2-rs", None)),
+        (Some(_), Some(_)) => v.push(peer("runc-v2-rs", "io.containerd.runc.v2-rs", None, None)),
         _ => skipped.push(
             "runc-v2-rs: `containerd-shim-runc-v2-rs` is not on PATH (cargo install containerd-runc-shim)"
                 .to_string(),
@@ -112,6 +122,7 @@ pub fn detect(ctd: &Containerd, policies: &[String]) -> (Vec<Subject>, Vec<Strin
             "gvisor",
             "io.containerd.runc.v2",
             Some(w.to_string_lossy().into_owned()),
+            Some("runsc"),
         )),
         None => skipped.push("gvisor: `runsc` is not installed".to_string()),
     }

@@ -169,6 +169,9 @@ pub struct Envelope {
     pub topic: String,
     pub timestamp: Option<Timestamp>,
     pub event: TaskEvent,
+    /// When this process received it (the stream is read by a background task, so this is
+    /// the arrival time even when the event is taken from the stream later).
+    pub received: std::time::Instant,
 }
 
 /// A live subscription; events are buffered by a background task.
@@ -764,6 +767,7 @@ impl Client {
                             topic: env.topic,
                             timestamp: env.timestamp,
                             event,
+                            received: std::time::Instant::now(),
                         });
                         if tx.send(item).is_err() {
                             break;

@@ -706,10 +706,21 @@ impl Containerd {
         crate::Client::connect(&self.socket()).await
     }
 
-    fn cleanup_containers(&self) {
+    /// Whether namespace `ns` was made by this process's harness (a unique name); others,
+    /// such as CRI's `k8s.io`, are shared with every containerd on the host.
+    fn owns(ns: &str) -> bool {
+        ns.starts_with(&format!("{NAMESPACE_PREFIX}-{}-", std::process::id()))
+    }
+
+    /// Deletes every task and container left, in every namespace. Returns the (namespace, id)
+    /// of those in namespaces this harness does not own: their host-wide leftovers are then
+    /// removed by id, never by the namespace's name, which other containerd instances on the
+    /// host (another test run's CRI in `k8s.io`) use too.
+    fn cleanup_containers(&self) -> Vec<(String, String)> {
+        let mut shared = Vec::new();
         let t = Duration::from_secs(15);
         let Ok(nss) = self.ctr_timeout(None, &["namespaces", "ls", "-q"], t) else {
-            return;
+            return shared;
         };
         for ns in nss.stdout.lines().map(str::trim).filter(|s| !s.is_empty()) {
             if let Ok(tasks) = self.ctr_timeout(Some(ns), &["tasks", "ls", "-q"], t) {
@@ -725,15 +736,21 @@ impl Containerd {
             if let Ok(cs) = self.ctr_timeout(Some(ns), &["containers", "ls", "-q"], t) {
                 for id in cs.stdout.lines().map(str::trim).filter(|s| !s.is_empty()) {
                     let _ = self.ctr_timeout(Some(ns), &["containers", "rm", id], t);
+                    if !Self::owns(ns) {
+                        shared.push((ns.to_string(), id.to_string()));
+                    }
                 }
             }
-            self.namespaces.lock().unwrap().insert(ns.to_string());
+            if Self::owns(ns) {
+                self.namespaces.lock().unwrap().insert(ns.to_string());
+            }
         }
+        shared
     }
 
     fn stop(&mut self) {
         // 1. Ask containerd to remove what is left, while it still runs.
-        self.cleanup_containers();
+        let shared = self.cleanup_containers();
         let shims_before = self.shims();
         let mut victims: Vec<i32> = Vec::new();
         for s in &shims_before {
@@ -770,6 +787,9 @@ impl Containerd {
             if namespaces
                 .iter()
                 .any(|ns| cg.contains(&format!(":/{ns}/")) || cg.contains(&format!("/{ns}/")))
+                || shared
+                    .iter()
+                    .any(|(ns, id)| cg.contains(&format!("/{ns}/{id}")))
             {
                 victims.push(pid);
             }
@@ -783,16 +803,24 @@ impl Containerd {
         proc_util::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
             victims.iter().all(|p| !proc_util::alive(*p))
         });
-        // 4. Host-wide leftovers named after our (unique) namespaces.
-        for ns in &namespaces {
-            for cg in crate::leaks::cgroup_dirs(ns, None) {
+        // 4. Host-wide leftovers named after our (unique) namespaces, and after the ids of
+        //    our containers in shared ones.
+        let ours = namespaces.iter().map(|ns| (ns.as_str(), None)).chain(
+            shared
+                .iter()
+                .map(|(ns, id)| (ns.as_str(), Some(id.as_str()))),
+        );
+        for (ns, id) in ours {
+            for cg in crate::leaks::cgroup_dirs(ns, id) {
                 remove_cgroup_tree(&cg);
             }
-            let _ = std::fs::remove_dir_all(Path::new(AIRLOCK_STATE_DIR).join(ns));
+            let state = Path::new(AIRLOCK_STATE_DIR).join(ns);
+            let _ = std::fs::remove_dir_all(id.map(|id| state.join(id)).unwrap_or(state));
             // User namespace ranges of pods whose shims were killed above.
-            for f in crate::leaks::userns_ranges_of(ns, None) {
+            for f in crate::leaks::userns_ranges_of(ns, id) {
                 let _ = std::fs::remove_file(f);
             }
+            remove_runc_state(ns, id);
         }
         for s in &shims_before {
             let _ = std::fs::remove_file(self.shim_socket_path(&s.namespace, &s.id));
@@ -877,6 +905,29 @@ fn install_runsc_wrapper(dir: &Path, runsc: &Path) -> Result<()> {
     std::fs::write(&p, script)?;
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
+}
+
+/// Root the runc.v2 shim gives its OCI runtime, per namespace (`--root`).
+pub const RUNC_ROOT: &str = "/run/containerd/runc";
+
+/// The OCI runtime's state under [`RUNC_ROOT`] of namespace `ns` (all of it) or of container
+/// `id` in it: runc's `<id>/` and runsc's `<id>_sandbox:<sandbox>.{state,lock}`, which a runsc
+/// container whose delete failed (its sandbox killed) leaves behind.
+fn remove_runc_state(ns: &str, id: Option<&str>) {
+    let root = Path::new(RUNC_ROOT).join(ns);
+    let Some(id) = id else {
+        let _ = std::fs::remove_dir_all(&root);
+        return;
+    };
+    let _ = std::fs::remove_dir_all(root.join(id));
+    let runsc = format!("{id}_sandbox:");
+    if let Ok(rd) = std::fs::read_dir(&root) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&runsc) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 fn remove_cgroup_tree(p: &Path) {

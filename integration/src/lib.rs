@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod containerd;
+pub mod cri;
 pub mod fifo;
 pub mod image;
 pub mod leaks;

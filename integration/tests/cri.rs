@@ -5,19 +5,13 @@
 //! containerd runs with CRI on in a network namespace of its own (the harness's `cri(true)`),
 //! with a CNI bridge config; the busybox and pause images are imported into `k8s.io`.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use airlock_integration::containerd::{Containerd, Version, CRI_NAMESPACE};
+use airlock_integration::cri::{self, Cri};
 use airlock_integration::shared::shared_cri;
-use airlock_integration::IMAGE_REF;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
-use tonic::transport::Channel;
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The CRI-enabled containerd of `v`; tests of one version take turns (they share `k8s.io`
 /// and count its shims).
@@ -39,175 +33,8 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-struct Cri {
-    client: RuntimeServiceClient<Channel>,
-    logs: tempfile::TempDir,
-}
-
-impl Cri {
-    async fn connect(ctd: &Containerd) -> Cri {
-        let c = ctd.client().await.expect("connect");
-        Cri {
-            client: RuntimeServiceClient::new(c.channel()),
-            logs: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn pod_config(
-        &self,
-        name: &str,
-        annotations: &[(&str, &str)],
-        network: NamespaceMode,
-    ) -> PodSandboxConfig {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let uid = format!("{name}-{}-{n}", std::process::id());
-        PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: uid.clone(),
-                uid: uid.clone(),
-                namespace: "airlock-test".into(),
-                attempt: 0,
-            }),
-            hostname: name.into(),
-            log_directory: self.logs.path().join(&uid).display().to_string(),
-            annotations: annotations
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            linux: Some(LinuxPodSandboxConfig {
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: network as i32,
-                        pid: NamespaceMode::Container as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    async fn run_pod(&mut self, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
-        let r = self
-            .client
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: "airlock".into(),
-            })
-            .await?;
-        Ok(r.into_inner().pod_sandbox_id)
-    }
-
-    fn container_config(&self, name: &str, cmd: &[&str]) -> ContainerConfig {
-        ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: IMAGE_REF.into(),
-                ..Default::default()
-            }),
-            command: cmd.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}.log"),
-            linux: Some(LinuxContainerConfig::default()),
-            ..Default::default()
-        }
-    }
-
-    /// CreateContainer + StartContainer; returns the container id.
-    async fn start_container(
-        &mut self,
-        pod: &str,
-        pod_config: &PodSandboxConfig,
-        config: ContainerConfig,
-    ) -> Result<String, tonic::Status> {
-        let id = self
-            .client
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.into(),
-                config: Some(config),
-                sandbox_config: Some(pod_config.clone()),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        if let Err(e) = self
-            .client
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-        {
-            let _ = self
-                .client
-                .remove_container(RemoveContainerRequest {
-                    container_id: id.clone(),
-                })
-                .await;
-            return Err(e);
-        }
-        Ok(id)
-    }
-
-    async fn exec_sync(&mut self, id: &str, cmd: &[&str]) -> ExecSyncResponse {
-        self.client
-            .exec_sync(ExecSyncRequest {
-                container_id: id.into(),
-                cmd: cmd.iter().map(|s| s.to_string()).collect(),
-                timeout: 30,
-            })
-            .await
-            .expect("ExecSync")
-            .into_inner()
-    }
-
-    async fn status(&mut self, id: &str) -> ContainerStatus {
-        self.client
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .expect("ContainerStatus")
-            .into_inner()
-            .status
-            .expect("status")
-    }
-
-    /// Stop and remove the containers, then stop and remove the pod.
-    async fn teardown(&mut self, pod: &str, containers: &[String]) {
-        for id in containers {
-            self.client
-                .stop_container(StopContainerRequest {
-                    container_id: id.clone(),
-                    timeout: 10,
-                })
-                .await
-                .expect("StopContainer");
-            self.client
-                .remove_container(RemoveContainerRequest {
-                    container_id: id.clone(),
-                })
-                .await
-                .expect("RemoveContainer");
-        }
-        self.client
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.into(),
-            })
-            .await
-            .expect("StopPodSandbox");
-        self.client
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.into(),
-            })
-            .await
-            .expect("RemovePodSandbox");
-    }
+async fn connect(ctd: &Containerd) -> Cri {
+    Cri::connect(ctd).await.expect("connect")
 }
 
 const LOOP: &[&str] = &[
@@ -231,18 +58,16 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn read_log(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(PathBuf::from(dir).join(format!("{name}.log"))).unwrap_or_default()
-}
+const AIRLOCK: &str = "airlock";
 
 /// The whole kubelet sequence for one pod with one container.
 fn pod_lifecycle(v: Version) {
     let (ctd, _turn) = cri_containerd(v);
     rt().block_on(async {
-        let mut cri = Cri::connect(&ctd).await;
+        let mut cri = connect(&ctd).await;
         let pc = cri.pod_config("life", &[], NamespaceMode::Pod);
         let pod = cri
-            .run_pod(&pc)
+            .run_pod(&pc, AIRLOCK)
             .await
             .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctd.log_tail(30)));
         let cfg = cri.container_config("app", LOOP);
@@ -251,7 +76,7 @@ fn pod_lifecycle(v: Version) {
             .await
             .unwrap_or_else(|e| panic!("Create/StartContainer: {e}\n{}", ctd.log_tail(30)));
         assert_eq!(
-            cri.status(&app).await.state,
+            cri.status(&app).await.expect("ContainerStatus").state,
             ContainerState::ContainerRunning as i32
         );
         assert_eq!(airlock_shims(&ctd), 1, "sandbox and app share one shim");
@@ -262,21 +87,25 @@ fn pod_lifecycle(v: Version) {
                 &app,
                 &["sh", "-c", "grep CapEff /proc/self/status; echo exec-ok"],
             )
-            .await;
+            .await
+            .expect("ExecSync");
         let out = String::from_utf8_lossy(&r.stdout);
         assert_eq!(r.exit_code, 0, "{out}");
         assert!(out.contains("exec-ok"), "{out}");
         assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
-        let r = cri.exec_sync(&app, &["sh", "-c", "exit 3"]).await;
+        let r = cri
+            .exec_sync(&app, &["sh", "-c", "exit 3"])
+            .await
+            .expect("ExecSync");
         assert_eq!(r.exit_code, 3);
 
         // Logs in the CRI format: "<RFC3339Nano> <stream> <P|F> <line>".
-        let log_dir = PathBuf::from(&pc.log_directory);
+        let read_log = || std::fs::read_to_string(cri::log_file(&pc, "app")).unwrap_or_default();
         wait_for("container logs", Duration::from_secs(10), || {
-            let l = read_log(&log_dir, "app");
-            l.contains(" stdout F hello") && l.contains(" stderr F oops")
+            let l = read_log();
+            cri::log_has_line(&l, "stdout", "hello") && cri::log_has_line(&l, "stderr", "oops")
         });
-        let first = read_log(&log_dir, "app");
+        let first = read_log();
         let ts = first.split_whitespace().next().unwrap_or_default();
         assert!(
             ts.contains('T') && ts.ends_with('Z'),
@@ -297,11 +126,16 @@ fn pod_lifecycle(v: Version) {
             .unwrap();
         let ip = st.network.map(|n| n.ip).unwrap_or_default();
         assert!(ip.starts_with("10.88.0."), "pod ip {ip:?}");
-        let r = cri.exec_sync(&app, &["ls", "/sys/class/net"]).await;
+        let r = cri
+            .exec_sync(&app, &["ls", "/sys/class/net"])
+            .await
+            .expect("ExecSync");
         let nics = String::from_utf8_lossy(&r.stdout).to_string();
         assert!(nics.contains("eth0") && nics.contains("lo"), "{nics}");
 
-        cri.teardown(&pod, std::slice::from_ref(&app)).await;
+        cri.teardown(&pod, std::slice::from_ref(&app))
+            .await
+            .expect("teardown");
         wait_for("the pod's shim to exit", Duration::from_secs(10), || {
             airlock_shims(&ctd) == 0
         });
@@ -347,13 +181,13 @@ fn tty_container(v: Version) {
 fn two_containers_with_policy_annotation(v: Version) {
     let (ctd, _turn) = cri_containerd(v);
     rt().block_on(async {
-        let mut cri = Cri::connect(&ctd).await;
+        let mut cri = connect(&ctd).await;
         let pc = cri.pod_config(
             "two",
             &[("airlock.dev/policy", "agent-default")],
             NamespaceMode::Pod,
         );
-        let pod = cri.run_pod(&pc).await.expect("RunPodSandbox");
+        let pod = cri.run_pod(&pc, AIRLOCK).await.expect("RunPodSandbox");
         let mut ids = Vec::new();
         for name in ["one", "two"] {
             let cfg = cri.container_config(name, LOOP);
@@ -363,7 +197,8 @@ fn two_containers_with_policy_annotation(v: Version) {
         for id in &ids {
             let r = cri
                 .exec_sync(id, &["sh", "-c", "grep CapEff /proc/self/status"])
-                .await;
+                .await
+                .expect("ExecSync");
             let out = String::from_utf8_lossy(&r.stdout).to_string();
             // agent-default keeps CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID.
             assert!(
@@ -371,7 +206,7 @@ fn two_containers_with_policy_annotation(v: Version) {
                 "agent-default not applied: {out}"
             );
         }
-        cri.teardown(&pod, &ids).await;
+        cri.teardown(&pod, &ids).await.expect("teardown");
     });
 }
 
@@ -380,9 +215,9 @@ fn two_containers_with_policy_annotation(v: Version) {
 fn more_than_policy_is_refused(v: Version) {
     let (ctd, _turn) = cri_containerd(v);
     rt().block_on(async {
-        let mut cri = Cri::connect(&ctd).await;
+        let mut cri = connect(&ctd).await;
         let pc = cri.pod_config("refuse", &[], NamespaceMode::Pod);
-        let pod = cri.run_pod(&pc).await.expect("RunPodSandbox");
+        let pod = cri.run_pod(&pc, AIRLOCK).await.expect("RunPodSandbox");
         let mut cfg = cri.container_config("greedy", LOOP);
         cfg.linux = Some(LinuxContainerConfig {
             security_context: Some(LinuxContainerSecurityContext {
@@ -405,7 +240,7 @@ fn more_than_policy_is_refused(v: Version) {
                 && msg.contains("SYS_ADMIN"),
             "unclear refusal: {msg}"
         );
-        cri.teardown(&pod, &[]).await;
+        cri.teardown(&pod, &[]).await.expect("teardown");
     });
 }
 
@@ -413,10 +248,10 @@ fn more_than_policy_is_refused(v: Version) {
 fn host_network_pod_is_refused(v: Version) {
     let (ctd, _turn) = cri_containerd(v);
     rt().block_on(async {
-        let mut cri = Cri::connect(&ctd).await;
+        let mut cri = connect(&ctd).await;
         let pc = cri.pod_config("hostnet", &[], NamespaceMode::Node);
         let err = cri
-            .run_pod(&pc)
+            .run_pod(&pc, AIRLOCK)
             .await
             .expect_err("host network must be refused by agent-strict");
         let msg = err.message();
@@ -437,7 +272,7 @@ fn host_users_false(v: Version) {
     // Above the shim's own ranges (2^30 .. 2^31), as a kubelet given its own subuid range would.
     let host: u32 = (1 << 31) + 7 * 65536;
     rt().block_on(async {
-        let mut cri = Cri::connect(&_ctd).await;
+        let mut cri = connect(&_ctd).await;
         let mut pc = cri.pod_config("userns", &[], NamespaceMode::Pod);
         let map = IdMapping {
             host_id: host,
@@ -461,7 +296,7 @@ fn host_users_false(v: Version) {
             .unwrap();
         ns_options.userns_options = Some(userns);
         let ns_options = ns_options.clone();
-        let pod = cri.run_pod(&pc).await.expect("RunPodSandbox");
+        let pod = cri.run_pod(&pc, AIRLOCK).await.expect("RunPodSandbox");
         let mut cfg = cri.container_config("app", LOOP);
         // The kubelet repeats the pod's namespace options for each container.
         cfg.linux.as_mut().unwrap().security_context = Some(LinuxContainerSecurityContext {
@@ -469,7 +304,10 @@ fn host_users_false(v: Version) {
             ..Default::default()
         });
         let app = cri.start_container(&pod, &pc, cfg).await.expect("start");
-        let r = cri.exec_sync(&app, &["cat", "/proc/self/uid_map"]).await;
+        let r = cri
+            .exec_sync(&app, &["cat", "/proc/self/uid_map"])
+            .await
+            .expect("ExecSync");
         let out = String::from_utf8_lossy(&r.stdout).to_string();
         let f: Vec<&str> = out.split_whitespace().collect();
         assert_eq!(f, ["0", &host.to_string(), "65536"], "{out}");
@@ -479,14 +317,17 @@ fn host_users_false(v: Version) {
                 &app,
                 &["stat", "-c", "%u", "/bin/busybox", "/etc/hosts", "/"],
             )
-            .await;
+            .await
+            .expect("ExecSync");
         let out = String::from_utf8_lossy(&r.stdout).to_string();
         assert_eq!(
             out.split_whitespace().collect::<Vec<_>>(),
             ["0", "0", "0"],
             "{out}"
         );
-        cri.teardown(&pod, std::slice::from_ref(&app)).await;
+        cri.teardown(&pod, std::slice::from_ref(&app))
+            .await
+            .expect("teardown");
     });
 }
 
@@ -498,10 +339,10 @@ fn host_users_false(v: Version) {
 fn pod_user_namespace_without_host_users(v: Version) {
     let (ctd, _turn) = cri_containerd(v);
     rt().block_on(async {
-        let mut cri = Cri::connect(&ctd).await;
+        let mut cri = connect(&ctd).await;
         let pc = cri.pod_config("podns", &[], NamespaceMode::Pod);
         let pod = cri
-            .run_pod(&pc)
+            .run_pod(&pc, AIRLOCK)
             .await
             .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctd.log_tail(30)));
         let mut ids = Vec::new();
@@ -520,7 +361,8 @@ fn pod_user_namespace_without_host_users(v: Version) {
                         "cat /proc/self/uid_map; readlink /proc/self/ns/user",
                     ],
                 )
-                .await;
+                .await
+                .expect("ExecSync");
             let out = String::from_utf8_lossy(&r.stdout).to_string();
             let lines: Vec<&str> = out.lines().collect();
             assert_eq!(lines.len(), 2, "{out}");
@@ -561,7 +403,8 @@ fn pod_user_namespace_without_host_users(v: Version) {
                      touch /sys/x 2>/dev/null && echo writable",
                 ],
             )
-            .await;
+            .await
+            .expect("ExecSync");
         let out = String::from_utf8_lossy(&r.stdout).to_string();
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
@@ -576,10 +419,11 @@ fn pod_user_namespace_without_host_users(v: Version) {
                     &ids[0],
                     &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
                 )
-                .await;
+                .await
+                .expect("ExecSync");
             assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "0");
         }
-        cri.teardown(&pod, &ids).await;
+        cri.teardown(&pod, &ids).await.expect("teardown");
         wait_for("the pod's shim to exit", Duration::from_secs(10), || {
             airlock_shims(&ctd) == 0
         });
