@@ -147,9 +147,9 @@ fn pod_lifecycle(v: Version) {
 fn tty_container(v: Version) {
     let (ctd, _turn) = cri_containerd(v);
     rt().block_on(async {
-        let mut cri = Cri::connect(&ctd).await;
+        let mut cri = connect(&ctd).await;
         let pc = cri.pod_config("tty", &[], NamespaceMode::Pod);
-        let pod = cri.run_pod(&pc).await.expect("RunPodSandbox");
+        let pod = cri.run_pod(&pc, AIRLOCK).await.expect("RunPodSandbox");
         let mut cfg = cri.container_config(
             "app",
             &[
@@ -163,16 +163,17 @@ fn tty_container(v: Version) {
             .start_container(&pod, &pc, cfg)
             .await
             .unwrap_or_else(|e| panic!("Create/StartContainer: {e}\n{}", ctd.log_tail(30)));
-        let log_dir = PathBuf::from(&pc.log_directory);
         wait_for(
             "terminal output in the log",
             Duration::from_secs(10),
             || {
-                let l = read_log(&log_dir, "app");
-                l.contains(" stdout F /dev/pts/") && l.contains(" stdout F oops")
+                let l = std::fs::read_to_string(cri::log_file(&pc, "app")).unwrap_or_default();
+                l.contains(" stdout F /dev/pts/") && cri::log_has_line(&l, "stdout", "oops")
             },
         );
-        cri.teardown(&pod, std::slice::from_ref(&app)).await;
+        cri.teardown(&pod, std::slice::from_ref(&app))
+            .await
+            .expect("teardown");
     });
 }
 
