@@ -68,46 +68,52 @@ fn under(path: &Path, dir: &Path) -> bool {
     !path.components().any(|c| c == Component::ParentDir) && path.starts_with(dir)
 }
 
-/// Whether `source` lies in a directory made for this pod by its runtime: the CRI sandbox's
-/// state dir `.../io.containerd.grpc.v1.cri/sandboxes/<sandbox id>/` or the kubelet's
-/// `.../pods/<pod uid>/`.
-fn pod_runtime_path(source: &Path, spec: &Spec) -> bool {
-    if source.components().any(|c| c == Component::ParentDir) {
-        return false;
-    }
-    let annotation = |k: &str| {
-        spec.annotations()
-            .as_ref()
-            .and_then(|a| a.get(k))
-            .filter(|v| !v.is_empty() && !v.contains('/'))
-            .cloned()
-    };
-    let parts: Vec<&std::ffi::OsStr> = source
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s),
-            _ => None,
-        })
-        .collect();
-    let follows = |a: &str, b: &str, c: Option<&str>| {
-        parts
-            .windows(3)
-            .any(|w| w[0] == a && w[1] == b && c.is_none_or(|c| w[2] == c))
-    };
-    if let Some(id) = annotation(SANDBOX_ID) {
-        if follows("io.containerd.grpc.v1.cri", "sandboxes", Some(&id)) {
-            return true;
+/// The pod's ids that name the directories its runtime made for it (from CRI's annotations).
+struct PodDirs {
+    sandbox_id: Option<String>,
+    sandbox_uid: Option<String>,
+}
+
+impl PodDirs {
+    fn of(spec: &Spec) -> Self {
+        let annotation = |k: &str| {
+            spec.annotations()
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .filter(|v| !v.is_empty() && !v.contains('/'))
+                .cloned()
+        };
+        PodDirs {
+            sandbox_id: annotation(SANDBOX_ID),
+            sandbox_uid: annotation(SANDBOX_UID),
         }
     }
-    if let Some(uid) = annotation(SANDBOX_UID) {
-        if parts
-            .windows(2)
-            .any(|w| w[0] == "pods" && w[1] == uid.as_str())
-        {
-            return true;
+
+    /// Whether `source` lies in a directory made for this pod by its runtime: the CRI
+    /// sandbox's state dir `.../io.containerd.grpc.v1.cri/sandboxes/<sandbox id>/` or the
+    /// kubelet's `.../pods/<pod uid>/`.
+    fn contain(&self, source: &Path) -> bool {
+        if source.components().any(|c| c == Component::ParentDir) {
+            return false;
         }
+        let parts: Vec<&std::ffi::OsStr> = source
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let in_sandbox = self.sandbox_id.as_deref().is_some_and(|id| {
+            parts
+                .windows(3)
+                .any(|w| w[0] == "io.containerd.grpc.v1.cri" && w[1] == "sandboxes" && w[2] == id)
+        });
+        let in_pod = self
+            .sandbox_uid
+            .as_deref()
+            .is_some_and(|uid| parts.windows(2).any(|w| w[0] == "pods" && w[1] == uid));
+        in_sandbox || in_pod
     }
-    false
 }
 
 /// `none` for an empty operator list, else `prefix` and the list.
@@ -163,55 +169,42 @@ impl Policy {
         spec: &mut Spec,
         enforced: &mut Vec<String>,
     ) -> Result<()> {
-        let allowed = |source: &Path, spec: &Spec| {
-            pod_runtime_path(source, spec)
+        let pod = PodDirs::of(spec);
+        let allowed = |source: &Path| {
+            pod.contain(source)
                 || self
                     .filesystem
                     .writable_host_paths
                     .iter()
                     .any(|p| under(source, Path::new(p)))
         };
-        let Some(mounts) = spec.mounts().clone() else {
-            return Ok(());
-        };
-        let mut out = Vec::with_capacity(mounts.len());
-        let mut clamped = false;
-        for mut m in mounts {
-            let writable_host = is_bind(&m)
-                && !is_read_only(&m)
-                && m.source().as_deref().is_some_and(|s| !allowed(s, spec));
-            if writable_host {
-                let source = m
-                    .source()
-                    .as_deref()
-                    .unwrap_or(Path::new(""))
-                    .display()
-                    .to_string();
-                self.excess(
-                    "mounts",
-                    format!(
-                        "a writable bind of host path {source} at {}",
-                        m.destination().display()
-                    ),
-                    "mount it read-only, or have the operator list it in filesystem.writable_host_paths",
-                    "made read-only",
-                    enforced,
-                )?;
-                let mut options: Vec<String> = m
-                    .options()
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|o| o != "rw")
-                    .collect();
-                options.push("ro".into());
-                m.set_options(Some(options));
-                clamped = true;
+        for m in spec.mounts_mut().iter_mut().flatten() {
+            let Some(source) = m.source().as_deref() else {
+                continue;
+            };
+            if !is_bind(m) || is_read_only(m) || allowed(source) {
+                continue;
             }
-            out.push(m);
-        }
-        if clamped {
-            spec.set_mounts(Some(out));
+            self.excess(
+                "mounts",
+                format!(
+                    "a writable bind of host path {} at {}",
+                    source.display(),
+                    m.destination().display()
+                ),
+                "mount it read-only, or have the operator list it in filesystem.writable_host_paths",
+                "made read-only",
+                enforced,
+            )?;
+            let mut options: Vec<String> = m
+                .options()
+                .iter()
+                .flatten()
+                .filter(|o| *o != "rw")
+                .cloned()
+                .collect();
+            options.push("ro".into());
+            m.set_options(Some(options));
         }
         enforced.push(summary(
             &self.filesystem.writable_host_paths,

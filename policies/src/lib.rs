@@ -22,7 +22,9 @@ mod userns;
 
 pub use config::{Config, Loaded};
 pub use locate::line_of;
-pub use model::{Filesystem, Limits, Namespaces, OnExcess, Policy, ProcessRules, Tmpfs};
+pub use model::{
+    set_namespace, Filesystem, Limits, Namespaces, OnExcess, Policy, ProcessRules, Tmpfs,
+};
 pub use pod_seccomp::compile_pod_profile;
 pub use seccomp::{is_syscall, native_arch, Seccomp, SeccompMode, SeccompProgram};
 pub use userns::{IdRange, UserNamespace, DEFAULT_RANGE_SIZE};

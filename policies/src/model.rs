@@ -156,20 +156,17 @@ pub struct Limits {
     pub io_weight: Option<u16>,
 }
 
-/// Makes the container's `typ` namespace a new one of its own (clamp mode, instead of the
-/// host's).
-fn give_own_namespace(spec: &mut Spec, typ: LinuxNamespaceType) {
-    let Some(linux) = spec.linux_mut() else {
-        return;
-    };
+/// Sets the container's `typ` namespace: joined at `path`, or a new one of its own with
+/// `None`; replaces whatever entry of that type the spec had.
+pub fn set_namespace(spec: &mut Spec, typ: LinuxNamespaceType, path: Option<&Path>) {
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
     let mut ns = linux.namespaces().clone().unwrap_or_default();
     ns.retain(|n| n.typ() != typ);
-    ns.push(
-        oci_spec::runtime::LinuxNamespaceBuilder::default()
-            .typ(typ)
-            .build()
-            .expect("type set"),
-    );
+    let mut b = oci_spec::runtime::LinuxNamespaceBuilder::default().typ(typ);
+    if let Some(p) = path {
+        b = b.path(p);
+    }
+    ns.push(b.build().expect("type set"));
     linux.set_namespaces(Some(ns));
 }
 
@@ -406,7 +403,7 @@ impl Policy {
                     &format!("given its own {name} namespace"),
                     enforced,
                 )?;
-                give_own_namespace(spec, typ);
+                set_namespace(spec, typ, None);
             }
         }
         enforced.push("namespaces: private pid, ipc, uts, network, mount".into());

@@ -6,10 +6,7 @@
 
 use std::path::Path;
 
-use oci_spec::runtime::{
-    LinuxIdMapping, LinuxIdMappingBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, Spec,
-};
+use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder, LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Policy;
@@ -204,21 +201,8 @@ impl Policy {
                 .build()
                 .expect("all fields set")
         };
+        crate::model::set_namespace(spec, LinuxNamespaceType::User, None);
         let linux = spec.linux_mut().get_or_insert_with(Default::default);
-        let mut namespaces: Vec<LinuxNamespace> = linux
-            .namespaces()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n.typ() != LinuxNamespaceType::User)
-            .collect();
-        namespaces.push(
-            LinuxNamespaceBuilder::default()
-                .typ(LinuxNamespaceType::User)
-                .build()
-                .expect("type set"),
-        );
-        linux.set_namespaces(Some(namespaces));
         linux.set_uid_mappings(Some(vec![map(r.host_uid)]));
         linux.set_gid_mappings(Some(vec![map(r.host_gid)]));
         enforced.push(format!(
@@ -237,6 +221,7 @@ fn maps_host_root(m: &LinuxIdMapping) -> bool {
 mod tests {
     use super::*;
     use crate::builtin;
+    use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceBuilder};
 
     const R: IdRange = IdRange {
         host_uid: 1 << 30,

@@ -46,21 +46,10 @@ fn root_gid(spec: &Spec) -> Option<u32> {
         .map(|m| m.host_id())
 }
 
-/// `None`: no user namespace; `Some(None)`: a new one; `Some(Some(path))`: one joined by path.
-fn user_namespace(spec: &Spec) -> Option<Option<PathBuf>> {
-    spec.linux()
-        .as_ref()?
-        .namespaces()
-        .as_ref()?
-        .iter()
-        .find(|n| n.typ() == LinuxNamespaceType::User)
-        .map(|n| n.path().clone())
-}
-
 /// Rebinds the bind sources of a user-namespaced `spec` that its root cannot reach into the
 /// bundle, rewriting the spec. On error, what was bound is unmounted again.
 pub fn expose(spec: &mut Spec, bundle: &Path) -> std::io::Result<usize> {
-    let Some(userns) = user_namespace(spec) else {
+    let Some(userns) = crate::netns::namespace_path(spec, LinuxNamespaceType::User) else {
         return Ok(0);
     };
     let gid = root_gid(spec);

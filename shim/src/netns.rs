@@ -29,7 +29,9 @@ use crate::error::{Error, Result};
 /// `NS_GET_USERNS` (linux/nsfs.h): an fd of the user namespace that owns a namespace.
 const NS_GET_USERNS: libc::c_ulong = 0xb701;
 
-fn namespace_path(spec: &Spec, typ: LinuxNamespaceType) -> Option<Option<PathBuf>> {
+/// `None`: the spec has no `typ` namespace (the host's); `Some(None)`: a new one;
+/// `Some(Some(path))`: one joined by path.
+pub fn namespace_path(spec: &Spec, typ: LinuxNamespaceType) -> Option<Option<PathBuf>> {
     spec.linux()
         .as_ref()?
         .namespaces()

@@ -452,7 +452,7 @@ impl TaskService {
             None
         };
         let range = if let Some(userns) = &joins_pod {
-            join_user_namespace(&mut spec, userns);
+            airlock_policies::set_namespace(&mut spec, LinuxNamespaceType::User, Some(userns));
             // Registers the container as a user of its pod's range (the bundle's group and
             // the range's lifetime); the same range the sandbox was mapped to.
             Some(
@@ -1414,22 +1414,6 @@ pub fn userns_member(namespace: &str, id: &str) -> String {
 /// libcontainer 0.7 forces its systemd cgroup driver for a user-namespaced container whose
 /// cgroupsPath is relative (or missing) on a cgroup v2 host, and that driver cannot work
 /// without systemd: make the path absolute (the same cgroup for cgroupfs).
-/// Makes `spec` join the user namespace at `path` (it has none of its own).
-fn join_user_namespace(spec: &mut Spec, path: &Path) {
-    let Some(linux) = spec.linux_mut() else {
-        return;
-    };
-    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
-    namespaces.push(
-        oci_spec::runtime::LinuxNamespaceBuilder::default()
-            .typ(LinuxNamespaceType::User)
-            .path(path)
-            .build()
-            .expect("type and path set"),
-    );
-    linux.set_namespaces(Some(namespaces));
-}
-
 fn absolute_cgroups_path(spec: &mut Spec, namespace: &str, id: &str) {
     let Some(linux) = spec.linux_mut() else {
         return;
