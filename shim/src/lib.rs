@@ -23,6 +23,7 @@ pub mod logging;
 pub mod netns;
 pub mod oom;
 pub mod pidfd;
+pub mod prewarm;
 pub mod runtime;
 pub mod service;
 pub mod shim;
