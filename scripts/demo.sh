@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export AIRLOCK_BIN_DIR="$PWD/target/release"
-exec "$PWD/target/release/airlock-demo"
+# cargo builds for an explicit target (.cargo/config.toml): binaries are in target/<triple>/release.
+export AIRLOCK_BIN_DIR="$PWD/target/$(sed -n 's/^target = "\(.*\)"/\1/p' .cargo/config.toml)/release"
+exec "$AIRLOCK_BIN_DIR/airlock-demo"

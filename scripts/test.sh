@@ -13,8 +13,10 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings" >&2
 cargo clippy --workspace --all-targets -- -D warnings
 
-# The integration harness runs the release binaries just built by setup.sh.
-export AIRLOCK_BIN_DIR="$PWD/target/release"
+# The integration harness runs the release binaries just built by setup.sh (cargo builds for an
+# explicit target, .cargo/config.toml: they are in target/<triple>/release).
+release="$PWD/target/$(sed -n 's/^target = "\(.*\)"/\1/p' .cargo/config.toml)/release"
+export AIRLOCK_BIN_DIR="$release"
 export AIRLOCK_CONTAINERD2_DIR="${AIRLOCK_CONTAINERD2_DIR:-/var/cache/airlock-test/containerd2}"
 echo "== cargo test --workspace" >&2
 # Bounded: a hung test fails the run with what it printed instead of eating CI's whole budget
@@ -24,7 +26,7 @@ timeout --kill-after=60 "${AIRLOCK_TEST_TIMEOUT:-45m}" \
 
 # The benchmark harness, as a smoke run only: it proves the harness works, never asserts a time.
 echo "== airlock-bench --quick" >&2
-"$PWD/target/release/airlock-bench" --quick --out "$PWD/target/bench-smoke"
+"$release/airlock-bench" --quick --out "$PWD/target/bench-smoke"
 
 if [ "${AIRLOCK_SKIP_NODE:-0}" != 1 ]; then
   echo "== cgroup v2 test node (integration/node/run.sh)" >&2

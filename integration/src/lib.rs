@@ -32,7 +32,7 @@ pub use leaks::{find_leaks, Leaks};
 pub use runtime::Runtime;
 pub use shared::shared;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The workspace root (parent of this crate's manifest dir).
 pub fn workspace_dir() -> PathBuf {
@@ -57,17 +57,34 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// Directory holding `containerd-shim-airlock-v2`: `AIRLOCK_BIN_DIR`, else `target/release` if the
-/// shim was built there, else `target/debug`.
+/// Where cargo puts the binaries of `profile`: beside this executable's own profile directory
+/// (`<target>/<triple>/<profile>/[deps/]exe`, see .cargo/config.toml), else `<target>/<profile>`.
+pub fn profile_dir(profile: &str) -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let own = exe.as_deref().and_then(Path::parent).and_then(|d| {
+        if d.ends_with("deps") {
+            d.parent()
+        } else {
+            Some(d)
+        }
+    });
+    match own.and_then(Path::parent) {
+        Some(base) if base.join(profile).is_dir() => base.join(profile),
+        _ => target_dir().join(profile),
+    }
+}
+
+/// Directory holding `containerd-shim-airlock-v2`: `AIRLOCK_BIN_DIR`, else the release
+/// profile's if the shim was built there, else the debug profile's ([`profile_dir`]).
 pub fn airlock_bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("AIRLOCK_BIN_DIR") {
         return PathBuf::from(d);
     }
-    let release = target_dir().join("release");
+    let release = profile_dir("release");
     if release.join("containerd-shim-airlock-v2").is_file() {
         release
     } else {
-        target_dir().join("debug")
+        profile_dir("debug")
     }
 }
 

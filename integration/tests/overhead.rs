@@ -4,7 +4,7 @@
 //! it waited for, `cutime + cstime`). Ignored by default (a measurement, not a check):
 //!
 //!     cargo build --release --bins
-//!     AIRLOCK_BIN_DIR=$PWD/target/release cargo test -p airlock-integration --test overhead -- --ignored --nocapture
+//!     AIRLOCK_BIN_DIR=$PWD/target/x86_64-unknown-linux-gnu/release cargo test -p airlock-integration --test overhead -- --ignored --nocapture
 
 use std::time::Duration;
 
