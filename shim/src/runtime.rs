@@ -325,6 +325,21 @@ mod tests {
         assert_eq!(last_error_line(&p).await, None);
     }
 
+    /// A forced delete without state needs no runtime (the binary here does not exist, so
+    /// running it would fail); one with state runs it.
+    #[tokio::test]
+    async fn forced_delete_without_state_runs_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let rt = Runtime::new(
+            PathBuf::from("/nonexistent/airlock-runtime"),
+            root.path().into(),
+        );
+        rt.delete("gone", true).await.unwrap();
+        assert!(rt.delete("gone", false).await.is_err());
+        std::fs::create_dir(root.path().join("left")).unwrap();
+        assert!(rt.delete("left", true).await.is_err());
+    }
+
     #[test]
     fn state_root_is_per_namespace() {
         assert_eq!(state_root("k8s.io"), PathBuf::from("/run/airlock/k8s.io"));
