@@ -111,7 +111,12 @@ pub fn detect(ctd: &Containerd, policies: &[String]) -> (Vec<Subject>, Vec<Strin
             "runc-v2-rs: containerd-shim-runc-v2-rs 0.2 needs containerd >= 2.0 (try --containerd 2.1)"
                 .to_string(),
         ),
-        (Some(_), Some(_)) => v.push(peer("runc-v2-rs", "io.containerd.runc.v2-rs", None, None)),
+        (Some(_), Some(_)) => v.push(peer(
+            "runc-v2-rs",
+            "io.containerd.runc.v2-rs",
+            None,
+            Some("runc-v2-rs"),
+        )),
         _ => skipped.push(
             "runc-v2-rs: `containerd-shim-runc-v2-rs` is not on PATH (cargo install containerd-runc-shim)"
                 .to_string(),

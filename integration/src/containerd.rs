@@ -248,6 +248,12 @@ impl Containerd {
             );
             let _ = writeln!(c, "  SystemdCgroup = false");
         }
+        if which("containerd-shim-runc-v2-rs").is_some() {
+            // containerd/rust-extensions' runc shim, a benchmark peer (its 0.2 speaks task API
+            // v3 only: pods with this handler work on containerd >= 2.0).
+            let _ = writeln!(c, "[{cri}.containerd.runtimes.runc-v2-rs]");
+            let _ = writeln!(c, "  runtime_type = \"io.containerd.runc.v2-rs\"");
+        }
         c
     }
 

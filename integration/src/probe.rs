@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 pub const PROBE_IN_CONTAINER: &str = "/airlock-probe";
 
 /// Builds (once per test process; cargo caches across runs) and returns the static probe.
-/// It gets its own target dir: the flag that makes it static must not touch the workspace build.
+/// It gets its own target dir, so building it never waits for the lock of the running test build.
 pub fn probe_binary() -> Result<PathBuf> {
     static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BUILT
@@ -29,6 +29,7 @@ fn build() -> Result<PathBuf> {
         .args([
             "rustc",
             "--quiet",
+            "--message-format=json",
             "--release",
             "-p",
             "airlock-probe",
@@ -44,7 +45,16 @@ fn build() -> Result<PathBuf> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(target.join("release").join("airlock-probe"))
+    // Where cargo put it (`<target>/<triple>/release` with the workspace's build target).
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|m| {
+            (m["target"]["name"] == "airlock-probe")
+                .then(|| m["executable"].as_str().map(PathBuf::from))
+                .flatten()
+        })
+        .context("cargo did not name the airlock-probe executable it built")
 }
 
 /// The probe's report: attempt -> outcome (`refused EPERM`, `killed SIGSYS`, `contained ..`,
