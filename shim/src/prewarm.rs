@@ -1,27 +1,37 @@
-//! Starts the wait that the runtime's cgroup attach would otherwise pay on the start path.
+//! Keeps the runtime's cgroup attach from waiting for an RCU grace period on the start path.
 //!
 //! Moving a process into a cgroup (writing `cgroup.procs`, which the runtime does for every
 //! container init and exec process) takes the kernel's `cgroup_threadgroup_rwsem` for writing.
 //! Unless the cgroup hierarchy is mounted with `favordynmods`, that lock's writer first waits
-//! for an RCU grace period when no migration happened in the last few tens of milliseconds:
-//! measured here 7-16 ms of a ~20 ms `airlock-runtime create`, the same for every runtime,
-//! and on cgroup v1 and v2 alike. Writers that arrive while a grace period is under way wait
-//! only for that one, and those that come shortly after it pass at once.
+//! for an RCU grace period when no migration happened in about the last grace period: measured
+//! here 7-16 ms of a ~20 ms `airlock-runtime create`, the same for every runtime, on cgroup v1
+//! and v2 alike. Writers that arrive while a grace period is under way wait only for that one,
+//! and those that come within about one grace period after the last writer pass at once.
 //!
-//! So when a request that will attach a process arrives, the shim re-attaches itself to the
-//! cgroup it is already in (a no-op move, nothing changes) on a blocking thread: the grace
-//! period then elapses while the runtime is executed, parses the bundle and forks, and the
-//! runtime's own write finds the lock ready (measured: 0.2 ms instead of 8 ms with 8 ms of
-//! lead). Best effort: any error only means no head start.
+//! So while a request that attaches a process is being served, the shim re-attaches itself to
+//! the cgroup it is already in (a no-op move, nothing changes) on a thread, at once and then
+//! every few milliseconds: the first grace period elapses while the runtime is executed and
+//! parses the bundle, and the repeats keep the lock's fast path open until the runtime's own
+//! write (measured: 0.2 ms instead of 7-16; a single re-attach was not enough for a pod's app
+//! container, whose runtime wrote more than a grace period after it). Best effort: an error
+//! only means no head start.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::cgroup::Cgroup;
 
-/// One re-attach at a time: more would only queue behind the same grace period.
-static IN_FLIGHT: AtomicBool = AtomicBool::new(false);
+/// Well under one grace period (7 ms at the shortest measured here).
+const INTERVAL: Duration = Duration::from_millis(3);
+/// A thread stops after this even if a request is still in flight (the next one starts anew).
+const MAX_RUN: Duration = Duration::from_secs(5);
+
+/// Requests in flight that want the fast path kept open.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// Whether the re-attach thread runs.
+static RUNNING: AtomicBool = AtomicBool::new(false);
 
 /// This process's own `cgroup.procs`, found once.
 fn own_procs_file() -> Option<&'static Path> {
@@ -37,28 +47,65 @@ fn own_procs_file() -> Option<&'static Path> {
     .as_deref()
 }
 
-/// Starts the grace period in the background and returns at once.
-pub fn cgroup_attach() {
-    let Some(file) = own_procs_file() else {
-        return;
-    };
-    if IN_FLIGHT.swap(true, Ordering::AcqRel) {
-        return;
+fn reattach(file: &Path) -> std::io::Result<()> {
+    std::fs::write(file, std::process::id().to_string())
+}
+
+/// Keeps the fast path open while it lives: hold it across the runtime call that attaches.
+#[must_use = "the fast path stays open only while the guard lives"]
+pub struct CgroupAttach(bool);
+
+impl Drop for CgroupAttach {
+    fn drop(&mut self) {
+        if self.0 {
+            ACTIVE.fetch_sub(1, Ordering::AcqRel);
+        }
     }
-    let spawned = std::thread::Builder::new()
-        .name("attach-prewarm".into())
-        .spawn(move || {
-            let t = std::time::Instant::now();
-            let r = std::fs::write(file, std::process::id().to_string());
-            IN_FLIGHT.store(false, Ordering::Release);
+}
+
+/// Starts re-attaching (if not already under way) and returns at once.
+pub fn cgroup_attach() -> CgroupAttach {
+    let Some(file) = own_procs_file() else {
+        return CgroupAttach(false);
+    };
+    ACTIVE.fetch_add(1, Ordering::AcqRel);
+    if !RUNNING.swap(true, Ordering::AcqRel) {
+        let spawned = std::thread::Builder::new()
+            .name("attach-prewarm".into())
+            .spawn(move || run(file));
+        if spawned.is_err() {
+            RUNNING.store(false, Ordering::Release);
+        }
+    }
+    CgroupAttach(true)
+}
+
+fn run(file: &Path) {
+    let started = Instant::now();
+    let mut writes = 0u32;
+    loop {
+        let t = Instant::now();
+        let r = reattach(file);
+        writes += 1;
+        if writes == 1 {
             tracing::debug!(
                 ok = r.is_ok(),
                 elapsed_us = t.elapsed().as_micros() as u64,
                 "cgroup attach prewarm"
             );
-        });
-    if spawned.is_err() {
-        IN_FLIGHT.store(false, Ordering::Release);
+        }
+        if r.is_err() || started.elapsed() > MAX_RUN {
+            break;
+        }
+        std::thread::sleep(INTERVAL);
+        if ACTIVE.load(Ordering::Acquire) == 0 {
+            break;
+        }
+    }
+    RUNNING.store(false, Ordering::Release);
+    // A request that came just now saw the flag still set and spawned nothing: go on for it.
+    if ACTIVE.load(Ordering::Acquire) > 0 && !RUNNING.swap(true, Ordering::AcqRel) {
+        run(file);
     }
 }
 
@@ -66,7 +113,7 @@ pub fn cgroup_attach() {
 mod tests {
     use super::*;
 
-    /// The no-op move leaves this process where it was.
+    /// The no-op move leaves this process where it was, and the thread ends with the guard.
     #[test]
     fn reattach_keeps_the_process_in_its_cgroup() {
         let before = std::fs::read_to_string("/proc/self/cgroup").unwrap();
@@ -74,19 +121,26 @@ mod tests {
             eprintln!("skipped: no writable cgroup.procs of our own here");
             return;
         };
-        std::fs::write(file, std::process::id().to_string()).unwrap();
+        reattach(file).unwrap();
         assert_eq!(
             std::fs::read_to_string("/proc/self/cgroup").unwrap(),
             before
         );
-        cgroup_attach();
-        for _ in 0..200 {
-            if !IN_FLIGHT.load(Ordering::Acquire) {
+        let guard = cgroup_attach();
+        std::thread::sleep(INTERVAL * 5);
+        assert!(
+            RUNNING.load(Ordering::Acquire),
+            "runs while the guard lives"
+        );
+        drop(guard);
+        for _ in 0..400 {
+            if !RUNNING.load(Ordering::Acquire) {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(!IN_FLIGHT.load(Ordering::Acquire));
+        assert!(!RUNNING.load(Ordering::Acquire), "stops after the guard");
+        assert_eq!(ACTIVE.load(Ordering::Acquire), 0);
         assert_eq!(
             std::fs::read_to_string("/proc/self/cgroup").unwrap(),
             before
