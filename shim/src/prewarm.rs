@@ -82,12 +82,12 @@ pub fn cgroup_attach() -> CgroupAttach {
 
 fn run(file: &Path) {
     let started = Instant::now();
-    let mut writes = 0u32;
+    let mut first = true;
     loop {
         let t = Instant::now();
         let r = reattach(file);
-        writes += 1;
-        if writes == 1 {
+        if first {
+            first = false;
             tracing::debug!(
                 ok = r.is_ok(),
                 elapsed_us = t.elapsed().as_micros() as u64,
@@ -99,14 +99,15 @@ fn run(file: &Path) {
         }
         std::thread::sleep(INTERVAL);
         if ACTIVE.load(Ordering::Acquire) == 0 {
-            break;
+            RUNNING.store(false, Ordering::Release);
+            // A request that came in just now saw the flag still set and started nothing: go
+            // on for it, unless another thread has taken over.
+            if ACTIVE.load(Ordering::Acquire) == 0 || RUNNING.swap(true, Ordering::AcqRel) {
+                return;
+            }
         }
     }
     RUNNING.store(false, Ordering::Release);
-    // A request that came just now saw the flag still set and spawned nothing: go on for it.
-    if ACTIVE.load(Ordering::Acquire) > 0 && !RUNNING.swap(true, Ordering::AcqRel) {
-        run(file);
-    }
 }
 
 #[cfg(test)]
