@@ -9,7 +9,9 @@ use std::sync::Arc;
 use airlock_runtime::{parse_signal, CreateOptions, ProcessRuntime, DEFAULT_ROOT};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::prelude::*;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -107,25 +109,36 @@ enum Command {
     },
 }
 
+/// `AIRLOCK_LOG` (directives such as `debug` or `off,airlock_runtime=warn`), else `default`.
+/// Target/level directives only (`Targets`, not `EnvFilter`, whose regex engine would make up
+/// a tenth of this binary, executed three times per container).
+fn filter(default: &str) -> Targets {
+    std::env::var("AIRLOCK_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| default.parse().expect("valid default log filter"))
+}
+
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     let Some(path) = &cli.log else {
         // stderr is also the container's stderr (inherited by the init): keep it quiet.
         // Only our own warnings, never libcontainer's chatter from the forked processes;
         // AIRLOCK_LOG can widen it for debugging.
-        let filter = EnvFilter::try_from_env("AIRLOCK_LOG")
-            .unwrap_or_else(|_| EnvFilter::new("off,airlock_runtime=warn"));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
+        let filter = filter("off,airlock_runtime=warn");
+        let layer = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(false);
         match cli.log_format {
-            LogFormat::Text => builder.init(),
-            LogFormat::Json => builder.json().init(),
+            LogFormat::Text => tracing_subscriber::registry()
+                .with(layer.with_filter(filter))
+                .init(),
+            LogFormat::Json => tracing_subscriber::registry()
+                .with(layer.json().with_filter(filter))
+                .init(),
         }
         return Ok(());
     };
-    let default = if cli.debug { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = filter(if cli.debug { "debug" } else { "info" });
     // O_APPEND: the container's intermediate and init processes inherit the subscriber and
     // write to the same file; each event is one write.
     let file = OpenOptions::new()
@@ -133,15 +146,17 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("cannot open log file {}", path.display()))?;
-    let writer = Arc::new(file);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(Arc::new(file))
         .with_ansi(false)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE);
+        .with_span_events(FmtSpan::CLOSE);
     match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
+            .init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(layer.json().with_filter(filter))
+            .init(),
     }
     Ok(())
 }
