@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::prelude::*;
 
 #[derive(Debug, Parser)]
@@ -120,36 +121,34 @@ fn filter(default: &str) -> Targets {
 }
 
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
-    let Some(path) = &cli.log else {
+    let (writer, filter, spans) = match &cli.log {
         // stderr is also the container's stderr (inherited by the init): keep it quiet.
         // Only our own warnings, never libcontainer's chatter from the forked processes;
         // AIRLOCK_LOG can widen it for debugging.
-        let filter = filter("off,airlock_runtime=warn");
-        let layer = tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(false);
-        match cli.log_format {
-            LogFormat::Text => tracing_subscriber::registry()
-                .with(layer.with_filter(filter))
-                .init(),
-            LogFormat::Json => tracing_subscriber::registry()
-                .with(layer.json().with_filter(filter))
-                .init(),
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            filter("off,airlock_runtime=warn"),
+            FmtSpan::NONE,
+        ),
+        Some(path) => {
+            // O_APPEND: the container's intermediate and init processes inherit the subscriber
+            // and write to the same file; each event is one write.
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open log file {}", path.display()))?;
+            (
+                BoxMakeWriter::new(Arc::new(file)),
+                filter(if cli.debug { "debug" } else { "info" }),
+                FmtSpan::CLOSE,
+            )
         }
-        return Ok(());
     };
-    let filter = filter(if cli.debug { "debug" } else { "info" });
-    // O_APPEND: the container's intermediate and init processes inherit the subscriber and
-    // write to the same file; each event is one write.
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("cannot open log file {}", path.display()))?;
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(Arc::new(file))
+        .with_writer(writer)
         .with_ansi(false)
-        .with_span_events(FmtSpan::CLOSE);
+        .with_span_events(spans);
     match cli.log_format {
         LogFormat::Text => tracing_subscriber::registry()
             .with(layer.with_filter(filter))
