@@ -18,6 +18,7 @@ pub mod cgroup;
 pub mod config;
 pub mod console;
 pub mod error;
+pub mod events;
 pub mod info;
 pub mod logging;
 pub mod netns;
@@ -28,6 +29,7 @@ pub mod runtime;
 pub mod service;
 pub mod shim;
 pub mod stdio;
+pub mod trim;
 pub mod userns;
 
 pub use shim::AirlockShim;

@@ -19,10 +19,10 @@ use containerd_shim::protos::events::task::{
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::{EnumOrUnknown, MessageDyn, MessageField};
+use containerd_shim::protos::protobuf::{EnumOrUnknown, MessageField};
 use containerd_shim::protos::topics;
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
-use containerd_shim::{Context, ExitSignal, Task, TtrpcContext, TtrpcResult};
+use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use tokio::sync::{watch, Mutex};
 use tracing::{info, info_span, warn, Instrument};
@@ -31,10 +31,12 @@ use crate::bind_sources;
 use crate::cgroup::Cgroup;
 use crate::console::Console;
 use crate::error::{Error, Result};
+use crate::events::{publish, TaskEvent};
 use crate::oom::{OomCounter, OomSource};
 use crate::pidfd::{ExitInfo, PidFd};
 use crate::runtime::Runtime;
 use crate::stdio::{self, Copier, StdioPaths};
+use crate::trim::IdleTrim;
 use crate::userns::RangeAllocator;
 use airlock_policies::IdRange;
 
@@ -157,6 +159,8 @@ pub struct TaskService {
     seccomp_programs: std::sync::Mutex<HashMap<String, Programs>>,
     /// The node's per-pod user namespace ranges.
     userns: RangeAllocator,
+    /// Returns what a burst of requests freed to the kernel once the shim is idle.
+    trim: IdleTrim,
 }
 
 /// What applying the policy produced for the runtime.
@@ -193,6 +197,7 @@ impl TaskService {
             containers: Mutex::new(HashMap::new()),
             seccomp_programs: std::sync::Mutex::new(HashMap::new()),
             userns: RangeAllocator::default(),
+            trim: IdleTrim::default(),
         }
     }
 
@@ -207,7 +212,7 @@ impl TaskService {
         }
     }
 
-    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+    async fn publish<E: TaskEvent>(&self, topic: &str, event: E) {
         publish(&self.publisher, &self.namespace, topic, event).await
     }
 
@@ -355,7 +360,7 @@ impl TaskService {
         let pid = container.pid();
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate {
+            TaskCreate {
                 container_id: req.id.clone(),
                 bundle: req.bundle.clone(),
                 rootfs: req.rootfs.clone(),
@@ -369,7 +374,7 @@ impl TaskService {
                 checkpoint: req.checkpoint.clone(),
                 pid,
                 ..Default::default()
-            }),
+            },
         )
         .await;
         info!(
@@ -706,14 +711,14 @@ impl TaskService {
                 &publisher,
                 &namespace,
                 topics::TASK_EXIT_EVENT_TOPIC,
-                Box::new(TaskExit {
+                TaskExit {
                     container_id: c.id.clone(),
                     id: c.id.clone(),
                     pid: c.pid(),
                     exit_status: exit.status,
                     exited_at: MessageField::some(timestamp(exit.at)),
                     ..Default::default()
-                }),
+                },
             )
             .await;
         });
@@ -753,14 +758,14 @@ impl TaskService {
         self.containers.lock().await.remove(&c.id);
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
-            Box::new(TaskDelete {
+            TaskDelete {
                 container_id: c.id.clone(),
                 id: c.id.clone(),
                 pid: c.pid(),
                 exit_status: exit.status,
                 exited_at: MessageField::some(timestamp(exit.at)),
                 ..Default::default()
-            }),
+            },
         )
         .await;
         Ok(DeleteResponse {
@@ -844,11 +849,11 @@ impl TaskService {
         drop(execs);
         self.publish(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-            Box::new(TaskExecAdded {
+            TaskExecAdded {
                 container_id: c.id.clone(),
                 exec_id: req.exec_id.clone(),
                 ..Default::default()
-            }),
+            },
         )
         .await;
         Ok(())
@@ -910,12 +915,12 @@ impl TaskService {
         let pid = e.pid();
         self.publish(
             topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-            Box::new(TaskExecStarted {
+            TaskExecStarted {
                 container_id: c.id.clone(),
                 exec_id: exec_id.to_string(),
                 pid,
                 ..Default::default()
-            }),
+            },
         )
         .await;
         info!(
@@ -949,14 +954,14 @@ impl TaskService {
                 &publisher,
                 &namespace,
                 topics::TASK_EXIT_EVENT_TOPIC,
-                Box::new(TaskExit {
+                TaskExit {
                     container_id: c.id.clone(),
                     id: e.id.clone(),
                     pid: pidfd.pid() as u32,
                     exit_status: exit.status,
                     exited_at: MessageField::some(timestamp(exit.at)),
                     ..Default::default()
-                }),
+                },
             )
             .await;
         });
@@ -1013,19 +1018,19 @@ impl TaskService {
         if pause {
             self.publish(
                 topics::TASK_PAUSED_EVENT_TOPIC,
-                Box::new(TaskPaused {
+                TaskPaused {
                     container_id: c.id.clone(),
                     ..Default::default()
-                }),
+                },
             )
             .await;
         } else {
             self.publish(
                 topics::TASK_RESUMED_EVENT_TOPIC,
-                Box::new(TaskResumed {
+                TaskResumed {
                     container_id: c.id.clone(),
                     ..Default::default()
-                }),
+                },
             )
             .await;
         }
@@ -1194,26 +1199,12 @@ async fn publish_oom(
             publisher,
             namespace,
             topics::TASK_OOM_EVENT_TOPIC,
-            Box::new(TaskOOM {
+            TaskOOM {
                 container_id: c.id.clone(),
                 ..Default::default()
-            }),
+            },
         )
         .await;
-    }
-}
-
-async fn publish(
-    publisher: &RemotePublisher,
-    namespace: &str,
-    topic: &str,
-    event: Box<dyn MessageDyn>,
-) {
-    if let Err(e) = publisher
-        .publish(Context::default(), topic, namespace, event)
-        .await
-    {
-        warn!(topic, "publish event failed: {e}");
     }
 }
 
@@ -1440,6 +1431,7 @@ impl Task for TaskService {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         let span = info_span!("create", id = %req.id);
+        let _idle = self.trim.busy();
         self.do_create(req).instrument(span).await.map_err(|e| {
             warn!("create failed: {e}");
             e.into()
@@ -1448,6 +1440,7 @@ impl Task for TaskService {
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         let span = info_span!("start", id = %req.id);
+        let _idle = self.trim.busy();
         async {
             let c = self.get(&req.id).await?;
             if !req.exec_id.is_empty() {
@@ -1471,11 +1464,11 @@ impl Task for TaskService {
             }
             self.publish(
                 topics::TASK_START_EVENT_TOPIC,
-                Box::new(TaskStart {
+                TaskStart {
                     container_id: c.id.clone(),
                     pid: c.pid(),
                     ..Default::default()
-                }),
+                },
             )
             .await;
             info!(
@@ -1518,6 +1511,7 @@ impl Task for TaskService {
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
         let span = info_span!("exec", id = %req.id, exec_id = %req.exec_id);
+        let _idle = self.trim.busy();
         self.do_exec(req).instrument(span).await.map_err(|e| {
             warn!("exec failed: {e}");
             e
@@ -1539,11 +1533,13 @@ impl Task for TaskService {
 
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
         let span = info_span!("update", id = %req.id);
+        let _idle = self.trim.busy();
         self.do_update(req).instrument(span).await?;
         Ok(Empty::default())
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        let _idle = self.trim.busy();
         let c = self.get(&req.id).await?;
         let stats = c.cgroup()?.metrics()?;
         Ok(StatsResponse {
@@ -1575,6 +1571,7 @@ impl Task for TaskService {
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         let span = info_span!("delete", id = %req.id);
+        let _idle = self.trim.busy();
         Ok(self.do_delete(req).instrument(span).await?)
     }
 

@@ -1,0 +1,175 @@
+//! Gives the heap that a burst of requests freed back to the kernel once the shim is idle.
+//!
+//! A shim lives as long as its pod, and most of that life it only waits. Its requests come in
+//! bursts (Create and Start of the sandbox and the app containers, an Exec, a Delete), and each
+//! leaves memory behind that the allocator keeps: freed chunks sit between the few that stay
+//! live (container state, the seccomp program), so the heap cannot shrink from the top.
+//! Measured on an idle shim after one container's Create and Start: 0.83 MB of heap of which
+//! 0.56 MB free, 0.69 MiB resident; `malloc_trim(0)` released 0.39 MiB of it.
+//!
+//! So each request that allocates holds an [`IdleTrim::busy`] guard, and when no request has
+//! come for [`IDLE`] the shim trims once: off the request path, and a later burst only faults
+//! the pages back in.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::debug;
+
+/// How long the shim must have been without requests before it trims.
+pub const IDLE: Duration = Duration::from_secs(1);
+
+/// Trims the heap once the requests that hold [`IdleTrim::busy`] have stopped for a while.
+pub struct IdleTrim {
+    inner: Arc<Inner>,
+    idle: Duration,
+    trim: fn() -> bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Bumped by every request that ends; the trimmer waits for it to stand still.
+    generation: AtomicU64,
+    wake: Notify,
+    started: AtomicBool,
+}
+
+impl Default for IdleTrim {
+    fn default() -> Self {
+        IdleTrim::with(IDLE, release)
+    }
+}
+
+/// Touches the trimmer when dropped: when the request it covers has ended.
+#[must_use = "the request counts as ended when the guard drops"]
+pub struct Busy<'a>(&'a IdleTrim);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+    }
+}
+
+impl IdleTrim {
+    fn with(idle: Duration, trim: fn() -> bool) -> Self {
+        IdleTrim {
+            inner: Arc::default(),
+            idle,
+            trim,
+        }
+    }
+
+    /// Hold across a request that allocates.
+    pub fn busy(&self) -> Busy<'_> {
+        Busy(self)
+    }
+
+    /// A request ended: trim after the next idle period.
+    pub fn touch(&self) {
+        self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        if !self.inner.started.swap(true, Ordering::AcqRel) {
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                // Outside a runtime (unit tests of other parts): nothing to schedule on.
+                self.inner.started.store(false, Ordering::Release);
+                return;
+            };
+            rt.spawn(run(self.inner.clone(), self.idle, self.trim));
+        }
+        self.inner.wake.notify_one();
+    }
+}
+
+async fn run(inner: Arc<Inner>, idle: Duration, trim: fn() -> bool) {
+    // The generation of the last trim: a wake-up left over from a burst that was already
+    // trimmed for finds nothing new.
+    let mut trimmed_at = 0;
+    loop {
+        inner.wake.notified().await;
+        let mut seen = inner.generation.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(idle).await;
+            let now = inner.generation.load(Ordering::Relaxed);
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+        if seen == trimmed_at {
+            continue;
+        }
+        trimmed_at = seen;
+        let released = trim();
+        debug!(released, "idle: freed heap returned to the kernel");
+    }
+}
+
+/// Returns the allocator's free pages to the kernel; true if any were.
+pub fn release() -> bool {
+    // SAFETY: malloc_trim only walks glibc's own arenas, under their locks.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    static TRIMS: AtomicUsize = AtomicUsize::new(0);
+
+    fn count() -> bool {
+        TRIMS.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    #[tokio::test]
+    async fn trims_once_per_burst_after_the_idle_period() {
+        let t = IdleTrim::with(Duration::from_millis(100), count);
+        // A burst: requests 20 ms apart, each shorter than the idle period.
+        for _ in 0..5 {
+            drop(t.busy());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(TRIMS.load(Ordering::SeqCst), 0, "trimmed during the burst");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(TRIMS.load(Ordering::SeqCst), 1, "one trim after the burst");
+        // Idle: no further trims without requests.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(TRIMS.load(Ordering::SeqCst), 1);
+        // The next burst gets its own.
+        t.touch();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(TRIMS.load(Ordering::SeqCst), 2);
+    }
+
+    fn rss_anon_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("RssAnon:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn release_gives_fragmented_free_memory_back() {
+        // 8 MiB in 64 KiB chunks (below the mmap threshold, so from an arena), each followed by
+        // a small allocation that stays: freeing the chunks cannot shrink the arena from the top.
+        let mut keep = Vec::new();
+        let mut big = Vec::new();
+        for i in 0..128u8 {
+            big.push(vec![i | 1; 64 * 1024]);
+            keep.push(Box::new([i; 16]));
+        }
+        drop(big);
+        let before = rss_anon_kib();
+        assert!(release(), "malloc_trim found nothing to release");
+        let after = rss_anon_kib();
+        assert!(
+            before >= after + 4 * 1024,
+            "RssAnon {before} KiB -> {after} KiB: the freed 8 MiB stayed resident"
+        );
+        assert_eq!(keep.len(), 128);
+    }
+}
