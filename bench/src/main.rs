@@ -347,7 +347,10 @@ fn run(args: Args) -> Result<()> {
         pod_ids.push(up);
         pb.inc(1);
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Idle means idle: every shim gets time to finish what it does after its last request
+    // (Airlock's hands freed heap back after 1 s without requests), as a pod that waits for
+    // work has had. The same wait for every runtime.
+    std::thread::sleep(Duration::from_secs(2));
     for (s, ids) in subjects.iter().zip(&pod_ids) {
         let m = measure::pod_memory(&ctd, &ns, ids);
         memory.push(MemoryResult {
