@@ -226,8 +226,65 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Cli {
+    /// Makes every path argument absolute (against the caller's working directory).
+    fn absolutize(&mut self) -> std::io::Result<()> {
+        fn abs(p: &mut PathBuf) -> std::io::Result<()> {
+            *p = std::path::absolute(&*p)?;
+            Ok(())
+        }
+        abs(&mut self.root)?;
+        let mut paths: Vec<&mut PathBuf> = self.log.iter_mut().collect();
+        match &mut self.command {
+            Command::Create {
+                bundle,
+                pid_file,
+                seccomp,
+                console_socket,
+                ..
+            } => {
+                paths.push(bundle);
+                paths.extend(pid_file.iter_mut());
+                paths.extend(seccomp.iter_mut());
+                paths.extend(console_socket.iter_mut());
+            }
+            Command::Exec {
+                process,
+                pid_file,
+                console_socket,
+                ..
+            } => {
+                paths.push(process);
+                paths.extend(pid_file.iter_mut());
+                paths.extend(console_socket.iter_mut());
+            }
+            Command::Update {
+                resources: Some(r), ..
+            } if r.as_path() != std::path::Path::new("-") => paths.push(r),
+            _ => {}
+        }
+        paths.into_iter().try_for_each(abs)
+    }
+}
+
+/// Runs from `/` with absolute paths. The caller's directory is often one the container's
+/// root cannot read (containerd starts the shim, and so this runtime, in the 0700 bundle
+/// directory). libcontainer's path resolver (pathrs) probes whether `openat2(2)` works by
+/// opening `.`; inside the container's user namespace that open fails with EACCES, and pathrs
+/// then takes openat2 for unsupported and resolves every mount destination in userspace, each
+/// step checked through /proc: measured ~3,700 syscalls in the init instead of a few hundred.
+fn leave_callers_directory(cli: &mut Cli) -> anyhow::Result<()> {
+    cli.absolutize()
+        .context("cannot make the path arguments absolute")?;
+    std::env::set_current_dir("/").context("cannot change to /")
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(e) = leave_callers_directory(&mut cli) {
+        eprintln!("airlock-runtime: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let log_to_file = cli.log.is_some();
     if let Err(e) = init_logging(&cli) {
         eprintln!("airlock-runtime: {e:#}");
@@ -256,6 +313,56 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_become_absolute_against_the_callers_directory() {
+        let mut c = Cli::try_parse_from([
+            "airlock-runtime",
+            "--root",
+            "state",
+            "--log",
+            "log.json",
+            "create",
+            "--bundle",
+            ".",
+            "--pid-file",
+            "init.pid",
+            "--seccomp",
+            "f.bpf",
+            "--console-socket",
+            "/abs/c.sock",
+            "c1",
+        ])
+        .unwrap();
+        c.absolutize().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.root, cwd.join("state"));
+        assert_eq!(c.log, Some(cwd.join("log.json")));
+        match c.command {
+            Command::Create {
+                bundle,
+                pid_file,
+                seccomp,
+                console_socket,
+                ..
+            } => {
+                // `.` stays a plain join: the bundle is `cwd/.`, the same directory.
+                assert!(
+                    bundle.is_absolute() && bundle.starts_with(&cwd),
+                    "{bundle:?}"
+                );
+                assert_eq!(pid_file, Some(cwd.join("init.pid")));
+                assert_eq!(seccomp, vec![cwd.join("f.bpf")]);
+                assert_eq!(console_socket, Some(PathBuf::from("/abs/c.sock")));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut u = Cli::try_parse_from(["airlock-runtime", "update", "-r", "-", "c1"]).unwrap();
+        u.absolutize().unwrap();
+        assert!(
+            matches!(u.command, Command::Update { resources: Some(r), .. } if r == PathBuf::from("-"))
+        );
+    }
 
     #[test]
     fn parses_runc_like_commands() {
