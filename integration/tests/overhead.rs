@@ -1,5 +1,6 @@
-//! Measures what RuntimeClass.yaml's `overhead.podFixed` is built from: the idle shim's memory
-//! (RSS and PSS from `/proc/PID/smaps_rollup`) and the CPU time the shim spent on one container
+//! Measures what RuntimeClass.yaml's `overhead.podFixed` is built from: the shim's memory
+//! (RSS and PSS from `/proc/PID/smaps_rollup` once idle, and its peak RSS, `VmHWM`, which the
+//! start reached before the idle shim gave freed heap back) and the CPU time the shim spent on one container
 //! start (its own on-CPU time from `/proc/PID/schedstat`, plus the `airlock-runtime` children
 //! it waited for, `cutime + cstime`). Ignored by default (a measurement, not a check):
 //!
@@ -55,7 +56,8 @@ fn shim_overhead() {
         }
         let ctd = shared(v).unwrap();
         let ns = ctd.new_namespace("overhead").unwrap();
-        let (mut rss, mut pss, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rss, mut pss, mut peak, mut cpu) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs {
             let id = format!("oh-{}-{i}", std::process::id());
             let out = ctd
@@ -72,6 +74,8 @@ fn shim_overhead() {
             let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
             rss.push(kib(&smaps, "Rss:") as f64 / 1024.0);
             pss.push(kib(&smaps, "Pss:") as f64 / 1024.0);
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            peak.push(kib(&status, "VmHWM:") as f64 / 1024.0);
             let sched = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
             let own_ns: f64 = sched.split_whitespace().next().unwrap().parse().unwrap();
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -89,12 +93,15 @@ fn shim_overhead() {
         }
         println!(
             "containerd {}: {runs} starts; idle shim RSS median {:.1} MiB max {:.1}; PSS median {:.1} MiB max {:.1}; \
+             peak RSS median {:.1} MiB max {:.1}; \
              shim CPU per start (own + runtime children) median {:.1} ms max {:.1}",
             v.label(),
             median(&mut rss.clone()),
             rss.iter().cloned().fold(0.0, f64::max),
             median(&mut pss.clone()),
             pss.iter().cloned().fold(0.0, f64::max),
+            median(&mut peak.clone()),
+            peak.iter().cloned().fold(0.0, f64::max),
             median(&mut cpu.clone()),
             cpu.iter().cloned().fold(0.0, f64::max),
         );

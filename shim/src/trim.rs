@@ -12,8 +12,8 @@
 //! the pages back in.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tracing::debug;
@@ -28,12 +28,30 @@ pub struct IdleTrim {
     trim: fn() -> bool,
 }
 
-#[derive(Default)]
 struct Inner {
-    /// Bumped by every request that ends; the trimmer waits for it to stand still.
+    /// Bumped by every request that ends: tells whether anything happened since a trim.
     generation: AtomicU64,
+    /// When the last request ended: the trim comes one idle period after it.
+    last: Mutex<Instant>,
     wake: Notify,
     started: AtomicBool,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            generation: AtomicU64::new(0),
+            last: Mutex::new(Instant::now()),
+            wake: Notify::new(),
+            started: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Inner {
+    fn idle_since(&self) -> Instant {
+        *self.last.lock().expect("idle trim clock")
+    }
 }
 
 impl Default for IdleTrim {
@@ -68,6 +86,7 @@ impl IdleTrim {
 
     /// A request ended: trim after the next idle period.
     pub fn touch(&self) {
+        *self.inner.last.lock().expect("idle trim clock") = Instant::now();
         self.inner.generation.fetch_add(1, Ordering::Relaxed);
         if !self.inner.started.swap(true, Ordering::AcqRel) {
             let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -87,15 +106,16 @@ async fn run(inner: Arc<Inner>, idle: Duration, trim: fn() -> bool) {
     let mut trimmed_at = 0;
     loop {
         inner.wake.notified().await;
-        let mut seen = inner.generation.load(Ordering::Relaxed);
+        // Sleep until one idle period after the last request; a request that ends meanwhile
+        // moves that point.
         loop {
-            tokio::time::sleep(idle).await;
-            let now = inner.generation.load(Ordering::Relaxed);
-            if now == seen {
+            let due = inner.idle_since() + idle;
+            if Instant::now() >= due {
                 break;
             }
-            seen = now;
+            tokio::time::sleep_until(due.into()).await;
         }
+        let seen = inner.generation.load(Ordering::Relaxed);
         if seen == trimmed_at {
             continue;
         }
