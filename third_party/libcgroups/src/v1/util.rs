@@ -137,7 +137,10 @@ mod tests {
     fn cached_mount_points_match_mountinfo_and_are_reused() {
         let fresh = read_cgroup_mount_points().unwrap();
         assert_eq!(list_subsystem_mount_points().unwrap(), fresh);
-        let (a, b) = (cgroup_mount_points().unwrap(), cgroup_mount_points().unwrap());
+        let (a, b) = (
+            cgroup_mount_points().unwrap(),
+            cgroup_mount_points().unwrap(),
+        );
         assert!(Arc::ptr_eq(&a, &b), "second lookup read mountinfo again");
         for c in CONTROLLERS {
             match get_subsystem_mount_point(c) {
