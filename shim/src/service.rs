@@ -748,14 +748,23 @@ impl TaskService {
             Phase::Stopped(_) => {}
         }
         let exit = Self::wait_exit(&c).await;
+        let t0 = Instant::now();
         self.runtime.delete(&c.id, true).await?;
+        let t1 = Instant::now();
         if c.rootfs_mounted {
             unmount(&c.bundle.join("rootfs"));
         }
         bind_sources::cleanup(&c.bundle);
+        let t2 = Instant::now();
         self.release_userns(&c.id).await;
         c.copier.lock().await.abort_stdin();
         self.containers.lock().await.remove(&c.id);
+        info!(
+            runtime_delete_us = (t1 - t0).as_micros() as u64,
+            unmount_us = (t2 - t1).as_micros() as u64,
+            release_us = t2.elapsed().as_micros() as u64,
+            "container deleted"
+        );
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
             TaskDelete {
