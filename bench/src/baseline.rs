@@ -148,8 +148,7 @@ pub fn worker(bundle: &Path, rounds: usize, runtimes: &[String]) -> Result<()> {
         })
         .collect();
     for round in 0..=rounds {
-        for k in 0..rts.len() {
-            let j = (k + round) % rts.len();
+        for j in crate::order::round_order(round, rts.len()) {
             let id = format!("abd-{}-{}-{round}", std::process::id(), rts[j].name);
             match one(&rts[j], tmp.path(), bundle, &id) {
                 Ok(s) if round > 0 => series[j].samples.push(s),

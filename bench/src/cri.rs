@@ -265,8 +265,8 @@ struct Acc {
 }
 
 /// The CRI section: one warm-up round (not counted; a handler whose warm-up pod fails twice is
-/// not measured further and is reported with the error), then `rounds` interleaved rounds, the order
-/// rotated each round. `step` is called after every pod (progress).
+/// not measured further and is reported with the error), then `rounds` interleaved rounds in a
+/// balanced order ([`crate::order`]). `step` is called after every pod (progress).
 pub fn run(
     rt: &tokio::runtime::Runtime,
     ctd: &Containerd,
@@ -289,8 +289,7 @@ pub fn run(
         })
         .collect();
     for round in 0..=rounds {
-        for k in 0..n {
-            let i = (k + round) % n;
+        for i in crate::order::round_order(round, n) {
             let (s, handler) = subjects[i];
             if acc[i].skipped.is_some() {
                 continue;

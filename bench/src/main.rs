@@ -7,6 +7,7 @@
 mod baseline;
 mod cri;
 mod measure;
+mod order;
 mod report;
 mod stats;
 mod subjects;
@@ -266,12 +267,11 @@ fn run(args: Args) -> Result<()> {
         .collect();
 
     // 1. Cold starts: one warm-up round (not counted: first runs page in binaries), then
-    //    `rounds` interleaved rounds, the order rotated each round so no runtime always follows
-    //    the same one.
+    //    `rounds` interleaved rounds in a balanced order: each runtime follows every other one
+    //    equally often (`order.rs`), so none carries a heavier predecessor's leftovers.
     for round in 0..=rounds {
         pb.set_message(format!("cold start, round {round}/{rounds} (ctr)"));
-        for k in 0..n {
-            let i = (k + round) % n;
+        for i in order::round_order(round, n) {
             let s = &subjects[i];
             let id = format!("c-{}-{round}", slug(&s.name));
             let r = measure::ctr_run(&ctd, &ns, s, &id);
@@ -283,8 +283,7 @@ fn run(args: Args) -> Result<()> {
             pb.inc(1);
         }
         pb.set_message(format!("cold start, round {round}/{rounds} (gRPC phases)"));
-        for k in 0..n {
-            let i = (k + round) % n;
+        for i in order::round_order(round, n) {
             let s = &subjects[i];
             let id = format!("g-{}-{round}", slug(&s.name));
             let r = s.spec(&ctd, &ns, &id, &["echo", "ready"]).and_then(|spec| {
@@ -364,8 +363,7 @@ fn run(args: Args) -> Result<()> {
     }
     pb.set_message("exec into a running sandbox");
     for round in 0..exec_runs {
-        for k in 0..n {
-            let i = (k + round) % n;
+        for i in order::round_order(round, n) {
             let Some(id) = pod_ids[i].first() else {
                 acc[i].exec.push(f64::NAN);
                 pb.inc(1);
@@ -400,8 +398,7 @@ fn run(args: Args) -> Result<()> {
     // 4. Concurrency sweep.
     let mut sweep = Vec::new();
     for (li, &level) in levels.iter().enumerate() {
-        for k in 0..n {
-            let i = (k + li) % n;
+        for i in order::round_order(li, n) {
             let s = &subjects[i];
             pb.set_message(format!("concurrency: {level} x {}", s.name));
             let specs = (0..level)
@@ -539,7 +536,7 @@ fn run(args: Args) -> Result<()> {
         containerd: ctd.version().label().to_string(),
         versions,
         rounds,
-        order: "rotated each round".into(),
+        order: "balanced: each runtime runs after every other equally often".into(),
         skipped,
         not_measured: [
             Some("warm start: Airlock has no warm pools yet"),
