@@ -187,12 +187,18 @@ fn userns(p: &Probe) -> Check {
     }
 }
 
-fn mount_type(p: &Probe, at: &str) -> Option<String> {
+/// Field `field` of the last `/proc/self/mounts` line for the mount point `at` (2: the
+/// filesystem type, 3: the mount options).
+fn mount_field(p: &Probe, at: &str, field: usize) -> Option<String> {
     let mounts = p.read("/proc/self/mounts")?;
     mounts.lines().rev().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 2 && f[1] == at).then(|| f[2].to_string())
+        (f.len() > field && f[1] == at).then(|| f[field].to_string())
     })
+}
+
+fn mount_type(p: &Probe, at: &str) -> Option<String> {
+    mount_field(p, at, 2)
 }
 
 fn cgroups(p: &Probe) -> Check {
@@ -237,15 +243,6 @@ fn cgroups(p: &Probe) -> Check {
     }
 }
 
-/// The mount options of the filesystem mounted at `at` (the last mount there).
-fn mount_options(p: &Probe, at: &str) -> Option<String> {
-    let mounts = p.read("/proc/self/mounts")?;
-    mounts.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 3 && f[1] == at).then(|| f[3].to_string())
-    })
-}
-
 /// Whether moving a process into a cgroup waits for an RCU grace period. Without cgroup2's
 /// `favordynmods` (Linux >= 6.0), the first migration after a quiet spell waits one (7-16 ms
 /// measured here): in every container start and exec, for every runtime.
@@ -259,7 +256,7 @@ fn cgroup_attach(p: &Probe) -> Check {
             "",
         );
     }
-    let opts = mount_options(p, "/sys/fs/cgroup").unwrap_or_default();
+    let opts = mount_field(p, "/sys/fs/cgroup", 3).unwrap_or_default();
     if opts.split(',').any(|o| o == "favordynmods") {
         return Check::new(NAME, Status::Ok, "favordynmods: no grace-period wait", "");
     }

@@ -227,14 +227,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 impl Cli {
-    /// Makes every path argument absolute (against the caller's working directory).
-    fn absolutize(&mut self) -> std::io::Result<()> {
-        fn abs(p: &mut PathBuf) -> std::io::Result<()> {
-            *p = std::path::absolute(&*p)?;
-            Ok(())
-        }
-        abs(&mut self.root)?;
-        let mut paths: Vec<&mut PathBuf> = self.log.iter_mut().collect();
+    /// Every path argument, in the order given on the command line's grammar (`-` for
+    /// update's stdin is not a path).
+    fn path_args(&mut self) -> Vec<&mut PathBuf> {
+        let mut paths: Vec<&mut PathBuf> = vec![&mut self.root];
+        paths.extend(self.log.iter_mut());
         match &mut self.command {
             Command::Create {
                 bundle,
@@ -263,7 +260,15 @@ impl Cli {
             } if r.as_path() != std::path::Path::new("-") => paths.push(r),
             _ => {}
         }
-        paths.into_iter().try_for_each(abs)
+        paths
+    }
+
+    /// Makes every path argument absolute (against the caller's working directory).
+    fn absolutize(&mut self) -> std::io::Result<()> {
+        for p in self.path_args() {
+            *p = std::path::absolute(&*p)?;
+        }
+        Ok(())
     }
 }
 
@@ -336,27 +341,21 @@ mod tests {
         .unwrap();
         c.absolutize().unwrap();
         let cwd = std::env::current_dir().unwrap();
-        assert_eq!(c.root, cwd.join("state"));
-        assert_eq!(c.log, Some(cwd.join("log.json")));
-        match c.command {
-            Command::Create {
+        let got: Vec<PathBuf> = c.path_args().into_iter().map(|p| p.clone()).collect();
+        // `.` may stay a component: `cwd/.` is the same directory.
+        let bundle = std::path::absolute(".").unwrap();
+        assert_eq!(
+            got,
+            [
+                cwd.join("state"),
+                cwd.join("log.json"),
                 bundle,
-                pid_file,
-                seccomp,
-                console_socket,
-                ..
-            } => {
-                // `.` stays a plain join: the bundle is `cwd/.`, the same directory.
-                assert!(
-                    bundle.is_absolute() && bundle.starts_with(&cwd),
-                    "{bundle:?}"
-                );
-                assert_eq!(pid_file, Some(cwd.join("init.pid")));
-                assert_eq!(seccomp, vec![cwd.join("f.bpf")]);
-                assert_eq!(console_socket, Some(PathBuf::from("/abs/c.sock")));
-            }
-            other => panic!("{other:?}"),
-        }
+                cwd.join("init.pid"),
+                cwd.join("f.bpf"),
+                PathBuf::from("/abs/c.sock"),
+            ]
+        );
+        assert!(got.iter().all(|p| p.is_absolute() && p.starts_with("/")));
         let mut u = Cli::try_parse_from(["airlock-runtime", "update", "-r", "-", "c1"]).unwrap();
         u.absolutize().unwrap();
         assert!(
