@@ -25,7 +25,7 @@ use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use tokio::sync::{watch, Mutex};
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::bind_sources;
 use crate::cgroup::Cgroup;
@@ -438,6 +438,7 @@ impl TaskService {
                 path.display()
             ))
         })?;
+        let t_read = t0.elapsed();
         let mut spec: Spec = serde_json::from_slice(&raw).map_err(|e| {
             Error::InvalidArgument(format!(
                 "the bundle's OCI spec {} is malformed: {e}; fix config.json",
@@ -472,7 +473,9 @@ impl TaskService {
                 None => None,
             }
         };
+        let t_range = t0.elapsed();
         let mut enforced = policy.apply_in_pod(&mut spec, &is_node_namespace, range)?;
+        let t_apply = t0.elapsed();
         if let Some(netns) = crate::netns::foreign_network_namespace(&spec) {
             // A pod network namespace made outside the container's user namespace: the shim
             // mounts its sysfs and writes its sysctls (see netns.rs).
@@ -531,6 +534,7 @@ impl TaskService {
             );
         }
 
+        let t_binds = t0.elapsed();
         let mut programs: Vec<Arc<[u8]>> = Vec::new();
         if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
             let key = serde_json::to_string(profile).unwrap_or_default();
@@ -548,6 +552,7 @@ impl TaskService {
         })?;
         programs.extend(own.iter().cloned());
 
+        let t_seccomp = t0.elapsed();
         let out = serde_json::to_vec(&spec)
             .map_err(|e| Error::InvalidArgument(format!("cannot serialise the OCI spec: {e}")))?;
         tokio::fs::write(&path, out)
@@ -562,6 +567,16 @@ impl TaskService {
                 .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
             files.push(file);
         }
+        let us = |d: Duration| d.as_micros() as u64;
+        debug!(
+            read_us = us(t_read),
+            range_us = us(t_range),
+            apply_us = us(t_apply),
+            netns_binds_us = us(t_binds),
+            seccomp_us = us(t_seccomp),
+            written_us = us(t0.elapsed()),
+            "policy steps (cumulative)"
+        );
         Ok(Applied {
             seccomp: files,
             idmap_rootfs: range.is_some(),
