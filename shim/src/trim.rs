@@ -11,7 +11,7 @@
 //! come for [`IDLE`] the shim trims once: off the request path, and a later burst only faults
 //! the pages back in.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,28 +29,16 @@ pub struct IdleTrim {
     trim: fn() -> bool,
 }
 
+#[derive(Default)]
 struct Inner {
-    /// Bumped by every request that ends: tells whether anything happened since a trim.
-    generation: AtomicU64,
     /// When the last request ended: the trim comes one idle period after it.
-    last: Mutex<Instant>,
+    last: Mutex<Option<Instant>>,
     wake: Notify,
     started: AtomicBool,
 }
 
-impl Default for Inner {
-    fn default() -> Self {
-        Inner {
-            generation: AtomicU64::new(0),
-            last: Mutex::new(Instant::now()),
-            wake: Notify::new(),
-            started: AtomicBool::new(false),
-        }
-    }
-}
-
 impl Inner {
-    fn idle_since(&self) -> Instant {
+    fn idle_since(&self) -> Option<Instant> {
         *self.last.lock().expect("idle trim clock")
     }
 }
@@ -87,8 +75,7 @@ impl IdleTrim {
 
     /// A request ended: trim after the next idle period.
     pub fn touch(&self) {
-        *self.inner.last.lock().expect("idle trim clock") = Instant::now();
-        self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        *self.inner.last.lock().expect("idle trim clock") = Some(Instant::now());
         if !self.inner.started.swap(true, Ordering::AcqRel) {
             let Ok(rt) = tokio::runtime::Handle::try_current() else {
                 // Outside a runtime (unit tests of other parts): nothing to schedule on.
@@ -102,21 +89,21 @@ impl IdleTrim {
 }
 
 async fn run(inner: Arc<Inner>, idle: Duration, trim: fn() -> bool) {
-    // The generation of the last trim: a wake-up left over from a burst that was already
-    // trimmed for finds nothing new.
-    let mut trimmed_at = 0;
+    // The end of the last request already trimmed for: a wake-up left over from that burst
+    // finds nothing new.
+    let mut trimmed_at = None;
     loop {
         inner.wake.notified().await;
         // Sleep until one idle period after the last request; a request that ends meanwhile
         // moves that point.
-        loop {
-            let due = inner.idle_since() + idle;
+        let seen = loop {
+            let last = inner.idle_since();
+            let due = last.map_or_else(Instant::now, |t| t + idle);
             if Instant::now() >= due {
-                break;
+                break last;
             }
             tokio::time::sleep_until(due).await;
-        }
-        let seen = inner.generation.load(Ordering::Relaxed);
+        };
         if seen == trimmed_at {
             continue;
         }
