@@ -91,6 +91,8 @@ struct Container {
     oom: Mutex<OomCounter>,
     /// The policy's ceilings, checked on every Task.Update.
     update_rules: airlock_policies::UpdateRules,
+    /// See [`Applied::poststart_hooks`].
+    poststart_hooks: bool,
 }
 
 impl Container {
@@ -170,6 +172,8 @@ struct Applied {
     update_rules: airlock_policies::UpdateRules,
     /// The policy mapped the container to its pod's host range: idmap the rootfs to it.
     idmap_rootfs: bool,
+    /// The spec has poststart hooks (the runtime runs them, so it also does the start).
+    poststart_hooks: bool,
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {
@@ -260,6 +264,7 @@ impl TaskService {
             seccomp,
             idmap_rootfs,
             update_rules,
+            poststart_hooks,
         } = self
             .apply_policy(&bundle, &req.id, req.terminal, req.options.as_ref())
             .await?;
@@ -349,6 +354,7 @@ impl TaskService {
             cgroup: std::sync::OnceLock::new(),
             oom: Mutex::new(OomCounter::default()),
             update_rules,
+            poststart_hooks,
         });
         self.containers
             .lock()
@@ -581,6 +587,11 @@ impl TaskService {
             seccomp: files,
             idmap_rootfs: range.is_some(),
             update_rules: policy.update_rules(),
+            poststart_hooks: spec
+                .hooks()
+                .as_ref()
+                .and_then(|h| h.poststart().as_ref())
+                .is_some_and(|h| !h.is_empty()),
         })
     }
 
@@ -1483,7 +1494,7 @@ impl Task for TaskService {
                         c.id
                     )));
                 }
-                self.runtime.start(&c.id).await?;
+                self.runtime.start(&c.id, c.poststart_hooks).await?;
                 *phase = Phase::Running;
             }
             self.publish(

@@ -723,6 +723,36 @@ fn map_create_error(id: &str, e: &LibcontainerError) -> RuntimeError {
 mod tests {
     use super::*;
 
+    /// The shim starts containers without poststart hooks itself (shim/src/runtime.rs,
+    /// `Runtime::start`): it connects to this socket in the state dir, writes and closes, and
+    /// sets `status` in this state file to this spelling. A libcontainer update that changes
+    /// any of them fails here.
+    #[test]
+    fn the_shims_start_handshake_matches_libcontainer() {
+        assert_eq!(libcontainer::notify_socket::NOTIFY_FILE, "notify.sock");
+        assert_eq!(
+            libcontainer::container::State::file_path(Path::new("/r/c")),
+            Path::new("/r/c/state.json")
+        );
+        assert_eq!(
+            serde_json::to_value(libcontainer::container::ContainerStatus::Running).unwrap(),
+            "running"
+        );
+        let mut state = libcontainer::container::State::new(
+            "c",
+            libcontainer::container::ContainerStatus::Created,
+            Some(1),
+            "/b".into(),
+        );
+        let mut v = serde_json::to_value(&state).unwrap();
+        v["status"] = "running".into();
+        state = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            state.status,
+            libcontainer::container::ContainerStatus::Running
+        );
+    }
+
     #[test]
     fn ids_follow_libcontainer_rules() {
         assert!(validate_id("abc-1.2_3+x").is_ok());
