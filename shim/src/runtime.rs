@@ -78,6 +78,11 @@ impl Runtime {
             elapsed_us = start.elapsed().as_micros() as u64,
             "airlock-runtime"
         );
+        Self::outcome(out, what)
+    }
+
+    /// Ok on success, else the runtime's error from its stderr.
+    fn outcome(out: std::process::Output, what: &str) -> Result<()> {
         if out.status.success() {
             return Ok(());
         }
@@ -251,11 +256,30 @@ impl Runtime {
 
     /// Remove everything of the container; with `force`, kill what is still running.
     pub async fn delete(&self, id: &str, force: bool) -> Result<()> {
-        // Nothing to remove (the runtime would say the same after a fork and exec, which cost
-        // more than the rest of a shim's cleanup: containerd runs `shim delete` after every
-        // shim exit, also after a clean delete).
-        if force && !self.root.join(id).exists() {
+        match self.delete_command(id, force) {
+            Some(cmd) => self.run(cmd, "delete").await,
+            None => Ok(()),
+        }
+    }
+
+    /// A forced [`Runtime::delete`] that blocks, for `shim delete` (no async runtime there).
+    pub fn delete_blocking(&self, id: &str) -> Result<()> {
+        let Some(mut cmd) = self.delete_command(id, true) else {
             return Ok(());
+        };
+        let out = cmd
+            .as_std_mut()
+            .output()
+            .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
+        Self::outcome(out, "delete")
+    }
+
+    /// None when a forced delete has nothing to remove: the runtime would say the same after
+    /// a fork and exec, which cost more than the rest of a shim's cleanup (containerd runs
+    /// `shim delete` after every shim exit, also after a clean delete).
+    fn delete_command(&self, id: &str, force: bool) -> Option<Command> {
+        if force && !self.root.join(id).exists() {
+            return None;
         }
         let mut cmd = self.command(None);
         cmd.arg("delete");
@@ -263,7 +287,7 @@ impl Runtime {
             cmd.arg("--force");
         }
         cmd.arg(id);
-        self.run(cmd, "delete").await
+        Some(cmd)
     }
 }
 

@@ -1,15 +1,24 @@
 //! The shim's lifecycle entry points: `start` (spawn or reuse the pod's shim daemon),
 //! `delete` (clean up after a shim that died) and serve.
+//!
+//! containerd waits for the two short-lived ones on every container's way: `start` before a
+//! pod's first Task request, `delete` inside every Tasks.Delete (containerd runs it after each
+//! shim exit, clean ones too). The crate's async bootstrap answers them on tokio, with signal
+//! handling and blocking-pool threads for its file and stdio calls (three threads each time).
+//! [`oneshot`] answers them before that, with plain calls on the main thread.
 
+use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
-use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::asynchronous::{ExitSignal, Shim};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::{Config, DeleteResponse, Error as ShimError, Flags, StartOpts};
 use tracing::{info, warn};
 
@@ -80,39 +89,20 @@ impl Shim for AirlockShim {
         }
     }
 
+    // Both are answered by [`oneshot`] before the crate runs; these serve a caller that
+    // reaches the crate's bootstrap anyway, with the same (blocking) code.
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let grouping = grouping_key(&self.bundle, &opts.id);
-        let address = spawn(opts, &grouping, Vec::new()).await?;
-        containerd_shim::asynchronous::util::write_str_to_file(
-            self.bundle.join("address"),
-            &address,
+        start_daemon(
+            &opts.namespace,
+            &opts.id,
+            &opts.address,
+            opts.debug,
+            &self.bundle,
         )
-        .await?;
-        Ok(address)
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        info!(id = %self.id, "cleaning up after a shim that is gone");
-        let runtime =
-            Runtime::locate(&self.namespace).map_err(|e| ShimError::Other(e.to_string()))?;
-        if let Err(e) = runtime.delete(&self.id, true).await {
-            warn!(id = %self.id, "runtime delete: {e}");
-        }
-        unmount(&self.bundle.join("rootfs"));
-        crate::bind_sources::cleanup(&self.bundle);
-        let member = crate::service::userns_member(&self.namespace, &self.id);
-        match crate::userns::RangeAllocator::default().release(&member) {
-            Ok(Some(host)) => info!(host, "user namespace range released"),
-            Ok(None) => {}
-            Err(e) => warn!("release user namespace range: {e}"),
-        }
-        remove_dead_socket(&self.bundle).await;
-        Ok(DeleteResponse {
-            pid: 0,
-            exit_status: 128 + libc::SIGKILL as u32,
-            exited_at: MessageField::some(now()),
-            ..Default::default()
-        })
+        Ok(clean_up_after(&self.namespace, &self.id, &self.bundle))
     }
 
     async fn wait(&mut self) {
@@ -146,17 +136,132 @@ impl Shim for AirlockShim {
     }
 }
 
+/// Answers containerd's `start` and `delete` invocations (see the module docs); None for any
+/// other one (serve, or arguments the crate should report), which goes to the crate. Returns
+/// the exit code; errors are printed as the crate prints them.
+pub fn oneshot(args: &[OsString]) -> Option<i32> {
+    let flags = containerd_shim::parse(args.get(1..).unwrap_or_default()).ok()?;
+    if flags.action != "start" && flags.action != "delete" {
+        return None;
+    }
+    let result = (|| {
+        // The crate requires it for every action; the daemon publishes events through it.
+        std::env::var("TTRPC_ADDRESS").map_err(|_| {
+            ShimError::InvalidArgument(
+                "TTRPC_ADDRESS is not set: containerd sets it when it runs a shim".into(),
+            )
+        })?;
+        crate::logging::init_stderr(flags.debug);
+        let bundle = if flags.bundle.is_empty() {
+            std::env::current_dir().map_err(|e| ShimError::Other(format!("cwd: {e}")))?
+        } else {
+            PathBuf::from(&flags.bundle)
+        };
+        let mut out = std::io::stdout().lock();
+        let io = |e: std::io::Error| ShimError::Other(format!("write stdout: {e}"));
+        if flags.action == "start" {
+            let address = start_daemon(
+                &flags.namespace,
+                &flags.id,
+                &flags.address,
+                flags.debug,
+                &bundle,
+            )?;
+            out.write_all(address.as_bytes()).map_err(io)?;
+        } else {
+            let response = clean_up_after(&flags.namespace, &flags.id, &bundle);
+            out.write_all(&response.write_to_bytes()?).map_err(io)?;
+        }
+        out.flush().map_err(io)
+    })();
+    Some(match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{}: {e:?}", crate::RUNTIME_ID);
+            1
+        }
+    })
+}
+
+/// `start`: spawns the serving shim for the container's pod (`-socket` at the address derived
+/// from the pod's grouping key), waits until it serves (it closes its stdout then, the crate's
+/// activation handshake) and returns the address. When the pod's shim already serves, the
+/// spawned one finds its socket in use and exits: the address is the same. The crate's own
+/// `spawn`, without the async runtime.
+fn start_daemon(
+    namespace: &str,
+    id: &str,
+    containerd: &str,
+    debug: bool,
+    bundle: &Path,
+) -> containerd_shim::Result<String> {
+    let address = containerd_shim::socket_address(containerd, namespace, &grouping_key(bundle, id));
+    let exe = std::env::current_exe().map_err(|e| ShimError::Other(format!("own path: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.current_dir(bundle)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .args(["-namespace", namespace, "-id", id, "-address", containerd])
+        .args(["-socket", &address]);
+    if debug {
+        cmd.arg("-debug");
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ShimError::Other(format!("spawn the shim daemon: {e}")))?;
+    // The shim cgroup from the runtime options on our stdin, and an OOM score above containerd's.
+    containerd_shim::cgroup::set_cgroup_and_oom_score(child.id())?;
+    if let Some(mut daemon_out) = child.stdout.take() {
+        let _ = std::io::copy(&mut daemon_out, &mut std::io::stderr());
+    }
+    std::fs::write(bundle.join("address"), &address)
+        .map_err(|e| ShimError::Other(format!("write {}/address: {e}", bundle.display())))?;
+    Ok(address)
+}
+
+/// `delete`: removes what a shim that is gone left of container `id`: the runtime's state and
+/// cgroup (executing the runtime only if state is left), the rootfs mount, the bind sources,
+/// its user namespace range, the dead socket. Problems are logged (containerd shows them);
+/// the answer is always the exit of a killed init.
+fn clean_up_after(namespace: &str, id: &str, bundle: &Path) -> DeleteResponse {
+    info!(%id, "cleaning up after a shim that is gone");
+    match Runtime::locate(namespace) {
+        Ok(runtime) => {
+            if let Err(e) = runtime.delete_blocking(id) {
+                warn!(%id, "runtime delete: {e}");
+            }
+        }
+        Err(e) => warn!(%id, "{e}"),
+    }
+    unmount(&bundle.join("rootfs"));
+    crate::bind_sources::cleanup(bundle);
+    let member = crate::service::userns_member(namespace, id);
+    match crate::userns::RangeAllocator::default().release(&member) {
+        Ok(Some(host)) => info!(host, "user namespace range released"),
+        Ok(None) => {}
+        Err(e) => warn!("release user namespace range: {e}"),
+    }
+    remove_dead_socket(bundle);
+    DeleteResponse {
+        pid: 0,
+        exit_status: 128 + libc::SIGKILL as u32,
+        exited_at: MessageField::some(now()),
+        ..Default::default()
+    }
+}
+
 /// Remove the shim socket named in the bundle's `address` file if nothing serves it.
-async fn remove_dead_socket(bundle: &Path) {
-    let Ok(address) = tokio::fs::read_to_string(bundle.join("address")).await else {
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
         return;
     };
     let path = address.trim().trim_start_matches("unix://").to_string();
     if path.is_empty() {
         return;
     }
-    if tokio::net::UnixStream::connect(&path).await.is_err() {
-        let _ = tokio::fs::remove_file(&path).await;
+    if std::os::unix::net::UnixStream::connect(&path).is_err() {
+        let _ = std::fs::remove_file(&path);
     }
 }
 

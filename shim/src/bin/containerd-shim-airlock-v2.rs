@@ -5,6 +5,10 @@ fn main() {
     if airlock_shim::info::handle(&args[1..]) {
         return;
     }
+    let os_args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(code) = airlock_shim::shim::oneshot(&os_args) {
+        std::process::exit(code);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
