@@ -26,6 +26,7 @@ pub mod oom;
 pub mod pidfd;
 pub mod prewarm;
 pub mod runtime;
+pub mod seccomp_cache;
 pub mod service;
 pub mod shim;
 pub mod stdio;

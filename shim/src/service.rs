@@ -35,6 +35,7 @@ use crate::events::{publish, TaskEvent};
 use crate::oom::{OomCounter, OomSource};
 use crate::pidfd::{ExitInfo, PidFd};
 use crate::runtime::Runtime;
+use crate::seccomp_cache::SeccompCache;
 use crate::stdio::{self, Copier, StdioPaths};
 use crate::trim::IdleTrim;
 use crate::userns::RangeAllocator;
@@ -146,9 +147,6 @@ fn is_node_namespace(typ: LinuxNamespaceType, path: &Path) -> bool {
     })
 }
 
-/// Compiled seccomp programs, shared by every container that needs them.
-type Programs = Arc<[Arc<[u8]>]>;
-
 /// One shim serves all containers of one pod.
 pub struct TaskService {
     namespace: String,
@@ -157,8 +155,8 @@ pub struct TaskService {
     runtime: Runtime,
     config: crate::config::ConfigCache,
     containers: Mutex<HashMap<String, Arc<Container>>>,
-    /// Seccomp programs compiled once per policy (name) for the life of this shim.
-    seccomp_programs: std::sync::Mutex<HashMap<String, Programs>>,
+    /// Seccomp programs, compiled once per node (see seccomp_cache.rs).
+    seccomp: SeccompCache,
     /// The node's per-pod user namespace ranges.
     userns: RangeAllocator,
     /// Returns what a burst of requests freed to the kernel once the shim is idle.
@@ -199,7 +197,7 @@ impl TaskService {
             runtime,
             config: crate::config::ConfigCache::default(),
             containers: Mutex::new(HashMap::new()),
-            seccomp_programs: std::sync::Mutex::new(HashMap::new()),
+            seccomp: SeccompCache::new(crate::seccomp_cache::DEFAULT_DIR),
             userns: RangeAllocator::default(),
             trim: IdleTrim::default(),
         }
@@ -397,35 +395,10 @@ impl TaskService {
         })
     }
 
-    /// Seccomp programs, compiled on first use and kept for this shim's life: `key` names what
-    /// `compile` compiles (a policy, or a pod's own profile).
-    fn seccomp_programs(
-        &self,
-        key: String,
-        compile: impl FnOnce() -> Result<Vec<airlock_policies::SeccompProgram>>,
-    ) -> Result<Programs> {
-        let mut cache = self.seccomp_programs.lock().expect("not poisoned");
-        if let Some(p) = cache.get(&key) {
-            return Ok(p.clone());
-        }
-        let t = Instant::now();
-        let programs = compile()?;
-        info!(
-            what = %key.chars().take(40).collect::<String>(),
-            filters = programs.len(),
-            instructions = programs.iter().map(|p| p.len()).sum::<usize>(),
-            compile_us = t.elapsed().as_micros() as u64,
-            "seccomp compiled"
-        );
-        let bytes: Programs = programs.iter().map(|p| p.to_bytes().into()).collect();
-        cache.insert(key, bytes.clone());
-        Ok(bytes)
-    }
-
     /// Resolve the container's policy (node config from the runtime options' `ConfigPath` or
     /// the default path, cached per shim; handler default or pod annotation) and write it
-    /// into the bundle's config.json; writes the seccomp programs to install (the pod's own
-    /// profile first, the policy's last) beside it and returns their paths.
+    /// into the bundle's config.json; returns the files of the seccomp programs to install
+    /// (the pod's own profile first, the policy's last; from the node's seccomp cache).
     async fn apply_policy(
         &self,
         bundle: &Path,
@@ -541,22 +514,24 @@ impl TaskService {
         }
 
         let t_binds = t0.elapsed();
-        let mut programs: Vec<Arc<[u8]>> = Vec::new();
+        // Keyed by what is compiled (not the policy's name: node configs can differ).
+        let mut files: Vec<PathBuf> = Vec::new();
         if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
             let key = serde_json::to_string(profile).unwrap_or_default();
-            let pod = self.seccomp_programs(format!("pod profile {key}"), || {
+            let pod = self.seccomp.programs(&format!("pod profile {key}"), || {
                 airlock_policies::compile_pod_profile(profile).map_err(Error::InvalidArgument)
             })?;
             info!(
                 filters = pod.len(),
                 "the pod's own seccomp profile applies too"
             );
-            programs.extend(pod.iter().cloned());
+            files.extend(pod.iter().cloned());
         }
-        let own = self.seccomp_programs(format!("policy {}", policy.name), || {
+        let key = serde_json::to_string(&policy.seccomp).unwrap_or_default();
+        let own = self.seccomp.programs(&format!("policy {key}"), || {
             Ok(policy.compile_seccomp()?.into_iter().collect())
         })?;
-        programs.extend(own.iter().cloned());
+        files.extend(own.iter().cloned());
 
         let t_seccomp = t0.elapsed();
         let out = serde_json::to_vec(&spec)
@@ -564,15 +539,6 @@ impl TaskService {
         tokio::fs::write(&path, out)
             .await
             .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
-        // In the bundle: containerd removes the bundle with the container.
-        let mut files = Vec::with_capacity(programs.len());
-        for (i, program) in programs.iter().enumerate() {
-            let file = bundle.join(format!("airlock-seccomp-{i}.bpf"));
-            tokio::fs::write(&file, &program[..])
-                .await
-                .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
-            files.push(file);
-        }
         let us = |d: Duration| d.as_micros() as u64;
         debug!(
             read_us = us(t_read),
