@@ -15,6 +15,10 @@
 //! write (measured: 0.2 ms instead of 7-16; a single re-attach was not enough for a pod's app
 //! container, whose runtime wrote more than a grace period after it). Best effort: an error
 //! only means no head start.
+//!
+//! A new shim also starts re-attaching as soon as it runs ([`at_startup`]): its pod's first
+//! Create arrives 2-4 ms later, and the first grace period (9-15 ms on a new shim here) is the
+//! one the runtime would otherwise wait for.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,6 +31,9 @@ use crate::cgroup::Cgroup;
 const INTERVAL: Duration = Duration::from_millis(3);
 /// A thread stops after this even if a request is still in flight (the next one starts anew).
 const MAX_RUN: Duration = Duration::from_secs(5);
+/// How long a new shim keeps the fast path open without a request (its first Create comes
+/// within a few milliseconds of its start).
+const STARTUP_WINDOW: Duration = Duration::from_millis(50);
 
 /// Requests in flight that want the fast path kept open.
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
@@ -69,18 +76,30 @@ pub fn cgroup_attach() -> CgroupAttach {
         return CgroupAttach(false);
     };
     ACTIVE.fetch_add(1, Ordering::AcqRel);
+    spawn(file, None);
+    CgroupAttach(true)
+}
+
+/// For a shim that has just started: re-attaching begins now and goes on for
+/// [`STARTUP_WINDOW`], or as long as requests hold [`CgroupAttach`] guards after that.
+pub fn at_startup() {
+    if let Some(file) = own_procs_file() {
+        spawn(file, Some(Instant::now() + STARTUP_WINDOW));
+    }
+}
+
+fn spawn(file: &'static Path, hold_until: Option<Instant>) {
     if !RUNNING.swap(true, Ordering::AcqRel) {
         let spawned = std::thread::Builder::new()
             .name("attach-prewarm".into())
-            .spawn(move || run(file));
+            .spawn(move || run(file, hold_until));
         if spawned.is_err() {
             RUNNING.store(false, Ordering::Release);
         }
     }
-    CgroupAttach(true)
 }
 
-fn run(file: &Path) {
+fn run(file: &Path, hold_until: Option<Instant>) {
     let started = Instant::now();
     let mut first = true;
     loop {
@@ -98,6 +117,9 @@ fn run(file: &Path) {
             break;
         }
         std::thread::sleep(INTERVAL);
+        if hold_until.is_some_and(|t| Instant::now() < t) {
+            continue;
+        }
         if ACTIVE.load(Ordering::Acquire) == 0 {
             RUNNING.store(false, Ordering::Release);
             // A request that came in just now saw the flag still set and started nothing: go

@@ -71,6 +71,8 @@ impl Shim for AirlockShim {
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         if args.action.is_empty() {
+            // Serving: the pod's first Create follows in a few milliseconds.
+            crate::prewarm::at_startup();
             crate::logging::init_fifo(args.debug);
         } else {
             crate::logging::init_stderr(args.debug);
