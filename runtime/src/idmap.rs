@@ -23,7 +23,7 @@
 //! it).
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -347,28 +347,12 @@ fn idmapped_clone(source: &Path, userns: &OwnedFd) -> Result<(), IdmapError> {
     airlock_idmap::attach(&tree, source).map_err(mount_err(source))
 }
 
-/// Removes the idmapped layer from `rootfs` (lazily; it may still be busy for a moment).
-pub fn unmount(rootfs: &Path) {
-    if let Err(e) = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH) {
-        if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
-            tracing::warn!(rootfs = %rootfs.display(), error = %e, "unmount idmapped rootfs");
-        }
-    }
-}
-
-/// Records, in the container's state dir, that the rootfs at `rootfs` has our idmapped layer.
-pub fn write_marker(state_dir: &Path, rootfs: &Path) -> std::io::Result<()> {
-    let mut f = File::create(state_dir.join(MARKER))?;
-    f.write_all(rootfs.as_os_str().as_encoded_bytes())
-}
-
-/// The rootfs recorded by [`write_marker`], if any.
-pub fn read_marker(state_dir: &Path) -> Option<PathBuf> {
-    let b = std::fs::read(state_dir.join(MARKER)).ok()?;
-    Some(PathBuf::from(String::from_utf8(b).ok()?))
-}
-
-const MARKER: &str = "idmapped-rootfs";
+// The marker and the unmount live with the rest of the state dir (the shim's delete reads
+// them too).
+pub use airlock_state::{
+    read_idmap_marker as read_marker, unmount_idmapped as unmount,
+    write_idmap_marker as write_marker,
+};
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,8 @@
 //! binary, which the shim executes; see [`process`] for why the shim never calls it
 //! in-process.
 
-pub mod cgroups;
+/// The cgroup bookkeeping lives in `airlock-state`, which the shim reads too.
+pub use airlock_state::cgroups;
 pub mod error;
 pub mod executor;
 pub mod idmap;

@@ -741,7 +741,7 @@ impl TaskService {
         }
         let exit = Self::wait_exit(&c).await;
         let t0 = Instant::now();
-        self.runtime.delete(&c.id, true).await?;
+        self.runtime.delete_stopped(&c.id).await?;
         let t1 = Instant::now();
         if c.rootfs_mounted {
             unmount(&c.bundle.join("rootfs"));
@@ -752,7 +752,7 @@ impl TaskService {
         c.copier.lock().await.abort_stdin();
         self.containers.lock().await.remove(&c.id);
         info!(
-            runtime_delete_us = (t1 - t0).as_micros() as u64,
+            state_us = (t1 - t0).as_micros() as u64,
             unmount_us = (t2 - t1).as_micros() as u64,
             release_us = t2.elapsed().as_micros() as u64,
             "container deleted"

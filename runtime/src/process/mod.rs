@@ -28,17 +28,16 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use tracing::{debug, info, info_span};
 
-use crate::cgroups::{parent_registry, CgroupRecord};
 use crate::error::{one_line_chain, Result, RuntimeError};
 use crate::executor::{extract_message, AirlockExecutor, BpfProgram};
 use crate::idmap;
 use crate::spec::{cgroup_path, load_bundle};
+use airlock_state::cgroups::{parent_registry, CgroupRecord};
+use airlock_state::RECORD_FILE;
 
 /// Default state root (the shim passes `/run/airlock/<containerd-namespace>`).
 pub const DEFAULT_ROOT: &str = "/run/airlock/default";
 
-/// Our bookkeeping file inside the container's state dir.
-pub const RECORD_FILE: &str = "airlock.json";
 /// The container's seccomp programs, kept in its state dir for exec processes:
 /// `seccomp-0.bpf`, `seccomp-1.bpf`, ... in install order.
 fn seccomp_file(dir: &Path, i: usize) -> PathBuf {
@@ -723,34 +722,47 @@ fn map_create_error(id: &str, e: &LibcontainerError) -> RuntimeError {
 mod tests {
     use super::*;
 
-    /// The shim starts containers without poststart hooks itself (shim/src/runtime.rs,
-    /// `Runtime::start`): it connects to this socket in the state dir, writes and closes, and
-    /// sets `status` in this state file to this spelling. A libcontainer update that changes
-    /// any of them fails here.
+    /// The shim reads libcontainer's files itself (airlock-state): it starts a container
+    /// through this socket in the state dir and sets `status` in this state file to this
+    /// spelling, and it deletes a stopped container from the hooks and cgroup path of this
+    /// config file. A libcontainer update that changes any of them fails here.
     #[test]
-    fn the_shims_start_handshake_matches_libcontainer() {
-        assert_eq!(libcontainer::notify_socket::NOTIFY_FILE, "notify.sock");
+    fn the_shims_reading_of_the_state_matches_libcontainer() {
+        use libcontainer::container::{ContainerStatus, State};
         assert_eq!(
-            libcontainer::container::State::file_path(Path::new("/r/c")),
-            Path::new("/r/c/state.json")
+            libcontainer::notify_socket::NOTIFY_FILE,
+            airlock_state::NOTIFY_SOCKET
         );
         assert_eq!(
-            serde_json::to_value(libcontainer::container::ContainerStatus::Running).unwrap(),
-            "running"
+            State::file_path(Path::new("/r/c")),
+            Path::new("/r/c").join(airlock_state::STATE_FILE)
         );
-        let mut state = libcontainer::container::State::new(
-            "c",
-            libcontainer::container::ContainerStatus::Created,
-            Some(1),
-            "/b".into(),
-        );
-        let mut v = serde_json::to_value(&state).unwrap();
-        v["status"] = "running".into();
-        state = serde_json::from_value(v).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        State::new("c", ContainerStatus::Created, Some(1), "/b".into())
+            .save(dir.path())
+            .unwrap();
+        airlock_state::mark_running(dir.path()).unwrap();
         assert_eq!(
-            state.status,
-            libcontainer::container::ContainerStatus::Running
+            State::load(dir.path()).unwrap().status,
+            ContainerStatus::Running
         );
+
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "hooks": {"poststop": [{"path": "/bin/true"}]},
+            "linux": {"cgroupsPath": "/ns/c"}
+        }))
+        .unwrap();
+        libcontainer::config::YoukiConfig::from_spec(&spec, "c")
+            .unwrap()
+            .save(dir.path())
+            .unwrap();
+        let saved: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(airlock_state::YOUKI_CONFIG_FILE)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(saved["cgroup_path"], "/ns/c");
+        assert_eq!(saved["hooks"]["poststop"][0]["path"], "/bin/true");
     }
 
     #[test]
