@@ -230,6 +230,8 @@ impl ProcessRuntime {
         let pid_file_existed = opts.pid_file.as_deref().is_some_and(Path::exists);
 
         let mut idmapped = None;
+        // Detached idmapped layers, open until the init is forked (see idmap_rootfs).
+        let mut detached_layers = Vec::new();
         let idmap_us = if opts.idmap_rootfs {
             let t = Instant::now();
             let _s = info_span!("idmap_rootfs").entered();
@@ -258,7 +260,7 @@ impl ProcessRuntime {
                     })
                 }
             };
-            match idmap::idmap_rootfs(&bundle.rootfs, source) {
+            match idmap::idmap_rootfs(&bundle.rootfs, source, &mut detached_layers) {
                 Ok(idmap::Idmapped::Unsupported) => {
                     tracing::warn!(
                         rootfs = %bundle.rootfs.display(),
