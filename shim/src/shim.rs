@@ -185,11 +185,13 @@ pub fn oneshot(args: &[OsString]) -> Option<i32> {
     })
 }
 
-/// `start`: spawns the serving shim for the container's pod (`-socket` at the address derived
-/// from the pod's grouping key), waits until it serves (it closes its stdout then, the crate's
-/// activation handshake) and returns the address. When the pod's shim already serves, the
-/// spawned one finds its socket in use and exits: the address is the same. The crate's own
-/// `spawn`, without the async runtime.
+/// `start`: returns the address of the serving shim of the container's pod (derived from the
+/// pod's grouping key). containerd runs `start` for every container, so for a pod's later
+/// containers that shim usually serves already: then its address is the answer (a connect,
+/// as runc's shim checks too). Otherwise it spawns the serving shim (`-socket` at the
+/// address), waits until it serves (it closes its stdout then, the crate's activation
+/// handshake; a shim started meanwhile for the same pod finds the socket in use and exits)
+/// and returns the address. The crate's own `spawn`, without the async runtime.
 fn start_daemon(
     namespace: &str,
     id: &str,
@@ -198,6 +200,15 @@ fn start_daemon(
     bundle: &Path,
 ) -> containerd_shim::Result<String> {
     let address = containerd_shim::socket_address(containerd, namespace, &grouping_key(bundle, id));
+    let write_address = |address: &str| {
+        std::fs::write(bundle.join("address"), address)
+            .map_err(|e| ShimError::Other(format!("write {}/address: {e}", bundle.display())))
+    };
+    let socket = address.trim_start_matches("unix://");
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        write_address(&address)?;
+        return Ok(address);
+    }
     let exe = std::env::current_exe().map_err(|e| ShimError::Other(format!("own path: {e}")))?;
     let mut cmd = Command::new(exe);
     cmd.current_dir(bundle)
@@ -217,8 +228,7 @@ fn start_daemon(
     if let Some(mut daemon_out) = child.stdout.take() {
         let _ = std::io::copy(&mut daemon_out, &mut std::io::stderr());
     }
-    std::fs::write(bundle.join("address"), &address)
-        .map_err(|e| ShimError::Other(format!("write {}/address: {e}", bundle.display())))?;
+    write_address(&address)?;
     Ok(address)
 }
 
@@ -270,6 +280,44 @@ fn remove_dead_socket(bundle: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A later container of a pod gets the address of the pod's serving shim without a new
+    /// daemon (this test binary would be spawned as one otherwise, and would not serve).
+    #[test]
+    fn start_reuses_the_pods_serving_shim() {
+        let bundle = tempfile::tempdir().unwrap();
+        std::fs::write(
+            bundle.path().join("config.json"),
+            r#"{"ociVersion":"1.0.2","annotations":{"io.kubernetes.cri.sandbox-id":"pod-under-test"}}"#,
+        )
+        .unwrap();
+        let ns = format!("airlock-unit-{}", std::process::id());
+        let address = containerd_shim::socket_address(
+            "/run/containerd/containerd.sock",
+            &ns,
+            "pod-under-test",
+        );
+        let socket = PathBuf::from(address.trim_start_matches("unix://"));
+        std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+        let serving = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let got = start_daemon(
+            &ns,
+            "app",
+            "/run/containerd/containerd.sock",
+            false,
+            bundle.path(),
+        );
+        serving.set_nonblocking(true).unwrap();
+        let asked = serving.accept().is_ok();
+        drop(serving);
+        let _ = std::fs::remove_file(&socket);
+        assert!(asked, "start did not check the serving shim");
+        assert_eq!(got.unwrap(), address);
+        assert_eq!(
+            std::fs::read_to_string(bundle.path().join("address")).unwrap(),
+            address
+        );
+    }
 
     #[test]
     fn grouping_uses_sandbox_annotation() {
