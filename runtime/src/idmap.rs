@@ -210,36 +210,10 @@ pub fn idmap_rootfs(
 /// The super options of the overlay mounted at `target` (the topmost mount there), if it is one.
 fn overlay_options(target: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = target.to_str()?;
-    info.lines()
-        .rev()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mount_point = pre.split(' ').nth(4)?;
-            let mut post = post.split(' ');
-            let fstype = post.next()?;
-            let _source = post.next()?;
-            let options = post.next()?;
-            (unescape(mount_point) == want).then(|| (fstype == "overlay", options.to_string()))
-        })
-        .and_then(|(is_overlay, o)| is_overlay.then_some(o))
-}
-
-/// mountinfo octal escapes (`\040` for a space, ...).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let top = airlock_state::mountinfo::parse(&info)
+        .filter(|m| m.mount_point == target)
+        .last()?;
+    (top.fstype == "overlay").then(|| top.super_options.to_string())
 }
 
 /// Remounts the overlay at `rootfs` over idmapped clones of its lower layers.

@@ -41,50 +41,20 @@ pub struct CgroupMount {
 
 /// Parses `/proc/self/mountinfo` text into its cgroup mounts.
 pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            let mut r = right.split(' ');
-            let fstype = r.next()?;
-            let _source = r.next()?;
-            let options = r.next().unwrap_or("").to_owned();
-            let unified = match fstype {
+    crate::mountinfo::parse(text)
+        .filter_map(|m| {
+            let unified = match m.fstype {
                 "cgroup2" => true,
                 "cgroup" => false,
                 _ => return None,
             };
             Some(CgroupMount {
-                mount_point: PathBuf::from(unescape_octal(mount_point)),
+                mount_point: m.mount_point,
                 unified,
-                options,
+                options: m.super_options.to_owned(),
             })
         })
         .collect()
-}
-
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            let digits = &b[i + 1..i + 4];
-            if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                let v = digits
-                    .iter()
-                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-                if let Ok(v) = u8::try_from(v) {
-                    out.push(v);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The hierarchies libcgroups will create directories in: the cgroup2 mount at

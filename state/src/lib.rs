@@ -12,6 +12,7 @@
 //! `airlock-runtime`'s tests pin libcontainer's side of these files.
 
 pub mod cgroups;
+pub mod mountinfo;
 
 use std::path::{Path, PathBuf};
 
