@@ -43,6 +43,16 @@ fn last(step: &'static str) -> Failed {
 
 /// A detached clone of the mount (or directory) at `source`, idmapped like `userns`.
 pub fn idmapped_tree(source: &Path, userns: &OwnedFd) -> Result<OwnedFd, Failed> {
+    tree(source, userns, 0)
+}
+
+/// [`idmapped_tree`], read-only (an overlay's lower layer: overlayfs never writes there, and
+/// nobody who reaches the fd may).
+pub fn idmapped_tree_ro(source: &Path, userns: &OwnedFd) -> Result<OwnedFd, Failed> {
+    tree(source, userns, libc::MOUNT_ATTR_RDONLY)
+}
+
+fn tree(source: &Path, userns: &OwnedFd, extra: u64) -> Result<OwnedFd, Failed> {
     let path = cstr(source)?;
     // SAFETY: open_tree with a valid C string; returns a new fd or -1.
     let tree = unsafe {
@@ -59,7 +69,7 @@ pub fn idmapped_tree(source: &Path, userns: &OwnedFd) -> Result<OwnedFd, Failed>
     // SAFETY: open_tree returned a fresh fd that nothing else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
     let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_IDMAP,
+        attr_set: libc::MOUNT_ATTR_IDMAP | extra,
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,

@@ -262,7 +262,7 @@ fn remount_overlay(
     let mut mapped = Vec::with_capacity(lowers.len());
     let mut supported = true;
     for lower in &lowers {
-        match idmapped_tree(lower, userns) {
+        match airlock_idmap::idmapped_tree_ro(lower, userns).map_err(mount_err(lower)) {
             Ok(fd) => mapped.push(fd),
             Err(e) if unsupported(&e) => {
                 supported = false;

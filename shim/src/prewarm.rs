@@ -80,6 +80,10 @@ pub fn cgroup_attach() -> CgroupAttach {
     CgroupAttach(true)
 }
 
+/// Set by `start` for a serving shim that stays in the cgroup it starts in (no `ShimCgroup`
+/// to move it to): only then may it learn its cgroup right away (it keeps the first answer).
+pub const AT_STARTUP_ENV: &str = "AIRLOCK_PREWARM_AT_STARTUP";
+
 /// For a shim that has just started: re-attaching begins now and goes on for
 /// [`STARTUP_WINDOW`], or as long as requests hold [`CgroupAttach`] guards after that.
 pub fn at_startup() {

@@ -238,8 +238,12 @@ impl Runtime {
             .map_err(gone)?;
         stream.shutdown().await.map_err(gone)?;
         drop(stream);
-        airlock_state::mark_running(&dir)
-            .map_err(|e| Error::io(format!("record the start of {id} in {}", dir.display()), e))?;
+        airlock_state::mark_running(&dir).map_err(|e| {
+            Error::Runtime(format!(
+                "container {id} was started (its process runs) but its state in {} could not record it: {e}; delete the container",
+                dir.display()
+            ))
+        })?;
         tracing::debug!(
             elapsed_us = t.elapsed().as_micros() as u64,
             "started by the shim (notify socket, state file)"
@@ -474,8 +478,13 @@ mod tests {
         assert!(!dir.join("state.json.tmp").exists());
 
         // Nobody waits any more (the init is gone): a clear error, the state untouched.
+        std::fs::write(dir.join("state.json"), r#"{"status":"created"}"#).unwrap();
         let e = rt.start("c1", false).await.unwrap_err().to_string();
         assert!(e.contains("no longer waits for the start"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("state.json")).unwrap(),
+            r#"{"status":"created"}"#
+        );
         let e = rt.start("c1", true).await.unwrap_err().to_string();
         assert!(e.contains("/nonexistent/airlock-runtime"), "{e}");
     }

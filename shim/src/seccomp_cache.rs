@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+#[cfg(test)]
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -30,11 +32,19 @@ pub const DEFAULT_DIR: &str = "/run/airlock/.seccomp";
 /// The program files of one key, in install order.
 pub type Files = Arc<[PathBuf]>;
 
+/// What this shim remembers of a key.
+enum Memo {
+    /// In the node's cache directory.
+    Files(Files),
+    /// The cache directory is unusable: written into each container's bundle.
+    Bytes(Arc<[Vec<u8>]>),
+}
+
 pub struct SeccompCache {
     dir: PathBuf,
-    /// Identity of this shim build; None disables the files (compile in memory only).
+    /// Identity of this shim build; None disables the node's files.
     build: Option<String>,
-    memo: Mutex<HashMap<String, Files>>,
+    memo: Mutex<HashMap<String, Memo>>,
 }
 
 impl SeccompCache {
@@ -56,36 +66,71 @@ impl SeccompCache {
         }
     }
 
-    /// The program files for `key` (what `compile` compiles: a policy's seccomp section, a
-    /// pod's profile): from this shim's memory, else from the node's files, else compiled
-    /// and written there.
+    /// The program files to install for `key` (what `compile` compiles: a policy's seccomp
+    /// section, a pod's profile): from this shim's memory, else from the node's files, else
+    /// compiled and written there. If the node's directory cannot be used (not a directory
+    /// of ours that only we can read), the programs are written into `bundle` instead, as a
+    /// shim without the cache did.
     pub fn programs(
         &self,
         key: &str,
         compile: impl FnOnce() -> Result<Vec<airlock_policies::SeccompProgram>>,
-    ) -> Result<Files> {
+        bundle: &Path,
+    ) -> Result<Vec<PathBuf>> {
         let mut memo = self.memo.lock().expect("not poisoned");
-        if let Some(files) = memo.get(key) {
-            return Ok(files.clone());
+        match memo.get(key) {
+            // Someone may have cleaned /run: then compile again.
+            Some(Memo::Files(files)) if files.iter().all(|f| f.is_file()) => {
+                return Ok(files.to_vec())
+            }
+            Some(Memo::Bytes(programs)) => return write_into(bundle, programs),
+            _ => {}
         }
         let hash = self.hash(key);
-        let files = match self.read(&hash) {
-            Some(files) => files,
-            None => {
-                let t = Instant::now();
-                let programs = compile()?;
-                info!(
-                    what = %key.chars().take(40).collect::<String>(),
-                    filters = programs.len(),
-                    instructions = programs.iter().map(|p| p.len()).sum::<usize>(),
-                    compile_us = t.elapsed().as_micros() as u64,
-                    "seccomp compiled"
-                );
-                self.write(&hash, &programs)?
+        let usable = self.usable();
+        if let Some(files) = usable.then(|| self.read(&hash)).flatten() {
+            memo.insert(key.to_string(), Memo::Files(files.clone()));
+            return Ok(files.to_vec());
+        }
+        let t = Instant::now();
+        let programs = compile()?;
+        info!(
+            what = %key.chars().take(40).collect::<String>(),
+            filters = programs.len(),
+            instructions = programs.iter().map(|p| p.len()).sum::<usize>(),
+            compile_us = t.elapsed().as_micros() as u64,
+            "seccomp compiled"
+        );
+        let bytes: Arc<[Vec<u8>]> = programs.iter().map(|p| p.to_bytes()).collect();
+        if usable {
+            match self.write(&hash, &bytes) {
+                Ok(files) => {
+                    memo.insert(key.to_string(), Memo::Files(files.clone()));
+                    return Ok(files.to_vec());
+                }
+                Err(e) => warn!("seccomp cache: {e}; programs go into each bundle"),
             }
-        };
-        memo.insert(key.to_string(), files.clone());
-        Ok(files)
+        }
+        memo.insert(key.to_string(), Memo::Bytes(bytes.clone()));
+        write_into(bundle, &bytes)
+    }
+
+    /// The node's directory exists (made if missing), is a directory (not a link) owned by
+    /// this process's user, and nobody else may read or write it.
+    fn usable(&self) -> bool {
+        if self.build.is_none() {
+            return false;
+        }
+        let ok = ensure_private_dir(&self.dir).is_ok()
+            && std::fs::symlink_metadata(&self.dir).is_ok_and(|m| {
+                m.file_type().is_dir()
+                    && m.uid() == nix::unistd::geteuid().as_raw()
+                    && m.mode() & 0o077 == 0
+            });
+        if !ok {
+            warn!(dir = %self.dir.display(), "seccomp cache unusable (must be a directory of ours with mode 0700); programs go into each bundle");
+        }
+        ok
     }
 
     fn hash(&self, key: &str) -> String {
@@ -109,7 +154,6 @@ impl SeccompCache {
 
     /// The files of a complete earlier write, if any.
     fn read(&self, hash: &str) -> Option<Files> {
-        self.build.as_ref()?;
         let n: usize = std::fs::read_to_string(self.manifest(hash))
             .ok()?
             .trim()
@@ -119,58 +163,66 @@ impl SeccompCache {
         files.iter().all(|f| f.is_file()).then(|| files.into())
     }
 
-    /// Writes the programs and then their manifest. Without a usable cache directory the
-    /// programs go to a private temporary directory of this shim instead (kept for its life).
-    fn write(&self, hash: &str, programs: &[airlock_policies::SeccompProgram]) -> Result<Files> {
-        let dir = if self.build.is_some() && ensure_private_dir(&self.dir).is_ok() {
-            self.dir.clone()
-        } else {
-            let d = std::env::temp_dir().join(format!("airlock-seccomp-{}", std::process::id()));
-            ensure_private_dir(&d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
-            d
-        };
-        let here = |name: PathBuf| dir.join(name.file_name().expect("named file"));
+    /// Writes the programs and then their manifest into the node's directory.
+    fn write(&self, hash: &str, programs: &[Vec<u8>]) -> Result<Files> {
         let mut files = Vec::with_capacity(programs.len());
         for (i, p) in programs.iter().enumerate() {
-            let file = here(self.file(hash, i));
-            write_atomically(&file, &p.to_bytes())?;
+            let file = self.file(hash, i);
+            write_atomically(&file, p)?;
             files.push(file);
         }
-        if dir == self.dir {
-            if let Err(e) = write_atomically(
-                &here(self.manifest(hash)),
-                programs.len().to_string().as_bytes(),
-            ) {
-                warn!("seccomp cache: {e}");
-            }
-        }
+        write_atomically(&self.manifest(hash), programs.len().to_string().as_bytes())?;
         Ok(files.into())
     }
 }
 
-/// A directory only root can read (the programs are the sandbox's syscall filter).
+/// The programs as files in the container's bundle (containerd removes it with the container).
+fn write_into(bundle: &Path, programs: &[Vec<u8>]) -> Result<Vec<PathBuf>> {
+    programs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let file = bundle.join(format!("airlock-seccomp-{i}.bpf"));
+            std::fs::write(&file, p)
+                .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
+            Ok(file)
+        })
+        .collect()
+}
+
+/// A directory only we can read (the programs are the sandbox's syscall filter).
 fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
+    // The parent is the state root (`/run/airlock`), which the runtime also makes.
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
 }
 
+/// Written under a temporary name that must not exist yet (no link followed) and renamed.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let what = |e| Error::io(format!("write {}", path.display()), e);
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(what)?;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&tmp)
+    };
+    let mut f = match open() {
+        // Left by a shim of the same pid that died mid-write.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&tmp).map_err(what)?;
+            open().map_err(what)?
+        }
+        r => r.map_err(what)?,
+    };
     f.write_all(bytes).map_err(what)?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(what)
@@ -187,69 +239,108 @@ mod tests {
     }
 
     /// Compiled once per node: a second shim (a new cache on the same directory) reads the
-    /// files; another key or another build compiles again.
+    /// files; another key or another build compiles again. A file removed behind the shim's
+    /// back is compiled again, not handed to the runtime.
     #[test]
     fn compiles_once_per_key_and_build() {
-        let dir = tempfile::tempdir().unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let (dir, bundle) = (t.path().join("cache"), t.path());
         let compiled = Cell::new(0);
         let compile = || {
             compiled.set(compiled.get() + 1);
             Ok(program())
         };
-        let a = SeccompCache::new(dir.path());
-        let files = a.programs("policy x", compile).unwrap();
+        let a = SeccompCache::new(&dir);
+        let files = a.programs("policy x", compile, bundle).unwrap();
         assert_eq!(files.len(), 1);
-        assert_eq!(
-            std::fs::read(&files[0]).unwrap(),
-            program()[0].to_bytes(),
-            "the file holds the program"
-        );
-        assert_eq!(a.programs("policy x", compile).unwrap(), files);
+        assert!(files[0].starts_with(&dir));
+        assert_eq!(std::fs::read(&files[0]).unwrap(), program()[0].to_bytes());
+        assert_eq!(a.programs("policy x", compile, bundle).unwrap(), files);
         assert_eq!(compiled.get(), 1);
 
-        let b = SeccompCache::new(dir.path());
-        assert_eq!(b.programs("policy x", compile).unwrap(), files);
+        let b = SeccompCache::new(&dir);
+        assert_eq!(b.programs("policy x", compile, bundle).unwrap(), files);
         assert_eq!(compiled.get(), 1, "a new shim reads the node's files");
 
-        assert_ne!(b.programs("policy y", compile).unwrap(), files);
+        assert_ne!(b.programs("policy y", compile, bundle).unwrap(), files);
         assert_eq!(compiled.get(), 2);
 
-        let mut other_build = SeccompCache::new(dir.path());
+        let mut other_build = SeccompCache::new(&dir);
         other_build.build = Some("another binary".into());
-        assert_ne!(other_build.programs("policy x", compile).unwrap(), files);
+        assert_ne!(
+            other_build.programs("policy x", compile, bundle).unwrap(),
+            files
+        );
         assert_eq!(compiled.get(), 3);
 
-        let mode = std::fs::metadata(dir.path().join(files[0].file_name().unwrap()))
-            .unwrap()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_file(&files[0]).unwrap();
+        assert_eq!(a.programs("policy x", compile, bundle).unwrap(), files);
+        assert_eq!(compiled.get(), 4, "a vanished file is compiled again");
+        assert!(files[0].is_file());
+
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(&files[0]).unwrap().mode() & 0o777, 0o600);
     }
 
     /// Programs without their manifest (a write cut short) are compiled again; a key with no
     /// program at all (seccomp off) is remembered as none.
     #[test]
     fn an_incomplete_write_is_not_used() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = SeccompCache::new(dir.path());
-        let files = a.programs("k", || Ok(program())).unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let (dir, bundle) = (t.path().join("cache"), t.path());
+        let a = SeccompCache::new(&dir);
+        let files = a.programs("k", || Ok(program()), bundle).unwrap();
         std::fs::remove_file(a.manifest(&a.hash("k"))).unwrap();
         let compiled = Cell::new(false);
-        let b = SeccompCache::new(dir.path());
+        let b = SeccompCache::new(&dir);
         let again = b
-            .programs("k", || {
-                compiled.set(true);
-                Ok(program())
-            })
+            .programs(
+                "k",
+                || {
+                    compiled.set(true);
+                    Ok(program())
+                },
+                bundle,
+            )
             .unwrap();
         assert!(compiled.get());
         assert_eq!(again, files);
 
-        let none = b.programs("off", || Ok(Vec::new())).unwrap();
-        assert!(none.is_empty());
-        let c = SeccompCache::new(dir.path());
-        assert!(c
-            .programs("off", || panic!("remembered as none"))
+        assert!(b
+            .programs("off", || Ok(Vec::new()), bundle)
             .unwrap()
             .is_empty());
+        let c = SeccompCache::new(&dir);
+        assert!(c
+            .programs("off", || panic!("remembered as none"), bundle)
+            .unwrap()
+            .is_empty());
+    }
+
+    /// A cache directory others may read or write (or a link) is not used: the programs go
+    /// into the bundle, nothing is written to the directory.
+    #[test]
+    fn an_unsafe_directory_is_not_used() {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, bundle) = (t.path().join("cache"), t.path().join("bundle"));
+        std::fs::create_dir(&bundle).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let a = SeccompCache::new(&dir);
+        let files = a.programs("k", || Ok(program()), &bundle).unwrap();
+        assert_eq!(files, vec![bundle.join("airlock-seccomp-0.bpf")]);
+        assert_eq!(std::fs::read(&files[0]).unwrap(), program()[0].to_bytes());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(t.path().join("elsewhere"), &link).unwrap();
+        std::fs::create_dir(t.path().join("elsewhere")).unwrap();
+        std::fs::set_permissions(
+            t.path().join("elsewhere"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        let b = SeccompCache::new(&link);
+        assert!(b.programs("k", || Ok(program()), &bundle).unwrap()[0].starts_with(&bundle));
     }
 }

@@ -518,9 +518,11 @@ impl TaskService {
         let mut files: Vec<PathBuf> = Vec::new();
         if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
             let key = serde_json::to_string(profile).unwrap_or_default();
-            let pod = self.seccomp.programs(&format!("pod profile {key}"), || {
-                airlock_policies::compile_pod_profile(profile).map_err(Error::InvalidArgument)
-            })?;
+            let pod = self.seccomp.programs(
+                &format!("pod profile {key}"),
+                || airlock_policies::compile_pod_profile(profile).map_err(Error::InvalidArgument),
+                bundle,
+            )?;
             info!(
                 filters = pod.len(),
                 "the pod's own seccomp profile applies too"
@@ -528,9 +530,11 @@ impl TaskService {
             files.extend(pod.iter().cloned());
         }
         let key = serde_json::to_string(&policy.seccomp).unwrap_or_default();
-        let own = self.seccomp.programs(&format!("policy {key}"), || {
-            Ok(policy.compile_seccomp()?.into_iter().collect())
-        })?;
+        let own = self.seccomp.programs(
+            &format!("policy {key}"),
+            || Ok(policy.compile_seccomp()?.into_iter().collect()),
+            bundle,
+        )?;
         files.extend(own.iter().cloned());
 
         let t_seccomp = t0.elapsed();

@@ -1,9 +1,9 @@
 //! The shim's lifecycle entry points: `start` (spawn or reuse the pod's shim daemon),
 //! `delete` (clean up after a shim that died) and serve.
 //!
-//! containerd waits for the two short-lived ones on every container's way: `start` before a
-//! pod's first Task request, `delete` inside every Tasks.Delete (containerd runs it after each
-//! shim exit, clean ones too). The crate's async bootstrap answers them on tokio, with signal
+//! containerd waits for the two short-lived ones on every container's way: `start` for every
+//! container (a pod's later ones too), `delete` inside every Tasks.Delete (containerd runs it
+//! after each shim exit, clean ones too). The crate's async bootstrap answers them on tokio, with signal
 //! handling and blocking-pool threads for its file and stdio calls (three threads each time).
 //! [`oneshot`] answers them before that, with plain calls on the main thread.
 
@@ -72,7 +72,9 @@ impl Shim for AirlockShim {
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         if args.action.is_empty() {
             // Serving: the pod's first Create follows in a few milliseconds.
-            crate::prewarm::at_startup();
+            if std::env::var_os(crate::prewarm::AT_STARTUP_ENV).is_some() {
+                crate::prewarm::at_startup();
+            }
             crate::logging::init_fifo(args.debug);
         } else {
             crate::logging::init_stderr(args.debug);
@@ -209,8 +211,14 @@ fn start_daemon(
         write_address(&address)?;
         return Ok(address);
     }
+    // The runtime options containerd writes to our stdin may name a cgroup for the shim.
+    let shim_cgroup = shim_cgroup_from_stdin()?;
     let exe = std::env::current_exe().map_err(|e| ShimError::Other(format!("own path: {e}")))?;
     let mut cmd = Command::new(exe);
+    if shim_cgroup.is_none() {
+        // It stays in the cgroup it starts in, so it may re-attach to that one at once.
+        cmd.env(crate::prewarm::AT_STARTUP_ENV, "1");
+    }
     cmd.current_dir(bundle)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -223,13 +231,33 @@ fn start_daemon(
     let mut child = cmd
         .spawn()
         .map_err(|e| ShimError::Other(format!("spawn the shim daemon: {e}")))?;
-    // The shim cgroup from the runtime options on our stdin, and an OOM score above containerd's.
-    containerd_shim::cgroup::set_cgroup_and_oom_score(child.id())?;
+    if let Some(cgroup) = &shim_cgroup {
+        containerd_shim::cgroup::add_task_to_cgroup(cgroup, child.id())?;
+    }
+    // An OOM score above containerd's.
+    containerd_shim::cgroup::adjust_oom_score(child.id())?;
     if let Some(mut daemon_out) = child.stdout.take() {
         let _ = std::io::copy(&mut daemon_out, &mut std::io::stderr());
     }
     write_address(&address)?;
     Ok(address)
+}
+
+/// `ShimCgroup` of the runtime options containerd writes to `start`'s stdin (the crate's
+/// `set_cgroup_and_oom_score` reads them the same way), if set.
+fn shim_cgroup_from_stdin() -> containerd_shim::Result<Option<String>> {
+    use containerd_shim::protos::protobuf::well_known_types::any::Any;
+    use containerd_shim::protos::shim::oci::Options;
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut data)
+        .map_err(|e| ShimError::Other(format!("read the runtime options from stdin: {e}")))?;
+    if data.is_empty() {
+        return Ok(None);
+    }
+    let opts = Any::parse_from_bytes(&data).and_then(|a| Options::parse_from_bytes(&a.value))?;
+    Ok(Some(opts.shim_cgroup).filter(|c| !c.is_empty()))
 }
 
 /// `delete`: removes what a shim that is gone left of container `id`: the runtime's state and

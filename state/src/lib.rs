@@ -80,6 +80,8 @@ pub enum NeedsRuntime {
     Busy(PathBuf),
     /// The state cannot be read as expected.
     Unreadable(String),
+    /// An Intel RDT (resctrl) group to remove (the runtime's libcontainer does).
+    IntelRdt,
 }
 
 impl std::fmt::Display for NeedsRuntime {
@@ -88,6 +90,7 @@ impl std::fmt::Display for NeedsRuntime {
             NeedsRuntime::Hooks => write!(f, "poststop hooks to run"),
             NeedsRuntime::Busy(p) => write!(f, "{} still has processes", p.display()),
             NeedsRuntime::Unreadable(e) => write!(f, "{e}"),
+            NeedsRuntime::IntelRdt => write!(f, "an Intel RDT group to remove"),
         }
     }
 }
@@ -103,6 +106,11 @@ pub fn remove_stopped(
     id: &str,
     hierarchies: &[PathBuf],
 ) -> Result<bool, NeedsRuntime> {
+    if id.is_empty() || id == "." || id == ".." || id.contains('/') {
+        return Err(NeedsRuntime::Unreadable(format!(
+            "invalid container id {id:?}"
+        )));
+    }
     let dir = root.join(id);
     if !dir.exists() {
         return Ok(false);
@@ -119,6 +127,16 @@ pub fn remove_stopped(
     {
         return Err(NeedsRuntime::Hooks);
     }
+    let state: serde_json::Value = std::fs::read(dir.join(STATE_FILE))
+        .map_err(|e| unreadable(STATE_FILE, &e))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| unreadable(STATE_FILE, &e)))?;
+    if ["intel_rdt_dir", "intel_rdt_monitoring_dir"]
+        .iter()
+        .any(|k| !state[*k].is_null())
+        || state["clean_up_intel_rdt_subdirectory"] == true
+    {
+        return Err(NeedsRuntime::IntelRdt);
+    }
     // libcgroups puts an empty path at the runtime's own cgroup: not ours to remove.
     let cgroup = config["cgroup_path"]
         .as_str()
@@ -131,7 +149,20 @@ pub fn remove_stopped(
         match std::fs::remove_dir(&leaf) {
             Ok(()) => found = true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(_) => return Err(NeedsRuntime::Busy(leaf)),
+            // EBUSY: processes or child cgroups (ENOTEMPTY on a plain directory).
+            Err(e)
+                if [nix::errno::Errno::EBUSY, nix::errno::Errno::ENOTEMPTY]
+                    .iter()
+                    .any(|c| e.raw_os_error() == Some(*c as i32)) =>
+            {
+                return Err(NeedsRuntime::Busy(leaf))
+            }
+            Err(e) => {
+                return Err(NeedsRuntime::Unreadable(format!(
+                    "remove {}: {e}",
+                    leaf.display()
+                )))
+            }
         }
     }
     if !found {
@@ -146,11 +177,14 @@ pub fn remove_stopped(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let idmapped = read_idmap_marker(&dir);
-    std::fs::remove_dir_all(&dir).map_err(|e| unreadable("", &e))?;
+    // The record and the marker are read: even if the dir is only partly removed, what they
+    // name goes (the runtime's retry would find them gone).
+    let removed = std::fs::remove_dir_all(&dir);
     record.remove_empty_parents(&parent_registry(root));
     if let Some(rootfs) = idmapped {
         unmount_idmapped(&rootfs);
     }
+    removed.map_err(|e| unreadable("", &e))?;
     Ok(true)
 }
 
@@ -208,6 +242,22 @@ mod tests {
             Err(NeedsRuntime::Busy(hs[0].join("ns/c1")))
         );
         assert!(dir.join(STATE_FILE).exists());
+
+        std::fs::write(dir.join(YOUKI_CONFIG_FILE), r#"{"cgroup_path":"/ns/c1"}"#).unwrap();
+        std::fs::write(
+            dir.join(STATE_FILE),
+            r#"{"intel_rdt_dir":"/sys/fs/resctrl/c1"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            remove_stopped(&root, "c1", &hs),
+            Err(NeedsRuntime::IntelRdt)
+        );
+        std::fs::write(dir.join(STATE_FILE), r#"{"status":"stopped"}"#).unwrap();
+        assert!(matches!(
+            remove_stopped(&root, "../root", &hs),
+            Err(NeedsRuntime::Unreadable(_))
+        ));
 
         for odd in [
             r#"{"cgroup_path":""}"#,
