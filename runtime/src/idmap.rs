@@ -335,10 +335,7 @@ fn idmapped_clone(source: &Path, userns: &OwnedFd) -> Result<(), IdmapError> {
 
 // The marker and the unmount live with the rest of the state dir (the shim's delete reads
 // them too).
-pub use airlock_state::{
-    read_idmap_marker as read_marker, unmount_idmapped as unmount,
-    write_idmap_marker as write_marker,
-};
+pub use airlock_state::{unmount_idmapped as unmount, write_idmap_marker as write_marker};
 
 #[cfg(test)]
 mod tests {

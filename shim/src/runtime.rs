@@ -332,15 +332,7 @@ fn console_socket_arg(cmd: &mut Command, stdio: &ChildStdio) {
 /// mountinfo cannot be read: every delete then goes to the runtime).
 fn cgroup_hierarchies() -> &'static [PathBuf] {
     static H: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
-    H.get_or_init(|| {
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .map(|t| {
-                airlock_state::cgroups::managed_hierarchies(
-                    &airlock_state::cgroups::parse_mountinfo(&t),
-                )
-            })
-            .unwrap_or_default()
-    })
+    H.get_or_init(|| airlock_state::cgroups::host_hierarchies().unwrap_or_default())
 }
 
 /// `sizeof(sockaddr_un.sun_path)`, terminating NUL included.

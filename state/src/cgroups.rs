@@ -77,6 +77,12 @@ pub fn managed_hierarchies(mounts: &[CgroupMount]) -> Vec<PathBuf> {
     out
 }
 
+/// [`managed_hierarchies`] of this process's mount view.
+pub fn host_hierarchies() -> std::io::Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(managed_hierarchies(&parse_mountinfo(&text)))
+}
+
 /// The parent directories of `cgroup_path` (excluding the hierarchy root and the leaf)
 /// that do not exist yet in any of `hierarchies`, deepest first.
 pub fn missing_parents(
@@ -142,8 +148,7 @@ fn marker(registry: &Path, dir: &Path) -> PathBuf {
 impl CgroupRecord {
     /// Computes the record for `cgroup_path` on this host (reads mountinfo once).
     pub fn before_create(cgroup_path: &Path) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-        let hierarchies = managed_hierarchies(&parse_mountinfo(&text));
+        let hierarchies = host_hierarchies()?;
         Ok(Self {
             created_parents: missing_parents(&hierarchies, cgroup_path, |p| p.exists()),
             parents: missing_parents(&hierarchies, cgroup_path, |_| false),

@@ -53,6 +53,35 @@ pub fn unmount_idmapped(rootfs: &Path) {
     }
 }
 
+/// What a container's state dir names outside itself: the cgroup parents its create made and
+/// an idmapped layer on its rootfs. Read before the dir is removed, removed after it (also
+/// when the dir went only in part: the runtime's retry would find the names gone).
+pub struct Outside {
+    record: CgroupRecord,
+    idmapped: Option<PathBuf>,
+}
+
+impl Outside {
+    pub fn read(state_dir: &Path) -> Self {
+        Outside {
+            record: std::fs::read(state_dir.join(RECORD_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default(),
+            idmapped: read_idmap_marker(state_dir),
+        }
+    }
+
+    /// Removes the parents (once empty; see [`CgroupRecord::remove_empty_parents`]) under the
+    /// state `root`'s registry, and the idmapped layer.
+    pub fn remove(self, root: &Path) {
+        self.record.remove_empty_parents(&parent_registry(root));
+        if let Some(rootfs) = self.idmapped {
+            unmount_idmapped(&rootfs);
+        }
+    }
+}
+
 /// Records a started container in its state file as `airlock-runtime start` does (`status`
 /// becomes `running`; every other field is kept). Written to a temporary file and renamed, so
 /// a concurrent reader sees the old or the new state, never a torn one.
@@ -118,18 +147,18 @@ pub fn remove_stopped(
     let unreadable = |what: &str, e: &dyn std::fmt::Display| {
         NeedsRuntime::Unreadable(format!("{}/{what}: {e}", dir.display()))
     };
-    let config: serde_json::Value = std::fs::read(dir.join(YOUKI_CONFIG_FILE))
-        .map_err(|e| unreadable(YOUKI_CONFIG_FILE, &e))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| unreadable(YOUKI_CONFIG_FILE, &e)))?;
+    let json = |file: &str| -> Result<serde_json::Value, NeedsRuntime> {
+        let b = std::fs::read(dir.join(file)).map_err(|e| unreadable(file, &e))?;
+        serde_json::from_slice(&b).map_err(|e| unreadable(file, &e))
+    };
+    let config = json(YOUKI_CONFIG_FILE)?;
     if config["hooks"]["poststop"]
         .as_array()
         .is_some_and(|h| !h.is_empty())
     {
         return Err(NeedsRuntime::Hooks);
     }
-    let state: serde_json::Value = std::fs::read(dir.join(STATE_FILE))
-        .map_err(|e| unreadable(STATE_FILE, &e))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| unreadable(STATE_FILE, &e)))?;
+    let state = json(STATE_FILE)?;
     if ["intel_rdt_dir", "intel_rdt_monitoring_dir"]
         .iter()
         .any(|k| !state[*k].is_null())
@@ -172,18 +201,9 @@ pub fn remove_stopped(
             &format!("no cgroup {cgroup} here"),
         ));
     }
-    let record: CgroupRecord = std::fs::read(dir.join(RECORD_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let idmapped = read_idmap_marker(&dir);
-    // The record and the marker are read: even if the dir is only partly removed, what they
-    // name goes (the runtime's retry would find them gone).
+    let outside = Outside::read(&dir);
     let removed = std::fs::remove_dir_all(&dir);
-    record.remove_empty_parents(&parent_registry(root));
-    if let Some(rootfs) = idmapped {
-        unmount_idmapped(&rootfs);
-    }
+    outside.remove(root);
     removed.map_err(|e| unreadable("", &e))?;
     Ok(true)
 }

@@ -421,11 +421,7 @@ impl ProcessRuntime {
                 root: self.root.clone(),
             });
         }
-        let record: CgroupRecord = std::fs::read(dir.join(RECORD_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let idmapped = idmap::read_marker(&dir);
+        let outside = airlock_state::Outside::read(&dir);
         let mut c = match Container::load(dir.clone()) {
             Ok(c) => c,
             Err(e) if force => {
@@ -433,10 +429,7 @@ impl ProcessRuntime {
                 tracing::warn!(error = %one_line_chain(&e), "state unreadable, removing dir");
                 std::fs::remove_dir_all(&dir)
                     .map_err(|e| RuntimeError::Io(format!("removing {}: {e}", dir.display())))?;
-                record.remove_empty_parents(&parent_registry(&self.root));
-                if let Some(rootfs) = idmapped {
-                    idmap::unmount(&rootfs);
-                }
+                outside.remove(&self.root);
                 return Ok(());
             }
             Err(e) => return Err(RuntimeError::backend(id, "load", &e)),
@@ -458,10 +451,7 @@ impl ProcessRuntime {
             tracing::debug!(tries, error = %one_line_chain(&e), "delete: cgroup busy, retrying");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        record.remove_empty_parents(&parent_registry(&self.root));
-        if let Some(rootfs) = idmapped {
-            idmap::unmount(&rootfs);
-        }
+        outside.remove(&self.root);
         Ok(())
     }
 
