@@ -44,7 +44,7 @@ fn mount_view() -> Option<(u64, u64, u64, u64)> {
     Some((ns.dev(), ns.ino(), root.dev(), root.ino()))
 }
 
-fn cgroup_mount_points() -> Result<MountPoints, V1MountPointError> {
+pub(crate) fn cgroup_mount_points() -> Result<MountPoints, V1MountPointError> {
     static CACHE: Mutex<Option<((u64, u64, u64, u64), MountPoints)>> = Mutex::new(None);
     let view = mount_view();
     if let Some(view) = view {
@@ -99,8 +99,17 @@ pub fn list_supported_mount_points() -> Result<HashMap<ControllerType, PathBuf>,
 }
 
 pub fn get_subsystem_mount_point(subsystem: &ControllerType) -> Result<PathBuf, V1MountPointError> {
+    find_subsystem_mount_point(&cgroup_mount_points()?, subsystem)
+}
+
+// AIRLOCK PATCH: the lookup in a list read once, so that a manager reads the list once for all
+// of its subsystems.
+pub(crate) fn find_subsystem_mount_point(
+    mount_points: &[PathBuf],
+    subsystem: &ControllerType,
+) -> Result<PathBuf, V1MountPointError> {
     let subsystem_name = subsystem.to_string();
-    cgroup_mount_points()?
+    mount_points
         .iter()
         .find(|mount_point| {
             // Some systems mount net_prio and net_cls in the same directory
