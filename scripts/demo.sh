@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# cargo builds for an explicit target (.cargo/config.toml): binaries are in target/<triple>/release.
-export AIRLOCK_BIN_DIR="$PWD/target/$(sed -n 's/^target = "\(.*\)"/\1/p' .cargo/config.toml)/release"
+# scripts/build.sh (run by setup.sh) puts the shipped binaries in target/airlock-bin.
+export AIRLOCK_BIN_DIR="$(realpath -m "${CARGO_TARGET_DIR:-target}")/airlock-bin"
 exec "$AIRLOCK_BIN_DIR/airlock-demo"

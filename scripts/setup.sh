@@ -50,5 +50,4 @@ fi
 log "containerd 2.1 (private copy)"
 bash integration/scripts/fetch-containerd2.sh "${AIRLOCK_CONTAINERD2_DIR:-/var/cache/airlock-test/containerd2}"
 
-log "cargo build --release (shim, runtime, tools)"
-cargo build --release --workspace --bins
+bash scripts/build.sh

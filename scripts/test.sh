@@ -13,9 +13,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings" >&2
 cargo clippy --workspace --all-targets -- -D warnings
 
-# The integration harness runs the release binaries just built by setup.sh (cargo builds for an
-# explicit target, .cargo/config.toml: they are in target/<triple>/release).
-release="$PWD/target/$(sed -n 's/^target = "\(.*\)"/\1/p' .cargo/config.toml)/release"
+# The integration harness runs the binaries setup.sh just built, as Airlock ships them
+# (scripts/build.sh: target/airlock-bin, with the musl shim).
+release="$(realpath -m "${CARGO_TARGET_DIR:-target}")/airlock-bin"
 export AIRLOCK_BIN_DIR="$release"
 export AIRLOCK_CONTAINERD2_DIR="${AIRLOCK_CONTAINERD2_DIR:-/var/cache/airlock-test/containerd2}"
 echo "== cargo test --workspace" >&2

@@ -12,7 +12,7 @@
 # Environment: AIRLOCK_NODE_KNOWN_GAPS=1 (also run tests of known gaps), AIRLOCK_NODE_TIMEOUT (whole boot+tests, seconds, default 1200),
 # AIRLOCK_NODE_ACCEL=kvm|tcg (override the choice), AIRLOCK_NODE_MEMORY (default 2G),
 # AIRLOCK_NODE_CPUS (default 2), AIRLOCK_NODE_KERNEL (default: newest /boot/vmlinuz-*-cloud-amd64),
-# AIRLOCK_BIN_DIR (shim + runtime binaries; default: `cargo build --release` into target/<triple>/release).
+# AIRLOCK_BIN_DIR (shim + runtime binaries; default: scripts/build.sh, into target/airlock-bin).
 # Installs: scripts/setup.sh (qemu-system-x86, linux-image-cloud-amd64, virtme-ng, virtiofsd).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -71,9 +71,9 @@ esac
 
 # --- binaries ---------------------------------------------------------------------------------
 if [ -z "${AIRLOCK_BIN_DIR:-}" ]; then
-  say "cargo build --release (shim, runtime)"
-  cargo build --release --workspace --bins >&2
-  bin_dir=$target/$(sed -n 's/^target = "\(.*\)"/\1/p' "$root/.cargo/config.toml")/release
+  say "scripts/build.sh (shim, runtime)"
+  bash "$root/scripts/build.sh" >&2
+  bin_dir=$target/airlock-bin
 else
   bin_dir=$AIRLOCK_BIN_DIR
 fi

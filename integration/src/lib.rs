@@ -74,11 +74,20 @@ pub fn profile_dir(profile: &str) -> PathBuf {
     }
 }
 
-/// Directory holding `containerd-shim-airlock-v2`: `AIRLOCK_BIN_DIR`, else the release
-/// profile's if the shim was built there, else the debug profile's ([`profile_dir`]).
+/// Directory holding `containerd-shim-airlock-v2`: `AIRLOCK_BIN_DIR`; else the running
+/// program's own directory when the shim is there (`airlock-bench` or `airlock-demo` run from
+/// `target/airlock-bin` or an install); else the release profile's if the shim was built
+/// there, else the debug profile's ([`profile_dir`]).
 pub fn airlock_bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("AIRLOCK_BIN_DIR") {
         return PathBuf::from(d);
+    }
+    if let Some(own) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .filter(|d| d.join("containerd-shim-airlock-v2").is_file())
+    {
+        return own;
     }
     let release = profile_dir("release");
     if release.join("containerd-shim-airlock-v2").is_file() {

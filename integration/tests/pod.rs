@@ -32,6 +32,22 @@ fn assert_clean(ctd: &Containerd, ns: &str, ids: &[String]) {
     assert!(l.is_empty(), "leaks: {l:#?}");
 }
 
+/// Checks that each container of a pod still runs (the TERM-trapping loop), then stops (TERM,
+/// exit 0) and deletes each.
+async fn stop_running_pod(c: &airlock_integration::Client, ns: &str, ids: &[String]) {
+    for id in ids {
+        let procs = leaks::processes_of(ns, id);
+        assert!(!procs.is_empty(), "container {id} has no processes");
+    }
+    for id in ids {
+        c.kill(ns, id, libc::SIGTERM as u32, false).await.unwrap();
+        let (status, _) = c.wait(ns, id, T).await.unwrap();
+        assert_eq!(status, 0, "trapped TERM exits 0");
+        c.delete_task(ns, id).await.unwrap();
+        c.delete_container(ns, id).await.unwrap();
+    }
+}
+
 /// Containers carrying the same CRI sandbox id are served by one shim, which exits once the
 /// last of them is deleted.
 fn pod_shares_one_shim(v: Version) {
@@ -60,17 +76,7 @@ fn pod_shares_one_shim(v: Version) {
             .collect();
         assert_eq!(shims.len(), 1, "one shim for the pod, got {shims:#?}");
         // Both inits are the shim's children (it is their subreaper).
-        for id in &ids {
-            let procs = leaks::processes_of(&ns, id);
-            assert!(!procs.is_empty(), "container {id} has no processes");
-        }
-        for id in &ids {
-            c.kill(&ns, id, libc::SIGTERM as u32, false).await.unwrap();
-            let (status, _) = c.wait(&ns, id, T).await.unwrap();
-            assert_eq!(status, 0, "trapped TERM exits 0");
-            c.delete_task(&ns, id).await.unwrap();
-            c.delete_container(&ns, id).await.unwrap();
-        }
+        stop_running_pod(&c, &ns, &ids).await;
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while ctd.shims().iter().any(|s| s.namespace == ns) {
@@ -211,6 +217,92 @@ fn policy_annotation(v: Version) {
     assert_clean(&ctd, &ns, &[strict, default, unknown]);
 }
 
+/// The `airlock-runtime --zygote` children of process `shim`: runtimes started ahead of need.
+fn zygotes_of(shim: i32) -> Vec<i32> {
+    airlock_integration::proc_util::pids()
+        .into_iter()
+        .filter(|pid| {
+            airlock_integration::proc_util::ppid(*pid) == Some(shim)
+                && airlock_integration::proc_util::cmdline(*pid)
+                    .get(1)
+                    .is_some_and(|a| a == "--zygote")
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A pod sandbox's create starts a runtime ahead of need (a zygote) for the pod's app
+/// containers. The next create takes it; an app container's create starts none; and a create
+/// whose zygote is gone (here: killed) still works.
+fn runtime_started_ahead(v: Version) {
+    let ctd = shared(v).unwrap();
+    let ns = ctd.new_namespace("zygote").unwrap();
+    let pod = uid("pod");
+    let ids = [uid("sandbox"), uid("app"), uid("sandbox2"), uid("app2")];
+    let kinds = ["sandbox", "container", "sandbox", "container"];
+    let loop_ = [
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while :; do sleep 0.1; done",
+    ];
+    rt().block_on(async {
+        let c = ctd.client().await.unwrap();
+        let mut shim = None;
+        let mut zygote = None;
+        for (i, (id, kind)) in ids.iter().zip(kinds).enumerate() {
+            if i == 3 {
+                // The second sandbox's zygote: kill it before app2's create.
+                let z: i32 = zygote.take().unwrap();
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(z), nix::sys::signal::SIGKILL)
+                    .unwrap();
+                let shim = shim.unwrap();
+                wait_until("the killed zygote is reaped", || {
+                    !zygotes_of(shim).contains(&z)
+                });
+            }
+            let s = spec(&ctd, &ns, id, &loop_, |v| {
+                annotate(v, "io.kubernetes.cri.sandbox-id", &pod);
+                annotate(v, "io.kubernetes.cri.container-type", kind);
+            });
+            c.create(&ns, id, Runtime::Airlock, s).await.unwrap();
+            c.start(&ns, id).await.unwrap();
+            let pid = *shim.get_or_insert_with(|| {
+                ctd.shims()
+                    .into_iter()
+                    .find(|s| s.namespace == ns)
+                    .expect("the pod's shim")
+                    .pid
+            });
+            if kind == "sandbox" {
+                wait_until("a zygote after the sandbox's create", || {
+                    zygotes_of(pid).len() == 1
+                });
+                zygote = zygotes_of(pid).first().copied();
+            } else if i == 1 {
+                let z = zygote.take().unwrap();
+                // Well within the zygote's idle time (10 s): the create took it.
+                wait_until("the app container's create took the zygote", || {
+                    !zygotes_of(pid).contains(&z)
+                });
+                std::thread::sleep(Duration::from_millis(200));
+                assert!(
+                    zygotes_of(pid).is_empty(),
+                    "an app container's create starts none"
+                );
+            }
+        }
+        stop_running_pod(&c, &ns, &ids).await;
+    });
+    assert_clean(&ctd, &ns, &ids);
+}
+
 /// The pod's own seccomp profile applies on top of the policy's filter: containerd's default
 /// profile (`ctr run --seccomp`, what Kubernetes' RuntimeDefault gives) runs a workload, and a
 /// stricter profile (mkdir denied with EACCES) narrows what agent-strict allows.
@@ -271,6 +363,8 @@ macro_rules! versions {
             fn policy_annotation() { super::policy_annotation($v) }
             #[test]
             fn pod_seccomp_profile() { super::pod_seccomp_profile($v) }
+            #[test]
+            fn runtime_started_ahead() { super::runtime_started_ahead($v) }
         }
     )*};
 }

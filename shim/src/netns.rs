@@ -45,7 +45,7 @@ pub fn namespace_path(spec: &Spec, typ: LinuxNamespaceType) -> Option<Option<Pat
 fn owns(userns: &Path, ns: &Path) -> std::io::Result<bool> {
     let ns = File::open(ns)?;
     // SAFETY: NS_GET_USERNS takes no argument and returns a new fd or -1.
-    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS) };
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS as _) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -3,10 +3,19 @@
 //! libcontainer forks and changes process-wide state, so it must never run inside this
 //! multi-threaded async process (ARCHITECTURE.md). The shim executes the small,
 //! single-threaded `airlock-runtime` binary instead, one invocation per lifecycle step.
+//!
+//! Create and exec, on the start path, go to a runtime started ahead of need when there is one
+//! (a zygote, see `airlock_state::zygote`): [`Runtime::prestart`] starts it, a create or exec
+//! hands it its command line and stdio, and the shim waits for its exit as for any runtime.
 
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use airlock_state::zygote;
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -21,11 +30,85 @@ pub struct Runtime {
     binary: PathBuf,
     /// `/run/airlock/<namespace>`: container state lives in `<root>/<id>/`.
     root: PathBuf,
+    /// A runtime started ahead of need, waiting for a create or exec.
+    zygote: Arc<Mutex<Option<Zygote>>>,
+}
+
+/// A started `airlock-runtime --zygote`: our end of its socket, and its exit status, which a
+/// task collects whenever it exits (so an unused zygote leaves no zombie).
+#[derive(Debug)]
+struct Zygote {
+    sock: OwnedFd,
+    exit: tokio::sync::oneshot::Receiver<std::io::Result<ExitStatus>>,
 }
 
 impl Runtime {
     pub fn new(binary: PathBuf, root: PathBuf) -> Self {
-        Runtime { binary, root }
+        Runtime {
+            binary,
+            root,
+            zygote: Arc::default(),
+        }
+    }
+
+    /// Starts a runtime that waits for the next create or exec (it exits unused after its idle
+    /// time), unless one already waits. Call where a create is about to come: the start costs
+    /// ~1.3 ms that the create then does not wait for. Needs the tokio runtime; best effort.
+    pub fn prestart(&self) {
+        let mut slot = self.zygote.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return;
+        }
+        let spawned = (|| -> std::io::Result<Zygote> {
+            let (ours, theirs) = zygote::channel()?;
+            let mut child = Command::new(&self.binary)
+                .arg(zygote::ARG)
+                .stdin(Stdio::from(theirs))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(false)
+                .spawn()?;
+            let (tx, exit) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let _ = tx.send(child.wait().await);
+            });
+            Ok(Zygote { sock: ours, exit })
+        })();
+        match spawned {
+            Ok(z) => *slot = Some(z),
+            Err(e) => tracing::debug!("no runtime started ahead: {e}"),
+        }
+    }
+
+    /// Runs `cmd` in the waiting zygote, if there is one that takes it; None otherwise (the
+    /// caller then spawns it). Its exit status when it ran it.
+    async fn run_in_zygote(
+        &self,
+        cmd: &Command,
+        stdio: [BorrowedFd<'_>; 3],
+    ) -> Option<std::io::Result<ExitStatus>> {
+        let z = self
+            .zygote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        let args: Vec<OsString> = cmd.as_std().get_args().map(|a| a.to_os_string()).collect();
+        if let Err(e) = zygote::send(z.sock.as_fd(), &args, stdio) {
+            tracing::debug!("the runtime started ahead is gone ({e}); starting one now");
+            return None;
+        }
+        drop(z.sock);
+        match z.exit.await {
+            Ok(Ok(status)) if status.code() == Some(i32::from(zygote::UNUSED)) => {
+                // It exited idle just as the request came; the request was not run.
+                tracing::debug!("the runtime started ahead had exited; starting one now");
+                None
+            }
+            Ok(result) => Some(result),
+            Err(_) => Some(Err(std::io::Error::other(
+                "lost the exit status of the runtime started ahead",
+            ))),
+        }
     }
 
     /// The runtime beside the shim binary, else on PATH.
@@ -59,6 +142,11 @@ impl Runtime {
         cmd.arg("--root").arg(&self.root);
         if let Some(log) = log {
             cmd.arg("--log").arg(log).arg("--log-format").arg("json");
+            // The file is read only for a failed step's error, or, at debug, for the runtime's
+            // phase timings (`run_with_stdio`); writing those for every step costs start time.
+            if !tracing::enabled!(tracing::Level::DEBUG) {
+                cmd.arg("--log-level").arg("error");
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -152,17 +240,43 @@ impl Runtime {
         log: &Path,
         what: &str,
     ) -> Result<()> {
-        cmd.stdin(stdio.stdin.map(Stdio::from).unwrap_or_else(Stdio::null));
-        cmd.stdout(stdio.stdout.map(Stdio::from).unwrap_or_else(Stdio::null));
-        cmd.stderr(stdio.stderr.map(Stdio::from).unwrap_or_else(Stdio::null));
-        // Not `output()`: that would capture stdout/stderr, which the container inherits.
         let start = Instant::now();
-        let status = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?
-            .wait()
-            .await
-            .map_err(|e| Error::io(format!("wait for {}", self.binary.display()), e))?;
+        let null = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| Error::io("open /dev/null", e))?;
+        fn or<'a>(f: &'a Option<OwnedFd>, null: &'a OwnedFd) -> BorrowedFd<'a> {
+            f.as_ref().unwrap_or(null).as_fd()
+        }
+        let zygote_ran = self
+            .run_in_zygote(
+                &cmd,
+                [
+                    or(&stdio.stdin, &null),
+                    or(&stdio.stdout, &null),
+                    or(&stdio.stderr, &null),
+                ],
+            )
+            .await;
+        let status = match zygote_ran {
+            Some(status) => {
+                status.map_err(|e| Error::io(format!("wait for {}", self.binary.display()), e))?
+            }
+            None => {
+                cmd.stdin(stdio.stdin.map(Stdio::from).unwrap_or_else(Stdio::null));
+                cmd.stdout(stdio.stdout.map(Stdio::from).unwrap_or_else(Stdio::null));
+                cmd.stderr(stdio.stderr.map(Stdio::from).unwrap_or_else(Stdio::null));
+                // Not `output()`: that would capture stdout/stderr, which the container
+                // inherits.
+                cmd.spawn()
+                    .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?
+                    .wait()
+                    .await
+                    .map_err(|e| Error::io(format!("wait for {}", self.binary.display()), e))?
+            }
+        };
         tracing::debug!(
             step = what,
             elapsed_us = start.elapsed().as_micros() as u64,

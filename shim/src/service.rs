@@ -172,6 +172,8 @@ struct Applied {
     idmap_rootfs: bool,
     /// The spec has poststart hooks (the runtime runs them, so it also does the start).
     poststart_hooks: bool,
+    /// A CRI pod sandbox: the pod's app containers come next.
+    pod_sandbox: bool,
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {
@@ -263,6 +265,7 @@ impl TaskService {
             idmap_rootfs,
             update_rules,
             poststart_hooks,
+            pod_sandbox,
         } = self
             .apply_policy(&bundle, &req.id, req.terminal, req.options.as_ref())
             .await?;
@@ -317,6 +320,12 @@ impl TaskService {
             return Err(fail(e));
         }
         let t_runtime = t0.elapsed();
+        if pod_sandbox {
+            // The app containers' creates follow within milliseconds when their images are on
+            // the node: a runtime started now is ready for the first. Off this reply's path.
+            let runtime = self.runtime.clone();
+            tokio::spawn(async move { runtime.prestart() });
+        }
         let pidfd = match read_pid(&pid_file).await.and_then(|pid| {
             PidFd::open(pid).map_err(|e| Error::io(format!("open pidfd of {pid}"), e))
         }) {
@@ -562,6 +571,11 @@ impl TaskService {
                 .as_ref()
                 .and_then(|h| h.poststart().as_ref())
                 .is_some_and(|h| !h.is_empty()),
+            pod_sandbox: spec
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(crate::shim::CONTAINER_TYPE_ANNOTATION))
+                .is_some_and(|t| t == "sandbox"),
         })
     }
 

@@ -27,6 +27,8 @@ use crate::service::{unmount, TaskService};
 
 /// Annotation containerd's CRI sets on every container of a pod.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI's kind of container: `sandbox` for a pod's sandbox, `container` for the others.
+pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 
 pub struct AirlockShim {
     exit: Arc<ExitSignal>,
@@ -121,7 +123,14 @@ impl Shim for AirlockShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let runtime = match Runtime::locate(&self.namespace) {
-            Ok(r) => r,
+            Ok(r) => {
+                // The pod's first Create follows in a few milliseconds; with a shim cgroup
+                // to move into (no AT_STARTUP_ENV), the runtime would start outside it.
+                if std::env::var_os(crate::prewarm::AT_STARTUP_ENV).is_some() {
+                    r.prestart();
+                }
+                r
+            }
             Err(e) => {
                 // Every create will fail with this message; keep serving so it reaches the user.
                 warn!("{e}");

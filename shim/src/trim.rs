@@ -114,9 +114,16 @@ async fn run(inner: Arc<Inner>, idle: Duration, trim: fn() -> bool) {
 }
 
 /// Returns the allocator's free pages to the kernel; true if any were.
+#[cfg(target_env = "gnu")]
 pub fn release() -> bool {
     // SAFETY: malloc_trim only walks glibc's own arenas, under their locks.
     unsafe { libc::malloc_trim(0) == 1 }
+}
+
+/// musl's allocator returns freed pages to the kernel as it frees them: nothing to trim.
+#[cfg(not(target_env = "gnu"))]
+pub fn release() -> bool {
+    false
 }
 
 #[cfg(test)]

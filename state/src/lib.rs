@@ -10,9 +10,13 @@
 //! [`remove_stopped`] once every process of the container has exited. Anything else (hooks to
 //! run, processes left in the cgroup, unreadable state) stays with the runtime.
 //! `airlock-runtime`'s tests pin libcontainer's side of these files.
+//!
+//! [`zygote`] is the other thing the two share: how the shim hands a command line to a runtime
+//! it started ahead of need.
 
 pub mod cgroups;
 pub mod mountinfo;
+pub mod zygote;
 
 use std::path::{Path, PathBuf};
 

@@ -1,12 +1,16 @@
 //! `airlock-runtime`: a runc-like CLI over the process backend. The shim executes it for
 //! every container operation; it is single-threaded on purpose (libcontainer forks).
 
+use std::ffi::OsString;
 use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use airlock_runtime::{parse_signal, CreateOptions, ProcessRuntime, DEFAULT_ROOT};
+use airlock_state::zygote;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::filter::Targets;
@@ -33,8 +37,35 @@ struct Cli {
     /// Log at debug level (per-phase timings of create). AIRLOCK_LOG overrides the filter.
     #[arg(long, global = true)]
     debug: bool,
+    /// Level of the --log file (default: info, or debug with --debug). The shim asks for
+    /// `error` unless it logs at debug itself: it reads the file only for the error of a
+    /// failed step, and writing the phase timings of every create costs time on the start
+    /// path. AIRLOCK_LOG overrides it.
+    #[arg(long = "log-level", global = true, value_enum)]
+    log_level: Option<LogLevel>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,7 +171,11 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open log file {}", path.display()))?;
             (
                 BoxMakeWriter::new(Arc::new(file)),
-                filter(if cli.debug { "debug" } else { "info" }),
+                filter(match (cli.log_level, cli.debug) {
+                    (Some(level), _) => level.directive(),
+                    (None, true) => "debug",
+                    (None, false) => "info",
+                }),
                 FmtSpan::CLOSE,
             )
         }
@@ -284,8 +319,51 @@ fn leave_callers_directory(cli: &mut Cli) -> anyhow::Result<()> {
     std::env::set_current_dir("/").context("cannot change to /")
 }
 
+/// This process's command line; or, started as a zygote (`airlock-runtime --zygote`, see
+/// `airlock_state::zygote`), the one the shim sends when it needs the runtime, with the stdio
+/// it sends put at fds 0, 1 and 2. None: a zygote that got no request.
+fn command_line() -> Option<Vec<OsString>> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.len() != 2 || args[1] != zygote::ARG {
+        return Some(args);
+    }
+    // SAFETY: fd 0 of a zygote is its end of the shim's socket pair, open for our lifetime.
+    let sock = unsafe { BorrowedFd::borrow_raw(0) };
+    let request = match zygote::receive(sock, ZYGOTE_IDLE) {
+        Ok(Some(r)) => r,
+        Ok(None) => return None,
+        Err(e) => {
+            // stderr is /dev/null until a request's stdio is in place: the status tells the
+            // shim to run the request in a new process.
+            eprintln!("airlock-runtime: zygote: {e}");
+            return None;
+        }
+    };
+    for (target, fd) in request.stdio.iter().enumerate() {
+        // dup2 onto 0 closes the socket, which is no longer needed; the copies are inheritable.
+        if let Err(e) = nix::unistd::dup2(fd.as_raw_fd(), target as RawFd) {
+            eprintln!("airlock-runtime: zygote: cannot install stdio fd {target}: {e}");
+            return None;
+        }
+    }
+    drop(request.stdio);
+    Some(
+        std::iter::once(args[0].clone())
+            .chain(request.args)
+            .collect(),
+    )
+}
+
+/// How long a zygote waits for its request: the shim starts one when a pod's first container
+/// is about to come, and another after a pod sandbox's create for the app containers, which
+/// follow within milliseconds when their images are on the node.
+const ZYGOTE_IDLE: Duration = Duration::from_secs(10);
+
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    let Some(args) = command_line() else {
+        return ExitCode::from(zygote::UNUSED);
+    };
+    let mut cli = Cli::parse_from(args);
     if let Err(e) = leave_callers_directory(&mut cli) {
         eprintln!("airlock-runtime: {e:#}");
         return ExitCode::FAILURE;
