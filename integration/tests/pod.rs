@@ -298,6 +298,16 @@ fn runtime_started_ahead(v: Version) {
                 );
             }
         }
+        // A runtime started ahead gives its container the shim's oom_score_adj at the time
+        // of the create (the spec sets none), as a runtime started then would: containerd's
+        // `start` adjusts the new shim after the shim may have started its first zygote.
+        let oom = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"));
+        let shim_score = oom(shim.unwrap()).unwrap();
+        for id in &ids {
+            for (pid, cmd) in leaks::processes_of(&ns, id) {
+                assert_eq!(oom(pid).unwrap(), shim_score, "{id} process {pid} ({cmd})");
+            }
+        }
         stop_running_pod(&c, &ns, &ids).await;
     });
     assert_clean(&ctd, &ns, &ids);

@@ -161,6 +161,9 @@ pub struct TaskService {
     userns: RangeAllocator,
     /// Returns what a burst of requests freed to the kernel once the shim is idle.
     trim: IdleTrim,
+    /// The sysfs mounted for a pod network namespace (by its identity), for its later
+    /// containers to bind.
+    pod_sysfs: std::sync::Mutex<HashMap<(u64, u64), PathBuf>>,
 }
 
 /// What applying the policy produced for the runtime.
@@ -202,6 +205,7 @@ impl TaskService {
             seccomp: SeccompCache::new(crate::seccomp_cache::DEFAULT_DIR),
             userns: RangeAllocator::default(),
             trim: IdleTrim::default(),
+            pod_sysfs: Default::default(),
         }
     }
 
@@ -471,7 +475,21 @@ impl TaskService {
             let sysfs = crate::netns::sysfs_path(bundle);
             let sysfs = crate::netns::bind_sysfs_from(&mut spec, &sysfs).then_some(sysfs);
             let sysctls = crate::netns::take_net_sysctls(&mut spec);
-            if sysfs.is_some() || !sysctls.is_empty() {
+            let identity = crate::netns::identity(&netns);
+            // A later container of the pod, with no sysctls to write: bind the sysfs mounted
+            // for an earlier one (it fails once that container is deleted).
+            let prepared = match (&sysfs, sysctls.is_empty(), identity) {
+                (Some(target), true, Some(key)) => {
+                    let earlier = self.pod_sysfs.lock().unwrap().get(&key).cloned();
+                    earlier.is_some_and(|source| {
+                        crate::netns::bind_prepared(&source, target)
+                            .inspect_err(|e| debug!("mount a new sysfs: {e}"))
+                            .is_ok()
+                    })
+                }
+                _ => false,
+            };
+            if !prepared && (sysfs.is_some() || !sysctls.is_empty()) {
                 let (n, f, set) = (netns.clone(), sysfs.clone(), sysctls.clone());
                 let r = tokio::task::spawn_blocking(move || {
                     crate::netns::prepare_in(&n, f.as_deref(), &set)
@@ -483,6 +501,11 @@ impl TaskService {
                     crate::bind_sources::cleanup(bundle);
                     return Err(e);
                 }
+                if let (Some(path), Some(key)) = (&sysfs, identity) {
+                    self.pod_sysfs.lock().unwrap().insert(key, path.clone());
+                }
+            }
+            if sysfs.is_some() || !sysctls.is_empty() {
                 enforced.push(format!(
                     "pod network namespace: /sys mounted for it by the shim{}",
                     if sysctls.is_empty() {
@@ -493,6 +516,7 @@ impl TaskService {
                 ));
                 info!(
                     netns = %netns.display(),
+                    sysfs_of_an_earlier_container = prepared,
                     elapsed_us = t.elapsed().as_micros() as u64,
                     "pod network namespace prepared (sysfs, net sysctls)"
                 );

@@ -64,6 +64,11 @@ struct RangeFile {
 #[derive(Debug, Clone)]
 pub struct RangeAllocator {
     dir: PathBuf,
+    /// The range this allocator last saw a pod or member (container) in. Only a hint: the
+    /// file it names is read under the lock and must still say so; otherwise every range file
+    /// is read, as without it. It saves reading all of the node's range files (one per pod)
+    /// for a pod's later containers and for releases.
+    hint: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
 }
 
 impl Default for RangeAllocator {
@@ -74,7 +79,29 @@ impl Default for RangeAllocator {
 
 impl RangeAllocator {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        RangeAllocator { dir: dir.into() }
+        RangeAllocator {
+            dir: dir.into(),
+            hint: Default::default(),
+        }
+    }
+
+    fn hinted(&self, key: &str) -> Option<u32> {
+        self.hint.lock().ok()?.get(key).copied()
+    }
+
+    fn remember(&self, key: &str, host: Option<u32>) {
+        if let Ok(mut h) = self.hint.lock() {
+            match host {
+                Some(host) => h.insert(key.to_string(), host),
+                None => h.remove(key),
+            };
+        }
+    }
+
+    /// The range file of `host`, if it exists and reads.
+    fn read(&self, host: u32) -> Option<RangeFile> {
+        let bytes = std::fs::read(self.path_of(host)).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     pub fn dir(&self) -> &Path {
@@ -155,6 +182,17 @@ impl RangeAllocator {
             return Err(UsernsError::TooLarge { asked: size });
         }
         let _lock = self.lock()?;
+        let hinted = self
+            .hinted(pod)
+            .and_then(|h| self.read(h).filter(|f| f.pod == pod).map(|f| (h, f)));
+        if let Some((host, mut f)) = hinted {
+            if !f.members.iter().any(|m| m == member) {
+                f.members.push(member.to_string());
+                self.write(host, &f, false)?;
+            }
+            self.remember(member, Some(host));
+            return Ok(host);
+        }
         let mut ranges = self.ranges()?;
         if let Some((host, f)) = ranges
             .iter_mut()
@@ -164,6 +202,8 @@ impl RangeAllocator {
                 f.members.push(member.to_string());
                 self.write(host, f, false)?;
             }
+            self.remember(pod, Some(host));
+            self.remember(member, Some(host));
             return Ok(host);
         }
         let used: std::collections::HashSet<u32> = ranges.iter().map(|(h, _)| *h).collect();
@@ -181,6 +221,8 @@ impl RangeAllocator {
             },
             true,
         )?;
+        self.remember(pod, Some(host));
+        self.remember(member, Some(host));
         Ok(host)
     }
 
@@ -188,7 +230,21 @@ impl RangeAllocator {
     /// Returns the first host id of a range it freed. Unknown members are not an error.
     pub fn release(&self, member: &str) -> Result<Option<u32>> {
         let _lock = self.lock()?;
-        for (host, f) in self.ranges()? {
+        let hinted = self
+            .hinted(member)
+            .and_then(|h| self.read(h).map(|f| (h, Some(f))));
+        self.remember(member, None);
+        let ranges = match hinted {
+            Some(r)
+                if r.1
+                    .as_ref()
+                    .is_some_and(|f| f.members.iter().any(|m| m == member)) =>
+            {
+                vec![r]
+            }
+            _ => self.ranges()?,
+        };
+        for (host, f) in ranges {
             let Some(mut f) = f else { continue };
             let before = f.members.len();
             f.members.retain(|m| m != member);
@@ -196,6 +252,7 @@ impl RangeAllocator {
                 continue;
             }
             if f.members.is_empty() {
+                self.remember(&f.pod, None);
                 let path = self.path_of(host);
                 std::fs::remove_file(&path)
                     .map_err(self.io(format!("remove {}", path.display())))?;
@@ -244,6 +301,32 @@ mod tests {
         assert_eq!(a.release("ns/c3").unwrap(), Some(p2));
         assert_eq!(a.release("ns/c4").unwrap(), Some(p1));
         assert_eq!(a.release("ns/unknown").unwrap(), None);
+        assert!(files(d.path()).is_empty(), "{:?}", files(d.path()));
+    }
+
+    /// Another shim (allocator) may free a range this one remembers and give it to another
+    /// pod: the remembered range is used only while its file still says so.
+    #[test]
+    fn a_remembered_range_is_checked_against_its_file() {
+        let d = tempfile::tempdir().unwrap();
+        let (a1, a2) = (RangeAllocator::new(d.path()), RangeAllocator::new(d.path()));
+        let h = a1.acquire("ns/pod1", "ns/c1", SLOT_SIZE).unwrap();
+        assert_eq!(
+            a2.release("ns/c1").unwrap(),
+            Some(h),
+            "freed by the other shim"
+        );
+        assert_eq!(a2.acquire("ns/pod2", "ns/c2", SLOT_SIZE).unwrap(), h);
+        // a1 remembers pod1 and c1 in h, which is pod2's now.
+        let h1 = a1.acquire("ns/pod1", "ns/c3", SLOT_SIZE).unwrap();
+        assert_ne!(h1, h, "pod1 must not get pod2's range");
+        assert_eq!(a1.release("ns/c1").unwrap(), None, "c1 is in no range");
+        assert_eq!(
+            a2.release("ns/c2").unwrap(),
+            Some(h),
+            "pod2's range was left alone"
+        );
+        assert_eq!(a1.release("ns/c3").unwrap(), Some(h1));
         assert!(files(d.path()).is_empty(), "{:?}", files(d.path()));
     }
 
