@@ -126,8 +126,10 @@ impl Shim for AirlockShim {
             Ok(r) => {
                 // The pod's first Create follows in a few milliseconds; with a shim cgroup
                 // to move into (no AT_STARTUP_ENV), the runtime would start outside it.
+                // On a worker thread: the spawn (~0.2 ms) stays off the shim's way to serving.
                 if std::env::var_os(crate::prewarm::AT_STARTUP_ENV).is_some() {
-                    r.prestart();
+                    let r = r.clone();
+                    tokio::spawn(async move { r.prestart() });
                 }
                 r
             }
