@@ -142,12 +142,14 @@ impl Shim for AirlockShim {
                 )
             }
         };
-        TaskService::new(
+        let service = TaskService::new(
             self.namespace.clone(),
             publisher,
             self.exit.clone(),
             runtime,
-        )
+        );
+        service.warm_config();
+        service
     }
 }
 
