@@ -191,13 +191,21 @@ impl UserNs<'_> {
 /// (0.5 ms here): the caller keeps them open while it forks the container's processes, which
 /// inherit them close-on-exec, so the last close happens in the init's exec, after Start,
 /// instead of on the create path.
+///
+/// With `overlay` (its mount options), nothing is mounted at `rootfs` yet: that overlay is
+/// mounted there once, over idmapped layers, instead of a plain one first and the idmapped one
+/// on top (one overlay less to mount, and to sync and unmount on delete).
 pub fn idmap_rootfs(
     rootfs: &Path,
     ns: UserNs<'_>,
+    overlay: Option<&str>,
     detached: &mut Vec<OwnedFd>,
 ) -> Result<Idmapped, IdmapError> {
     let userns = ns.open()?;
-    if let Some(options) = overlay_options(rootfs) {
+    if let Some(options) = overlay
+        .map(str::to_owned)
+        .or_else(|| overlay_options(rootfs))
+    {
         return remount_overlay(rootfs, &options, &userns, ns.root_owner(), detached);
     }
     match idmapped_clone(rootfs, &userns) {
@@ -354,7 +362,13 @@ mod tests {
 
     fn idmap_to(root: &Path, host: u32) -> Idmapped {
         let m = map(host);
-        idmap_rootfs(root, UserNs::Maps { uid: &m, gid: &m }, &mut Vec::new()).unwrap()
+        idmap_rootfs(
+            root,
+            UserNs::Maps { uid: &m, gid: &m },
+            None,
+            &mut Vec::new(),
+        )
+        .unwrap()
     }
 
     /// Whether a child running as host uid/gid `id` can mkdir `dir`.
@@ -455,6 +469,47 @@ mod tests {
         assert!(root.join("f").exists(), "the plain overlay is still there");
         unmount(&root);
         assert!(!root.join("f").exists());
+    }
+
+    /// Given the overlay's options and nothing mounted yet, the idmapped overlay is the only
+    /// mount at the rootfs: the same view, one unmount leaves the directory.
+    #[test]
+    fn an_overlay_not_mounted_yet_is_mounted_once_over_idmapped_layers() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        for sub in ["l", "u", "w", "rootfs"] {
+            std::fs::create_dir(d.path().join(sub)).unwrap();
+        }
+        std::fs::write(d.path().join("l/f"), b"x").unwrap();
+        let root = d.path().join("rootfs");
+        let options = format!(
+            "index=off,workdir={0}/w,upperdir={0}/u,lowerdir={0}/l",
+            d.path().display()
+        );
+        let host = (1u32 << 30) + 13 * 65536;
+        let m = map(host);
+        let mut detached = Vec::new();
+        let how = idmap_rootfs(
+            &root,
+            UserNs::Maps { uid: &m, gid: &m },
+            Some(&options),
+            &mut detached,
+        )
+        .unwrap();
+        drop(detached);
+        assert_eq!(how, Idmapped::Overlay);
+        let f = std::fs::metadata(root.join("f")).unwrap();
+        assert_eq!((f.uid(), f.gid()), (host, host));
+        assert_eq!(std::fs::metadata(&root).unwrap().uid(), host);
+        assert!(
+            mkdir_as(host, &root.join("proc")),
+            "mkdir /proc as the mapped root"
+        );
+        unmount(&root);
+        assert!(!root.join("f").exists(), "one overlay, one unmount");
     }
 
     /// Layers whose filesystem cannot be idmapped (here an overlay used as a layer, which

@@ -183,7 +183,9 @@ impl Runtime {
 
     /// Create the container, paused before exec. The container inherits `stdio` (or gets a
     /// terminal whose master is sent over `stdio.console_socket`). With
-    /// `idmap_rootfs`, the runtime idmaps the rootfs to the spec's user namespace mappings.
+    /// `idmap_rootfs`, the runtime idmaps the rootfs to the spec's user namespace mappings;
+    /// with `rootfs_overlay` too, nothing is mounted at the rootfs yet and the runtime mounts
+    /// that overlay there (its options) over idmapped layers.
     pub async fn create(
         &self,
         id: &str,
@@ -191,6 +193,7 @@ impl Runtime {
         pid_file: &Path,
         seccomp: &[PathBuf],
         idmap_rootfs: bool,
+        rootfs_overlay: Option<&str>,
         stdio: ChildStdio,
     ) -> Result<()> {
         // The runtime's own stderr is the container's stderr, so its error goes to a log file.
@@ -206,6 +209,9 @@ impl Runtime {
         }
         if idmap_rootfs {
             cmd.arg("--idmap-rootfs");
+            if let Some(options) = rootfs_overlay {
+                cmd.arg("--rootfs-overlay").arg(options);
+            }
         }
         console_socket_arg(&mut cmd, &stdio);
         cmd.arg(id);

@@ -295,7 +295,18 @@ impl TaskService {
             open_bundle_to(&bundle, gid)?;
         }
         let idmap_rootfs = idmap_rootfs || idmapped_layers;
-        for m in &mounts {
+        // One overlay (containerd's snapshot) that is to be idmapped: the runtime mounts it
+        // once, over idmapped layers, instead of the shim mounting it and the runtime mounting
+        // the idmapped one on top (one mount less here, one sync and unmount less on delete).
+        // Unmounted as if the shim had mounted it.
+        let overlay = match mounts.as_slice() {
+            [m] if idmap_rootfs && m.type_ == "overlay" && m.target.is_empty() => {
+                rootfs_mounted = true;
+                Some(m.options.join(","))
+            }
+            _ => None,
+        };
+        for m in mounts.iter().filter(|_| overlay.is_none()) {
             if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs).await {
                 if rootfs_mounted {
                     unmount(&rootfs);
@@ -325,7 +336,15 @@ impl TaskService {
         let pid_file = bundle.join("init.pid");
         if let Err(e) = self
             .runtime
-            .create(&req.id, &bundle, &pid_file, &seccomp, idmap_rootfs, child)
+            .create(
+                &req.id,
+                &bundle,
+                &pid_file,
+                &seccomp,
+                idmap_rootfs,
+                overlay.as_deref(),
+                child,
+            )
             .await
         {
             drop(copier);

@@ -91,6 +91,12 @@ enum Command {
         /// gidMappings), so its files belong to the container's root without a chown.
         #[arg(long = "idmap-rootfs")]
         idmap_rootfs: bool,
+        /// The rootfs is not mounted yet: mount this overlay at it (its mount options, as
+        /// containerd gives them: lowerdir=...,upperdir=...,workdir=...), over idmapped clones
+        /// of its lower layers. One overlay instead of a plain one with the idmapped one on
+        /// top. Needs --idmap-rootfs.
+        #[arg(long = "rootfs-overlay", requires = "idmap_rootfs")]
+        rootfs_overlay: Option<String>,
         /// A listening unix socket; required exactly when process.terminal is true. The init's
         /// stdio becomes a new pty's slave (its controlling terminal) and the pty's master is
         /// sent over the socket (SCM_RIGHTS), as runc does.
@@ -203,6 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pid_file,
             seccomp,
             idmap_rootfs,
+            rootfs_overlay,
             console_socket,
             id,
         } => {
@@ -213,6 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 executor: None,
                 seccomp,
                 idmap_rootfs,
+                rootfs_overlay,
                 console_socket,
             })?;
         }
@@ -487,10 +495,12 @@ mod tests {
                 pid_file,
                 seccomp,
                 idmap_rootfs,
+                rootfs_overlay,
                 console_socket,
                 id,
             } => {
                 assert!(idmap_rootfs);
+                assert_eq!(rootfs_overlay, None);
                 assert_eq!(console_socket, Some(PathBuf::from("/b/c.sock")));
                 assert_eq!(bundle, PathBuf::from("/b"));
                 assert_eq!(seccomp, vec![PathBuf::from("/b/f.bpf")]);

@@ -60,6 +60,11 @@ pub struct CreateOptions {
     /// namespace (`linux.uidMappings`/`gidMappings`), so the image's files belong to the
     /// container's root without a chown. Removed again on delete and on a failed create.
     pub idmap_rootfs: bool,
+    /// With `idmap_rootfs`: the rootfs is not mounted yet, mount this overlay (containerd's
+    /// mount options for it) at it over idmapped layers, instead of idmapping the overlay
+    /// mounted there. Whoever mounts a rootfs unmounts it: the caller, on delete and after a
+    /// failed create, as for an overlay it mounted itself.
+    pub rootfs_overlay: Option<String>,
     /// A listening unix socket that receives the pty master (SCM_RIGHTS), exactly when the
     /// spec's `process.terminal` is true: the init's stdio is then the pty's slave, which is
     /// also its controlling terminal.
@@ -260,7 +265,12 @@ impl ProcessRuntime {
                     })
                 }
             };
-            match idmap::idmap_rootfs(&bundle.rootfs, source, &mut detached_layers) {
+            match idmap::idmap_rootfs(
+                &bundle.rootfs,
+                source,
+                opts.rootfs_overlay.as_deref(),
+                &mut detached_layers,
+            ) {
                 Ok(idmap::Idmapped::Unsupported) => {
                     tracing::warn!(
                         rootfs = %bundle.rootfs.display(),
