@@ -182,18 +182,14 @@ impl Runtime {
     }
 
     /// Create the container, paused before exec. The container inherits `stdio` (or gets a
-    /// terminal whose master is sent over `stdio.console_socket`). With
-    /// `idmap_rootfs`, the runtime idmaps the rootfs to the spec's user namespace mappings;
-    /// with `rootfs_overlay` too, nothing is mounted at the rootfs yet and the runtime mounts
-    /// that overlay there (its options) over idmapped layers.
+    /// terminal whose master is sent over `stdio.console_socket`). See [`IdmapRootfs`].
     pub async fn create(
         &self,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
         seccomp: &[PathBuf],
-        idmap_rootfs: bool,
-        rootfs_overlay: Option<&str>,
+        idmap: IdmapRootfs<'_>,
         stdio: ChildStdio,
     ) -> Result<()> {
         // The runtime's own stderr is the container's stderr, so its error goes to a log file.
@@ -207,10 +203,15 @@ impl Runtime {
         for program in seccomp {
             cmd.arg("--seccomp").arg(program);
         }
-        if idmap_rootfs {
-            cmd.arg("--idmap-rootfs");
-            if let Some(options) = rootfs_overlay {
-                cmd.arg("--rootfs-overlay").arg(options);
+        match idmap {
+            IdmapRootfs::No => {}
+            IdmapRootfs::Mounted => {
+                cmd.arg("--idmap-rootfs");
+            }
+            IdmapRootfs::Overlay(options) => {
+                cmd.arg("--idmap-rootfs")
+                    .arg("--rootfs-overlay")
+                    .arg(options);
             }
         }
         console_socket_arg(&mut cmd, &stdio);
@@ -439,6 +440,17 @@ impl Runtime {
         cmd.arg(id);
         Some(cmd)
     }
+}
+
+/// Whether and how the runtime idmaps the rootfs to the spec's user namespace mappings.
+#[derive(Debug, Clone, Copy)]
+pub enum IdmapRootfs<'a> {
+    No,
+    /// The rootfs is mounted (or a directory): idmap what is there.
+    Mounted,
+    /// Nothing is mounted at the rootfs yet: mount this overlay (its options) there, over
+    /// idmapped layers.
+    Overlay(&'a str),
 }
 
 /// With a terminal, the runtime sends the pty master over this socket (its stdio is unused).

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::events::{publish, TaskEvent};
 use crate::oom::{OomCounter, OomSource};
 use crate::pidfd::{ExitInfo, PidFd};
-use crate::runtime::Runtime;
+use crate::runtime::{IdmapRootfs, Runtime};
 use crate::seccomp_cache::SeccompCache;
 use crate::stdio::{self, Copier, StdioPaths};
 use crate::trim::IdleTrim;
@@ -341,8 +341,11 @@ impl TaskService {
                 &bundle,
                 &pid_file,
                 &seccomp,
-                idmap_rootfs,
-                overlay.as_deref(),
+                match (idmap_rootfs, overlay.as_deref()) {
+                    (false, _) => IdmapRootfs::No,
+                    (true, None) => IdmapRootfs::Mounted,
+                    (true, Some(options)) => IdmapRootfs::Overlay(options),
+                },
                 child,
             )
             .await
