@@ -245,6 +245,7 @@ impl TaskService {
 
     async fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         let t0 = Instant::now();
+        debug!(bundle = %req.bundle, "create request");
         validate_id(&req.id)?;
         // The runtime attaches the init to its cgroup about 10 ms from now.
         let _attach = crate::prewarm::cgroup_attach();
@@ -1670,6 +1671,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: ConnectRequest,
     ) -> TtrpcResult<ConnectResponse> {
+        debug!(id = %req.id, "connect request");
         let task_pid = match self.get(&req.id).await {
             Ok(c) => c.pid(),
             Err(_) => 0,
