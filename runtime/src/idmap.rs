@@ -393,6 +393,17 @@ mod tests {
         nix::unistd::geteuid().is_root()
     }
 
+    /// A lower dir `l` holding file `f`, empty `u` and `w`, and `rootfs`: the rootfs path and
+    /// the options of an overlay of them.
+    fn overlay_dirs(d: &Path) -> (PathBuf, String) {
+        for sub in ["l", "u", "w", "rootfs"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        std::fs::write(d.join("l/f"), b"x").unwrap();
+        let options = format!("lowerdir={0}/l,upperdir={0}/u,workdir={0}/w", d.display());
+        (d.join("rootfs"), options)
+    }
+
     #[test]
     fn user_namespace_carries_the_mapping() {
         if !is_root() {
@@ -436,15 +447,7 @@ mod tests {
             return;
         }
         let d = tempfile::tempdir().unwrap();
-        for sub in ["l", "u", "w", "rootfs"] {
-            std::fs::create_dir(d.path().join(sub)).unwrap();
-        }
-        std::fs::write(d.path().join("l/f"), b"x").unwrap();
-        let root = d.path().join("rootfs");
-        let data = format!(
-            "lowerdir={0}/l,upperdir={0}/u,workdir={0}/w",
-            d.path().display()
-        );
+        let (root, data) = overlay_dirs(d.path());
         nix::mount::mount(
             Some("overlay"),
             &root,
@@ -480,15 +483,9 @@ mod tests {
             return;
         }
         let d = tempfile::tempdir().unwrap();
-        for sub in ["l", "u", "w", "rootfs"] {
-            std::fs::create_dir(d.path().join(sub)).unwrap();
-        }
-        std::fs::write(d.path().join("l/f"), b"x").unwrap();
-        let root = d.path().join("rootfs");
-        let options = format!(
-            "index=off,workdir={0}/w,upperdir={0}/u,lowerdir={0}/l",
-            d.path().display()
-        );
+        let (root, options) = overlay_dirs(d.path());
+        // As containerd orders them, with an option the idmapped mount keeps.
+        let options = format!("index=off,{options}");
         let host = (1u32 << 30) + 13 * 65536;
         let m = map(host);
         let mut detached = Vec::new();

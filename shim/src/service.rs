@@ -287,7 +287,6 @@ impl TaskService {
         let t_policy = t0.elapsed();
 
         let rootfs = bundle.join("rootfs");
-        let mut rootfs_mounted = false;
         // containerd >= 2.0 asks for idmapped layers of a user-namespaced pod with
         // uidmap=/gidmap= mount options, which mount(2) does not know: the runtime idmaps
         // them to the container's user namespace instead.
@@ -302,11 +301,11 @@ impl TaskService {
         // Unmounted as if the shim had mounted it.
         let overlay = match mounts.as_slice() {
             [m] if idmap_rootfs && m.type_ == "overlay" && m.target.is_empty() => {
-                rootfs_mounted = true;
                 Some(m.options.join(","))
             }
             _ => None,
         };
+        let mut rootfs_mounted = overlay.is_some();
         for m in mounts.iter().filter(|_| overlay.is_none()) {
             if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs).await {
                 if rootfs_mounted {

@@ -227,6 +227,9 @@ fn start_daemon(
     // The runtime options containerd writes to our stdin may name a cgroup for the shim.
     let shim_cgroup = shim_cgroup_from_stdin()?;
     let exe = std::env::current_exe().map_err(|e| ShimError::Other(format!("own path: {e}")))?;
+    // An OOM score above containerd's, taken here so that the daemon starts with it, and so
+    // does every process it starts (the runtime it starts ahead of need may start at once).
+    containerd_shim::cgroup::adjust_oom_score(std::process::id())?;
     let mut cmd = Command::new(exe);
     if shim_cgroup.is_none() {
         // It stays in the cgroup it starts in, so it may re-attach to that one at once.
@@ -247,8 +250,6 @@ fn start_daemon(
     if let Some(cgroup) = &shim_cgroup {
         containerd_shim::cgroup::add_task_to_cgroup(cgroup, child.id())?;
     }
-    // An OOM score above containerd's.
-    containerd_shim::cgroup::adjust_oom_score(child.id())?;
     if let Some(mut daemon_out) = child.stdout.take() {
         let _ = std::io::copy(&mut daemon_out, &mut std::io::stderr());
     }

@@ -230,19 +230,15 @@ impl RangeAllocator {
     /// Returns the first host id of a range it freed. Unknown members are not an error.
     pub fn release(&self, member: &str) -> Result<Option<u32>> {
         let _lock = self.lock()?;
-        let hinted = self
-            .hinted(member)
-            .and_then(|h| self.read(h).map(|f| (h, Some(f))));
+        let hinted = self.hinted(member).and_then(|h| {
+            self.read(h)
+                .filter(|f| f.members.iter().any(|m| m == member))
+                .map(|f| (h, Some(f)))
+        });
         self.remember(member, None);
         let ranges = match hinted {
-            Some(r)
-                if r.1
-                    .as_ref()
-                    .is_some_and(|f| f.members.iter().any(|m| m == member)) =>
-            {
-                vec![r]
-            }
-            _ => self.ranges()?,
+            Some(r) => vec![r],
+            None => self.ranges()?,
         };
         for (host, f) in ranges {
             let Some(mut f) = f else { continue };

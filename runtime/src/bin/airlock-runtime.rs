@@ -355,26 +355,11 @@ fn command_line() -> Option<Vec<OsString>> {
         }
     }
     drop(request.stdio);
-    inherit_oom_score_adj();
     Some(
         std::iter::once(args[0].clone())
             .chain(request.args)
             .collect(),
     )
-}
-
-/// Takes the shim's current `oom_score_adj`, as a runtime it started now would have: the
-/// shim's can have changed since the zygote started (containerd's `start` adjusts the new shim
-/// right after spawning it, and the shim may have started a zygote before that), and a
-/// container whose spec sets none inherits it. Best effort.
-fn inherit_oom_score_adj() {
-    let parent = nix::unistd::getppid();
-    if let Ok(score) = std::fs::read_to_string(format!("/proc/{parent}/oom_score_adj")) {
-        let own = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
-        if own.trim() != score.trim() {
-            let _ = std::fs::write("/proc/self/oom_score_adj", score.trim());
-        }
-    }
 }
 
 /// How long a zygote waits for its request: the shim starts one when a pod's first container
