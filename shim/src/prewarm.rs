@@ -19,13 +19,17 @@
 //! A new shim also starts re-attaching as soon as it runs ([`at_startup`]): its pod's first
 //! Create arrives 2-4 ms later, and the first grace period (9-15 ms on a new shim here) is the
 //! one the runtime would otherwise wait for.
+//!
+//! Only on cgroup v2 (a unified `/sys/fs/cgroup`). On cgroup v1, which the runtime uses on a
+//! hybrid host too, the runtime's process moves itself through `tasks` and takes no such lock
+//! (vendored libcgroups, see third_party/README.md). There a re-attach would do harm: it waits
+//! for its grace period holding the kernel's `cgroup_mutex`, which the runtime's cgroup mkdirs
+//! and its lock-free move also take (measured: creates took as long as the re-attach, 6-23 ms).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-use crate::cgroup::Cgroup;
 
 /// Well under one grace period (7 ms at the shortest measured here).
 const INTERVAL: Duration = Duration::from_millis(3);
@@ -41,17 +45,27 @@ static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
 /// This process's own `cgroup.procs`, found once.
+/// None where the runtime's move takes no global lock (not cgroup v2), or none can be written.
 fn own_procs_file() -> Option<&'static Path> {
     static FILE: OnceLock<Option<PathBuf>> = OnceLock::new();
-    FILE.get_or_init(|| {
-        let cg = Cgroup::of_pid(std::process::id() as i32).ok()?;
-        // v1: any hierarchy will do (the lock is one for all of them).
-        let dir = ["pids", "memory", "cpu", "freezer"]
-            .iter()
-            .find_map(|c| cg.dir(c))?;
-        Some(dir.join("cgroup.procs")).filter(|p| p.exists())
-    })
-    .as_deref()
+    FILE.get_or_init(|| procs_file_under(Path::new("/sys/fs/cgroup")))
+        .as_deref()
+}
+
+/// This process's `cgroup.procs` under `root` when `root` is a cgroup v2 mount.
+fn procs_file_under(root: &Path) -> Option<PathBuf> {
+    if !unified(root) {
+        return None;
+    }
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(root.join(own.trim_start_matches('/')).join("cgroup.procs")).filter(|p| p.exists())
+}
+
+/// Whether `root` is a cgroup v2 mount, where libcgroups (and so the runtime) uses cgroup v2.
+fn unified(root: &Path) -> bool {
+    nix::sys::statfs::statfs(root)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
 fn reattach(file: &Path) -> std::io::Result<()> {
@@ -140,19 +154,49 @@ fn run(file: &Path, hold_until: Option<Instant>) {
 mod tests {
     use super::*;
 
+    /// The cgroup v2 mount of this host: `/sys/fs/cgroup` (unified) or its `unified` side
+    /// (hybrid), if either.
+    fn v2_root() -> Option<&'static Path> {
+        ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| unified(p))
+    }
+
+    #[test]
+    fn only_a_cgroup_v2_mount_counts_as_unified() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!unified(dir.path()));
+        assert!(procs_file_under(dir.path()).is_none());
+        let v1 = Path::new("/sys/fs/cgroup/pids");
+        if v1.exists() {
+            assert!(!unified(v1), "a v1 hierarchy");
+        }
+        // The start path re-attaches only where the runtime uses cgroup v2.
+        assert_eq!(
+            own_procs_file().is_some(),
+            unified(Path::new("/sys/fs/cgroup"))
+        );
+    }
+
     /// The no-op move leaves this process where it was, and the thread ends with the guard.
     #[test]
     fn reattach_keeps_the_process_in_its_cgroup() {
         let before = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let Some(file) = own_procs_file() else {
-            eprintln!("skipped: no writable cgroup.procs of our own here");
+        let Some(file) = v2_root().and_then(procs_file_under) else {
+            eprintln!("skipped: no cgroup v2 mount with a cgroup.procs of our own here");
             return;
         };
-        reattach(file).unwrap();
+        reattach(&file).unwrap();
         assert_eq!(
             std::fs::read_to_string("/proc/self/cgroup").unwrap(),
             before
         );
+        if own_procs_file().is_none() {
+            // A hybrid host: the thread never runs there.
+            assert!(!cgroup_attach().0);
+            return;
+        }
         let guard = cgroup_attach();
         std::thread::sleep(INTERVAL * 5);
         assert!(

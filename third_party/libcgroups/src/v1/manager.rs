@@ -128,7 +128,8 @@ impl Manager {
         let mount_point = util::find_subsystem_mount_point(mount_points, subsystem)?;
 
         let cgroup = cgroups
-            .0.iter()
+            .0
+            .iter()
             .find(|c| c.controllers.contains(&subsystem.to_string()))
             .ok_or(V1ManagerError::SubsystemDoesNotExist)?;
 
@@ -184,6 +185,21 @@ impl Manager {
     }
 }
 
+/// AIRLOCK PATCH: whether the calling process has one thread (`Threads:` of
+/// `/proc/self/status`); false when that cannot be read.
+fn only_thread() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .map(|s| threads_of_status(&s) == Some(1))
+        .unwrap_or(false)
+}
+
+fn threads_of_status(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 impl CgroupManager for Manager {
     type Error = V1ManagerError;
 
@@ -197,6 +213,15 @@ impl CgroupManager for Manager {
     }
 
     fn add_task(&self, pid: Pid) -> Result<(), Self::Error> {
+        // AIRLOCK PATCH (`v1 attach without the global lock`, see `controller::attach`): a
+        // single-threaded process that moves itself moves its only thread, without the lock
+        // whose grace period a thread-group move waits for (youki's intermediate process moves
+        // itself, for every container and every exec).
+        let pid = if pid == Pid::this() && only_thread() {
+            Pid::from_raw(0)
+        } else {
+            pid
+        };
         for (ctrl_type, cgroup_path) in &self.subsystems {
             match ctrl_type {
                 CtrlType::Cpu => Cpu::add_task(pid, cgroup_path)?,
@@ -319,6 +344,59 @@ mod tests {
             mount_point.join_safely(cgroup_path).ok()?
         };
         Some(p)
+    }
+
+    #[test]
+    fn threads_come_from_the_status_line() {
+        assert_eq!(
+            threads_of_status("Name:\tx\nThreads:\t1\nSigQ:\t0/1\n"),
+            Some(1)
+        );
+        assert_eq!(threads_of_status("Threads:\t12\n"), Some(12));
+        assert_eq!(threads_of_status("Name:\tx\n"), None);
+        // The test harness runs tests on threads of their own.
+        assert!(!only_thread());
+    }
+
+    // AIRLOCK PATCH: a single-threaded process that adds itself lands in every subsystem's
+    // cgroup (through `tasks`, pid 0), and a multi-threaded one keeps the thread-group move.
+    // Needs root and a v1 hierarchy; skipped otherwise.
+    #[test]
+    fn a_lone_thread_that_adds_itself_lands_in_every_subsystem() {
+        if !nix::unistd::geteuid().is_root()
+            || util::get_subsystem_mount_point(&CtrlType::Pids).is_err()
+        {
+            eprintln!("skipped: needs root and cgroup v1");
+            return;
+        }
+        let rel = format!("/airlock-libcgroups-test/{}", std::process::id());
+        let manager = Manager::new(Path::new(&rel)).unwrap();
+        // SAFETY: the child only reads and writes files, then exits without unwinding.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ok = only_thread()
+                    && manager.add_task(Pid::this()).is_ok()
+                    && fs::read_to_string("/proc/self/cgroup").is_ok_and(|c| {
+                        manager.subsystems.keys().all(|s| {
+                            c.lines().any(|l| {
+                                let mut f = l.splitn(3, ':').skip(1);
+                                f.next()
+                                    .is_some_and(|cs| cs.split(',').any(|x| x == s.to_string()))
+                                    && f.next() == Some(rel.as_str())
+                            })
+                        })
+                    });
+                unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                for dir in manager.subsystems.values() {
+                    let _ = fs::remove_dir(dir);
+                    let _ = dir.parent().map(fs::remove_dir);
+                }
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
     }
 
     #[test]
