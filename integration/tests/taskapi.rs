@@ -247,6 +247,33 @@ fn pids_and_exec_lifecycle(rt: Runtime, v: Version) {
     c.assert_no_leaks();
 }
 
+/// A stopped container's cgroup and rootfs mount go when its init exits, before Delete (which
+/// then has less to do); `kill --all` on it still succeeds, as containerd 1.6's CRI sends one
+/// before deleting an exited sandbox; Delete leaves nothing behind.
+fn stopped_cleanup(rt: Runtime, v: Version) {
+    use airlock_integration::leaks;
+    let mut c = Case::new(rt, v, "stopclean");
+    let id = c.id("stopclean");
+    c.run_detached(&id, "exit 3");
+    c.wait_status(&id, "STOPPED");
+    if rt == Runtime::Airlock {
+        let gone = proc_util::wait_until(T, Duration::from_millis(20), || {
+            leaks::cgroup_dirs(&c.ns, Some(&id)).is_empty()
+                && leaks::mounts_of(&c.ctd, &id).is_empty()
+        });
+        assert!(
+            gone,
+            "left after the exit: cgroups {:?}, mounts {:?}",
+            leaks::cgroup_dirs(&c.ns, Some(&id)),
+            leaks::mounts_of(&c.ctd, &id)
+        );
+        c.ctr_ok(&["tasks", "kill", "--all", "-s", "KILL", &id]);
+    }
+    c.ctr_ok(&["tasks", "delete", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
+    c.assert_no_leaks();
+}
+
 /// `kill --all` reaches every process of the container.
 fn kill_all(rt: Runtime, v: Version) {
     let mut c = Case::new(rt, v, "killall");
@@ -622,6 +649,10 @@ macro_rules! cases {
         #[test]
         fn kill_all() {
             super::kill_all(RT, V)
+        }
+        #[test]
+        fn stopped_cleanup() {
+            super::stopped_cleanup(RT, V)
         }
         #[test]
         #[ignore]

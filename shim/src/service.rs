@@ -94,9 +94,43 @@ struct Container {
     update_rules: airlock_policies::UpdateRules,
     /// See [`Applied::poststart_hooks`].
     poststart_hooks: bool,
+    /// The removal of the cgroup, state and rootfs mount that the exit watcher starts as soon
+    /// as the init has exited; Delete waits for it (see [`TaskService::spawn_cleanup`]).
+    cleanup: Mutex<Cleanup>,
+}
+
+/// The cleanup after the init's exit.
+enum Cleanup {
+    NotStarted,
+    Running(tokio::task::JoinHandle<Result<CleanupTimes>>),
+    /// Its outcome (an error as text: Delete retries it, so that the caller gets it).
+    Done(std::result::Result<CleanupTimes, String>),
+}
+
+/// How long the parts of a stopped container's cleanup took, in microseconds.
+#[derive(Debug, Clone, Copy)]
+struct CleanupTimes {
+    state_us: u64,
+    unmount_us: u64,
 }
 
 impl Container {
+    /// Waits for the cleanup the exit watcher started, if any, and returns its outcome.
+    async fn cleanup_outcome(&self) -> Option<std::result::Result<CleanupTimes, String>> {
+        let mut state = self.cleanup.lock().await;
+        if let Cleanup::Running(h) = &mut *state {
+            let outcome = match h.await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("cleanup task: {e}")),
+            };
+            *state = Cleanup::Done(outcome);
+        }
+        match &*state {
+            Cleanup::Done(outcome) => Some(outcome.clone()),
+            _ => None,
+        }
+    }
+
     fn pid(&self) -> u32 {
         self.pidfd.pid() as u32
     }
@@ -398,6 +432,7 @@ impl TaskService {
             oom: Mutex::new(OomCounter::default()),
             update_rules,
             poststart_hooks,
+            cleanup: Mutex::new(Cleanup::NotStarted),
         });
         self.containers
             .lock()
@@ -738,6 +773,7 @@ impl TaskService {
     fn spawn_exit_watcher(&self, c: Arc<Container>, tx: watch::Sender<Option<ExitInfo>>) {
         let publisher = self.publisher.clone();
         let namespace = self.namespace.clone();
+        let runtime = self.runtime.clone();
         tokio::spawn(async move {
             let exit = match c.pidfd.wait().await {
                 Ok(e) => e,
@@ -770,6 +806,11 @@ impl TaskService {
             if let Some(source) = c.cgroup.get().and_then(OomSource::of) {
                 publish_oom(&publisher, &namespace, &c, &source).await;
             }
+            // Nothing of the container runs any more: its cgroup, state and rootfs mount can
+            // go now, while containerd and its client learn of the exit, instead of on the
+            // Delete that follows.
+            *c.cleanup.lock().await =
+                Cleanup::Running(tokio::spawn(Self::clean_up_stopped(runtime, c.clone())));
             *c.phase.lock().await = Phase::Stopped(exit);
             let _ = tx.send(Some(exit));
             info!(id = %c.id, pid = c.pid(), status = exit.status, "container exited");
@@ -794,6 +835,29 @@ impl TaskService {
         wait_watch(&c.exited).await
     }
 
+    /// Removes what a container whose processes have all exited leaves behind: its cgroup and
+    /// runtime state ([`Runtime::delete_stopped`]), its rootfs mount and its bind sources. The
+    /// unmount (~1 ms, the overlay syncs its upper filesystem) runs on a blocking thread, off
+    /// the shim's event loop. Safe to repeat.
+    async fn clean_up_stopped(runtime: Runtime, c: Arc<Container>) -> Result<CleanupTimes> {
+        let t0 = Instant::now();
+        runtime.delete_stopped(&c.id).await?;
+        let state_us = t0.elapsed().as_micros() as u64;
+        let t1 = Instant::now();
+        let owned = c.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if owned.rootfs_mounted {
+                unmount(&owned.bundle.join("rootfs"));
+            }
+            bind_sources::cleanup(&owned.bundle);
+        })
+        .await;
+        Ok(CleanupTimes {
+            state_us,
+            unmount_us: t1.elapsed().as_micros() as u64,
+        })
+    }
+
     async fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
         let c = self.get(&req.id).await?;
         if !req.exec_id.is_empty() {
@@ -815,20 +879,26 @@ impl TaskService {
         }
         let exit = Self::wait_exit(&c).await;
         let t0 = Instant::now();
-        self.runtime.delete_stopped(&c.id).await?;
-        let t1 = Instant::now();
-        if c.rootfs_mounted {
-            unmount(&c.bundle.join("rootfs"));
-        }
-        bind_sources::cleanup(&c.bundle);
-        let t2 = Instant::now();
+        // The exit watcher started the cleanup when the init exited; a failed one is retried
+        // here, so that its error reaches the caller.
+        let times = match c.cleanup_outcome().await {
+            Some(Ok(t)) => t,
+            outcome => {
+                if let Some(Err(e)) = outcome {
+                    debug!(id = %c.id, "cleanup after exit failed, retrying: {e}");
+                }
+                Self::clean_up_stopped(self.runtime.clone(), c.clone()).await?
+            }
+        };
+        let waited = t0.elapsed();
         self.release_userns(&c.id).await;
         c.copier.lock().await.abort_stdin();
         self.containers.lock().await.remove(&c.id);
         info!(
-            state_us = (t1 - t0).as_micros() as u64,
-            unmount_us = (t2 - t1).as_micros() as u64,
-            release_us = t2.elapsed().as_micros() as u64,
+            state_us = times.state_us,
+            unmount_us = times.unmount_us,
+            waited_us = waited.as_micros() as u64,
+            release_us = (t0.elapsed() - waited).as_micros() as u64,
             "container deleted"
         );
         self.publish(
@@ -1214,6 +1284,12 @@ impl TaskService {
             };
         }
         if req.all {
+            // After the init's exit, a cleanup that removed the cgroup found no process left
+            // in it, and the runtime no longer knows the container: nothing to signal.
+            let stopped = matches!(*c.phase.lock().await, Phase::Stopped(_));
+            if stopped && matches!(c.cleanup_outcome().await, Some(Ok(_))) {
+                return Ok(());
+            }
             return self.runtime.kill(&c.id, req.signal, true).await;
         }
         if let Phase::Stopped(_) = *c.phase.lock().await {
