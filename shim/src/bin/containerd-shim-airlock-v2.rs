@@ -13,10 +13,21 @@ fn main() {
         .enable_all()
         .build()
         .expect("build tokio runtime");
-    rt.block_on(containerd_shim::asynchronous::run::<
-        airlock_shim::AirlockShim,
-    >(
-        airlock_shim::RUNTIME_ID,
-        Some(airlock_shim::shim_config()),
-    ));
+    rt.block_on(async {
+        // A daemon spawned by our `start` serves the socket that `start` bound.
+        match airlock_shim::shim::serve_inherited().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                eprintln!("{}: {e:?}", airlock_shim::RUNTIME_ID);
+                std::process::exit(1);
+            }
+            None => {
+                containerd_shim::asynchronous::run::<airlock_shim::AirlockShim>(
+                    airlock_shim::RUNTIME_ID,
+                    Some(airlock_shim::shim_config()),
+                )
+                .await
+            }
+        }
+    });
 }
