@@ -517,6 +517,68 @@ fn cgroup_and_created_parents_are_removed_on_delete() {
     assert!(wait_gone(&parent), "{} left after delete", parent.display());
 }
 
+/// The runtime starts a container's processes (its init, and an exec's) inside the container's
+/// cgroup with `clone3(CLONE_INTO_CGROUP)` (vendored libcontainer and libcgroups,
+/// `v2 clone into the cgroup`) instead of moving them there, which waits for an RCU grace
+/// period. Read from the runtime's debug log, which a containerd at debug level brings out.
+#[test]
+#[ignore = "needs the cgroup v2 test node: integration/node/run.sh"]
+fn processes_are_cloned_into_the_container_cgroup() {
+    assert_cgroup_v2_node();
+    let ctd = Containerd::builder()
+        .version(Version::V2_1)
+        .debug(true)
+        .start()
+        .unwrap_or_else(|e| panic!("start containerd: {e:#}"));
+    let ns = ctd.new_namespace("cg2-clone").unwrap();
+    ctd.import_image(&ns).unwrap();
+    let id = format!("clone-{}", std::process::id());
+    let out = ctd
+        .ctr_timeout(
+            Some(&ns),
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                Runtime::Airlock.runtime_type(),
+                IMAGE_REF,
+                &id,
+                "sleep",
+                "1000",
+            ],
+            T,
+        )
+        .unwrap();
+    assert!(
+        out.success(),
+        "{}{}\n{}",
+        out.stdout,
+        out.stderr,
+        ctd.log_grep(&id)
+    );
+    let exec = ctd
+        .ctr_timeout(
+            Some(&ns),
+            &["tasks", "exec", "--exec-id", "e1", &id, "true"],
+            T,
+        )
+        .unwrap();
+    assert!(exec.success(), "{}{}", exec.stdout, exec.stderr);
+    let log = ctd.log_grep(&id);
+    let cloned = log
+        .lines()
+        .filter(|l| l.contains("cloned into the cgroup"))
+        .count();
+    assert!(
+        cloned >= 2,
+        "the init's and the exec's intermediate process cloned into the cgroup: {cloned} in\n{log}"
+    );
+    assert!(!log.contains("clone into the cgroup refused"), "{log}");
+    let _ = ctd.ctr_timeout(Some(&ns), &["tasks", "kill", "-s", "KILL", &id], T);
+    let _ = ctd.ctr_timeout(Some(&ns), &["tasks", "delete", &id], T);
+    let _ = ctd.ctr_timeout(Some(&ns), &["containers", "rm", &id], T);
+}
+
 // --- gaps this node found, now fixed --------------------------------------------------------
 
 /// Tests of behaviour the node first showed missing (kept together; run.sh skips a

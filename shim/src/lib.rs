@@ -24,7 +24,6 @@ pub mod logging;
 pub mod netns;
 pub mod oom;
 pub mod pidfd;
-pub mod prewarm;
 pub mod runtime;
 pub mod seccomp_cache;
 pub mod service;

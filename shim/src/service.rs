@@ -281,8 +281,6 @@ impl TaskService {
         let t0 = Instant::now();
         debug!(bundle = %req.bundle, "create request");
         validate_id(&req.id)?;
-        // The runtime attaches the init to its cgroup about 10 ms from now.
-        let _attach = crate::prewarm::cgroup_attach();
         if self.containers.lock().await.contains_key(&req.id) {
             return Err(Error::AlreadyExists(format!("container {}", req.id)));
         }
@@ -923,8 +921,6 @@ impl TaskService {
 
     /// Register an exec (containerd calls Exec, then Start with the exec id).
     async fn do_exec(&self, req: ExecProcessRequest) -> Result<()> {
-        // Start follows at once, and its runtime attaches the process to the cgroup.
-        let _attach = crate::prewarm::cgroup_attach();
         let c = self.get(&req.id).await?;
         validate_id(&req.exec_id)?;
         match *c.phase.lock().await {
@@ -1007,8 +1003,6 @@ impl TaskService {
     async fn start_exec(&self, c: &Arc<Container>, exec_id: &str) -> Result<u32> {
         let e = c.exec(exec_id).await?;
         let t0 = Instant::now();
-        // The runtime attaches the exec'd process to the container's cgroup.
-        let _attach = crate::prewarm::cgroup_attach();
         {
             let mut phase = e.phase.lock().await;
             if *phase != Phase::Created {

@@ -77,10 +77,6 @@ impl Shim for AirlockShim {
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         if args.action.is_empty() {
-            // Serving: the pod's first Create follows in a few milliseconds.
-            if std::env::var_os(crate::prewarm::AT_STARTUP_ENV).is_some() {
-                crate::prewarm::at_startup();
-            }
             crate::logging::init_fifo(args.debug);
         } else {
             crate::logging::init_stderr(args.debug);
@@ -131,7 +127,7 @@ impl Shim for AirlockShim {
                 // The pod's first Create follows in a few milliseconds; with a shim cgroup
                 // to move into (no AT_STARTUP_ENV), the runtime would start outside it.
                 // On a worker thread: the spawn (~0.2 ms) stays off the shim's way to serving.
-                if std::env::var_os(crate::prewarm::AT_STARTUP_ENV).is_some() {
+                if std::env::var_os(AT_STARTUP_ENV).is_some() {
                     let r = r.clone();
                     tokio::spawn(async move { r.prestart() });
                 }
@@ -248,8 +244,8 @@ fn start_daemon(
     containerd_shim::cgroup::adjust_oom_score(std::process::id())?;
     let mut cmd = Command::new(exe);
     if shim_cgroup.is_none() {
-        // It stays in the cgroup it starts in, so it may re-attach to that one at once.
-        cmd.env(crate::prewarm::AT_STARTUP_ENV, "1");
+        // It stays in the cgroup it starts in, so it may start the runtime at once.
+        cmd.env(AT_STARTUP_ENV, "1");
     }
     cmd.current_dir(bundle)
         .stdin(Stdio::null())
@@ -275,6 +271,11 @@ fn start_daemon(
     write_address(&address)?;
     Ok(address)
 }
+
+/// Set by `start` for a daemon that stays in the cgroup it starts in (no `ShimCgroup` to move
+/// it to): only then does it start the runtime ahead of need at once (the runtime would start
+/// outside the `ShimCgroup` otherwise).
+pub const AT_STARTUP_ENV: &str = "AIRLOCK_SHIM_STAYS_IN_ITS_CGROUP";
 
 /// The fd at which a daemon spawned by `start` finds its listening socket (as Go shims do).
 const LISTENER_FD: RawFd = 3;

@@ -116,6 +116,41 @@ impl Manager {
 
     /// Creates a unified cgroup at `self.full_path` and attaches a process to it
     fn create_unified_cgroup(&self, pid: Pid) -> Result<(), V2ManagerError> {
+        if self.create_dirs()? {
+            self.attach_pid(pid)?;
+        }
+        Ok(())
+    }
+
+    /// AIRLOCK PATCH (`v2 clone into the cgroup`): creates the cgroup (enabling the
+    /// controllers on the way, as [`CgroupManager::add_task`] does) without moving a process
+    /// into it, and opens its directory for `clone3(CLONE_INTO_CGROUP)`. A process cloned into
+    /// a cgroup starts there without `cgroup_threadgroup_rwsem`, whose writer (every write to
+    /// `cgroup.procs`) first waits for an RCU grace period when no migration happened in about
+    /// the last one. None when a rootless manager could not create it.
+    pub fn prepare_for_clone(&self) -> Result<Option<std::os::fd::OwnedFd>, V2ManagerError> {
+        if !self.full_path.exists() && !self.create_dirs()? {
+            return Ok(None);
+        }
+        let dir = fs::File::open(&self.full_path).wrap_open(&self.full_path)?;
+        Ok(Some(dir.into()))
+    }
+
+    /// AIRLOCK PATCH: whether the calling process is in this cgroup already (cloned into it),
+    /// by `/proc/self/cgroup`; false when that cannot be read.
+    fn holds_calling_process(&self) -> bool {
+        fs::read_to_string("/proc/self/cgroup").is_ok_and(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .is_some_and(|own| {
+                    self.root_path.join(own.trim_start_matches('/')) == self.full_path
+                })
+        })
+    }
+
+    /// Creates the cgroup's directories, enabling the controllers in each parent. False when
+    /// a rootless manager may not (the process then stays in its parent cgroup).
+    fn create_dirs(&self) -> Result<bool, V2ManagerError> {
         let controllers: Vec<String> = util::get_available_controllers(&self.root_path)?
             .iter()
             .map(|c| format!("+{c}"))
@@ -147,7 +182,7 @@ impl Manager {
                             "rootless cgroup: cannot create {current_path:?}: {err}; \
                              leaving process in its parent cgroup"
                         );
-                        return Ok(());
+                        return Ok(false);
                     }
                     Err(err) => return Err(err.into()),
                 }
@@ -159,8 +194,7 @@ impl Manager {
                 Self::enable_controllers(&current_path, &controllers);
             }
         }
-
-        self.attach_pid(pid)
+        Ok(true)
     }
 
     fn attach_pid(&self, pid: Pid) -> Result<(), V2ManagerError> {
@@ -207,6 +241,11 @@ impl CgroupManager for Manager {
 
     fn add_task(&self, pid: Pid) -> Result<(), Self::Error> {
         if self.full_path.exists() {
+            // AIRLOCK PATCH: a process cloned into the cgroup that adds itself is there: no
+            // move (whose lock waits for a grace period even when nothing moves).
+            if pid == Pid::this() && self.holds_calling_process() {
+                return Ok(());
+            }
             return self.attach_pid(pid);
         }
         self.create_unified_cgroup(pid)?;
@@ -297,5 +336,49 @@ impl CgroupManager for Manager {
 
     fn get_all_pids(&self) -> Result<Vec<Pid>, Self::Error> {
         Ok(common::get_all_pids(&self.full_path)?)
+    }
+}
+
+// AIRLOCK PATCH (`v2 clone into the cgroup`): tests of the added functions.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cgroup v2 mount of this host and this process's path in it, if there is one.
+    fn own_v2_cgroup() -> Option<(PathBuf, PathBuf)> {
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists() && !p.join("tasks").exists())?;
+        let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+        let own = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        Some((root, PathBuf::from(own)))
+    }
+
+    #[test]
+    fn a_process_knows_whether_it_is_in_the_cgroup() {
+        let Some((root, own)) = own_v2_cgroup() else {
+            eprintln!("skipped: no cgroup v2 mount here");
+            return;
+        };
+        let here = Manager::new(root.clone(), own.clone()).unwrap();
+        assert!(here.holds_calling_process(), "{} {}", root.display(), own.display());
+        let elsewhere = Manager::new(root, own.join("airlock-not-here")).unwrap();
+        assert!(!elsewhere.holds_calling_process());
+    }
+
+    /// The directory opened for CLONE_INTO_CGROUP is the cgroup's; an existing one is opened
+    /// as it is (nothing created, nothing moved).
+    #[test]
+    fn an_existing_cgroup_is_opened_for_clone() {
+        let Some((root, own)) = own_v2_cgroup() else {
+            eprintln!("skipped: no cgroup v2 mount here");
+            return;
+        };
+        let m = Manager::new(root.clone(), own.clone()).unwrap();
+        let fd = m.prepare_for_clone().unwrap().expect("an open directory");
+        let link = fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd))).unwrap();
+        assert_eq!(link, m.full_path);
+        assert!(m.holds_calling_process());
     }
 }

@@ -94,15 +94,21 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
     };
 
     let container_clone_fn = if container_args.as_sibling {
-        fork::container_clone_sibling
+        fork::container_clone_sibling_into
     } else {
-        fork::container_clone
+        fork::container_clone_into
     };
 
-    let intermediate_pid = container_clone_fn(cb).map_err(|err| {
-        tracing::error!("failed to fork intermediate process: {}", err);
-        ProcessError::IntermediateProcessFailed(err)
-    })?;
+    // AIRLOCK PATCH (`v2 clone into the cgroup`): on cgroup v2 the intermediate process starts
+    // in the container's cgroup, so it need not move itself there (see `fork.rs`).
+    let cgroup_dir = cgroup_dir_for_clone(&container_args.cgroup_config);
+    let intermediate_pid =
+        container_clone_fn(cb, cgroup_dir.as_ref().map(std::os::fd::AsRawFd::as_raw_fd)).map_err(
+            |err| {
+                tracing::error!("failed to fork intermediate process: {}", err);
+                ProcessError::IntermediateProcessFailed(err)
+            },
+        )?;
 
     // Close down unused fds. The corresponding fds are duplicated to the
     // child process during clone.
@@ -553,5 +559,24 @@ mod tests {
             }
         }
         Ok(())
+    }
+}
+
+/// AIRLOCK PATCH (`v2 clone into the cgroup`): the container's cgroup v2 directory, created
+/// and opened, when the cgroupfs manager of cgroup v2 manages it (not the systemd one, not
+/// cgroup v1); None otherwise or on any error (the intermediate process then moves itself
+/// there, as upstream does, and reports what fails).
+fn cgroup_dir_for_clone(config: &libcgroups::common::CgroupConfig) -> Option<std::os::fd::OwnedFd> {
+    use libcgroups::common::{CgroupSetup, get_cgroup_setup};
+    if !matches!(get_cgroup_setup(), Ok(CgroupSetup::Unified)) {
+        return None;
+    }
+    match libcgroups::common::create_cgroup_manager(config.clone()) {
+        Ok(libcgroups::common::AnyCgroupManager::V2(m)) => m
+            .prepare_for_clone()
+            .map_err(|err| tracing::info!(?err, "no cgroup to clone into"))
+            .ok()
+            .flatten(),
+        _ => None,
     }
 }
