@@ -95,7 +95,7 @@ struct Container {
     /// See [`Applied::poststart_hooks`].
     poststart_hooks: bool,
     /// The removal of the cgroup, state and rootfs mount that the exit watcher starts as soon
-    /// as the init has exited; Delete waits for it (see [`TaskService::spawn_cleanup`]).
+    /// as the init has exited; Delete waits for it (see [`TaskService::clean_up_stopped`]).
     cleanup: Mutex<Cleanup>,
 }
 

@@ -262,13 +262,27 @@ fn start_daemon(
     unsafe {
         cmd.pre_exec(move || inherit_at(fd, LISTENER_FD));
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| ShimError::Other(format!("spawn the shim daemon: {e}")))?;
+    // On failure nothing is left behind: no daemon, no socket file.
+    let fail = |e: ShimError, child: Option<&mut std::process::Child>| {
+        if let Some(c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(socket);
+        e
+    };
+    let mut child = cmd.spawn().map_err(|e| {
+        fail(
+            ShimError::Other(format!("spawn the shim daemon: {e}")),
+            None,
+        )
+    })?;
     if let Some(cgroup) = &shim_cgroup {
-        containerd_shim::cgroup::add_task_to_cgroup(cgroup, child.id())?;
+        if let Err(e) = containerd_shim::cgroup::add_task_to_cgroup(cgroup, child.id()) {
+            return Err(fail(e, Some(&mut child)));
+        }
     }
-    write_address(&address)?;
+    write_address(&address).map_err(|e| fail(e, Some(&mut child)))?;
     Ok(address)
 }
 
@@ -327,8 +341,27 @@ pub async fn serve_inherited() -> Option<containerd_shim::Result<()>> {
         return None;
     }
     // SAFETY: `start` put the listening socket at this fd for us, and nothing else owns it.
-    let listener = unsafe { UnixListener::from_raw_fd(fd) };
+    let listener = match unsafe { adopt_listener(fd) } {
+        Ok(l) => l,
+        Err(e) => {
+            return Some(Err(ShimError::Other(format!(
+                "the socket inherited at fd {fd}: {e}"
+            ))))
+        }
+    };
     Some(serve(flags, listener).await)
+}
+
+/// Takes the listening socket inherited at `fd`, close-on-exec again: the processes this
+/// daemon starts (the runtime, the containers) must not get it.
+///
+/// # Safety
+/// `fd` must be an open socket that nothing else owns.
+unsafe fn adopt_listener(fd: RawFd) -> std::io::Result<UnixListener> {
+    if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(UnixListener::from_raw_fd(fd))
 }
 
 async fn serve(flags: Flags, listener: UnixListener) -> containerd_shim::Result<()> {
@@ -525,6 +558,22 @@ mod tests {
             .status()
             .unwrap();
         assert!(!status.success());
+    }
+
+    /// The daemon's processes do not inherit the adopted socket.
+    #[test]
+    fn the_adopted_listener_is_close_on_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = bind_socket(&dir.path().join("socket")).unwrap().unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(listener);
+        // As inherited across exec: without the flag.
+        assert!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } >= 0);
+        let _adopted = unsafe { adopt_listener(fd) }.unwrap();
+        let status = Command::new("/bin/sh")
+            .args(["-c", &format!("[ -S /proc/self/fd/{fd} ]")])
+            .status()
+            .unwrap();
+        assert!(!status.success(), "a child got the shim's socket");
     }
 
     #[test]

@@ -359,7 +359,8 @@ mod tests {
     }
 
     // AIRLOCK PATCH: a single-threaded process that adds itself lands in every subsystem's
-    // cgroup (through `tasks`, pid 0), and a multi-threaded one keeps the thread-group move.
+    // cgroup (through `tasks`, pid 0; `threads_come_from_the_status_line` checks that a
+    // multi-threaded process is not taken for one).
     // Needs root and a v1 hierarchy; skipped otherwise.
     #[test]
     fn a_lone_thread_that_adds_itself_lands_in_every_subsystem() {
