@@ -151,11 +151,12 @@ fn bind(source: &Path, target: &Path) -> std::io::Result<()> {
     .map_err(std::io::Error::from)
 }
 
-/// Unmounts and removes what [`expose`] made in `bundle` (nothing if it made nothing).
-pub fn cleanup(bundle: &Path) {
+/// Unmounts and removes what [`expose`] made in `bundle` (nothing if it made nothing);
+/// whether there was anything.
+pub fn cleanup(bundle: &Path) -> bool {
     let dir = bundle.join(DIR);
     let Ok(rd) = std::fs::read_dir(&dir) else {
-        return;
+        return false;
     };
     let entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
     for p in entries {
@@ -163,6 +164,7 @@ pub fn cleanup(bundle: &Path) {
         let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir(&p));
     }
     let _ = std::fs::remove_dir(&dir);
+    true
 }
 
 #[cfg(test)]

@@ -414,15 +414,16 @@ impl Runtime {
     }
 
     /// A forced [`Runtime::delete`] that blocks, for `shim delete` (no async runtime there).
-    pub fn delete_blocking(&self, id: &str) -> Result<()> {
+    /// Whether there was state to delete (the runtime ran).
+    pub fn delete_blocking(&self, id: &str) -> Result<bool> {
         let Some(mut cmd) = self.delete_command(id, true) else {
-            return Ok(());
+            return Ok(false);
         };
         let out = cmd
             .as_std_mut()
             .output()
             .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
-        Self::outcome(out, "delete")
+        Self::outcome(out, "delete").map(|()| true)
     }
 
     /// None when a forced delete has nothing to remove: the runtime would say the same after

@@ -1484,15 +1484,19 @@ fn state_response(
 /// Lazily unmount the container's rootfs (it may still be busy for a moment): every mount
 /// stacked there (an idmapped overlay sits on the one the shim mounted, see
 /// `runtime/src/idmap.rs`; so does an idmapped clone the runtime could not remove in a crash).
-pub fn unmount(target: &Path) {
+/// Whether anything was mounted there.
+pub fn unmount(target: &Path) -> bool {
+    let mut unmounted = false;
     for _ in 0..4 {
         if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
             if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
                 warn!("unmount {}: {e}", target.display());
             }
-            return;
+            break;
         }
+        unmounted = true;
     }
+    unmounted
 }
 
 /// Lets the container's root (host gid `gid`) traverse the bundle dir to its rootfs, as

@@ -437,24 +437,40 @@ fn shim_cgroup_from_stdin() -> containerd_shim::Result<Option<String>> {
 /// its user namespace range, the dead socket. Problems are logged (containerd shows them);
 /// the answer is always the exit of a killed init.
 fn clean_up_after(namespace: &str, id: &str, bundle: &Path) -> DeleteResponse {
-    info!(%id, "cleaning up after a shim that is gone");
+    let mut found = Vec::new();
     match Runtime::locate(namespace) {
-        Ok(runtime) => {
-            if let Err(e) = runtime.delete_blocking(id) {
-                warn!(%id, "runtime delete: {e}");
-            }
-        }
+        Ok(runtime) => match runtime.delete_blocking(id) {
+            Ok(true) => found.push("runtime state and cgroup"),
+            Ok(false) => {}
+            Err(e) => warn!(%id, "runtime delete: {e}"),
+        },
         Err(e) => warn!(%id, "{e}"),
     }
-    unmount(&bundle.join("rootfs"));
-    crate::bind_sources::cleanup(bundle);
+    if unmount(&bundle.join("rootfs")) {
+        found.push("rootfs mount");
+    }
+    if crate::bind_sources::cleanup(bundle) {
+        found.push("bind sources");
+    }
     let member = crate::service::userns_member(namespace, id);
     match crate::userns::RangeAllocator::default().release(&member) {
-        Ok(Some(host)) => info!(host, "user namespace range released"),
+        Ok(Some(host)) => {
+            info!(host, "user namespace range released");
+            found.push("user namespace range");
+        }
         Ok(None) => {}
         Err(e) => warn!("release user namespace range: {e}"),
     }
-    remove_dead_socket(bundle);
+    if remove_dead_socket(bundle) {
+        found.push("socket");
+    }
+    // containerd runs `delete` after every shim exit, clean ones too, and shows what it prints
+    // as warnings: only a cleanup that found something is worth one.
+    if found.is_empty() {
+        tracing::debug!(%id, "nothing left after the shim");
+    } else {
+        info!(%id, "cleaned up after a shim that is gone: {}", found.join(", "));
+    }
     DeleteResponse {
         pid: 0,
         exit_status: 128 + libc::SIGKILL as u32,
@@ -464,17 +480,16 @@ fn clean_up_after(namespace: &str, id: &str, bundle: &Path) -> DeleteResponse {
 }
 
 /// Remove the shim socket named in the bundle's `address` file if nothing serves it.
-fn remove_dead_socket(bundle: &Path) {
+/// Whether there was one to remove.
+fn remove_dead_socket(bundle: &Path) -> bool {
     let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
-        return;
+        return false;
     };
     let path = address.trim().trim_start_matches("unix://").to_string();
     if path.is_empty() {
-        return;
+        return false;
     }
-    if std::os::unix::net::UnixStream::connect(&path).is_err() {
-        let _ = std::fs::remove_file(&path);
-    }
+    std::os::unix::net::UnixStream::connect(&path).is_err() && std::fs::remove_file(&path).is_ok()
 }
 
 #[cfg(test)]
