@@ -24,7 +24,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
@@ -70,6 +70,10 @@ pub fn user_namespace(
         ForkResult::Child => {
             drop(ready_r);
             drop(done_w);
+            // Keep no other fd: a copy of another caller's `done_w` (a multi-threaded caller,
+            // such as the unit tests, may fork two of these at once) would keep that child
+            // waiting, and its parent in waitpid, for ever.
+            close_all_but(ready_w.as_raw_fd(), done_r.as_raw_fd());
             let ok: u8 = u8::from(nix::sched::unshare(CloneFlags::CLONE_NEWUSER).is_ok());
             // SAFETY: plain syscalls on fds we own, then _exit without running destructors.
             unsafe {
@@ -105,6 +109,21 @@ pub fn user_namespace(
     drop(done_w);
     let _ = waitpid(child, None);
     result
+}
+
+/// Closes every fd from 3 up but `a` and `b` (close_range(2) around them; only raw syscalls
+/// and no allocation, for a forked child).
+fn close_all_but(a: RawFd, b: RawFd) {
+    let close = |first: RawFd, last: u32| {
+        if first >= 3 && (first as u32) <= last {
+            // SAFETY: closes fds this process owns; none of them is used again.
+            unsafe { libc::syscall(libc::SYS_close_range, first as u32, last, 0u32) };
+        }
+    };
+    let (lo, hi) = (a.min(b), a.max(b));
+    close(3, lo.saturating_sub(1) as u32);
+    close(lo + 1, hi.saturating_sub(1) as u32);
+    close(hi + 1, u32::MAX);
 }
 
 /// How [`idmap_rootfs`] idmapped a rootfs.
@@ -413,6 +432,56 @@ mod tests {
         let fd = user_namespace(&map(1 << 30), &map(1 << 30)).unwrap();
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
         assert!(link.to_string_lossy().starts_with("user:["), "{link:?}");
+    }
+
+    /// Callers on several threads at once: no child keeps another's pipe open (each would
+    /// then wait for ever, and its caller in waitpid; seen once as a hung unit-test run).
+    #[test]
+    fn concurrent_callers_do_not_hold_each_others_children() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    user_namespace(&map(1 << 30), &map(1 << 30)).unwrap();
+                }
+                let _ = tx.send(());
+            });
+        }
+        for _ in 0..4 {
+            rx.recv_timeout(std::time::Duration::from_secs(30))
+                .expect("a caller hung: a child kept another's pipe open");
+        }
+    }
+
+    /// The forked child keeps its two fds and closes the rest.
+    #[test]
+    fn close_all_but_keeps_two_fds() {
+        let (r1, w1) = nix::unistd::pipe().unwrap();
+        let (r2, w2) = nix::unistd::pipe().unwrap();
+        let (a, b, c, d) = (
+            r1.as_raw_fd(),
+            w1.as_raw_fd(),
+            r2.as_raw_fd(),
+            w2.as_raw_fd(),
+        );
+        // SAFETY: the child only makes raw syscalls, then _exit.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => unsafe {
+                close_all_but(b, c);
+                let open = |fd| libc::fcntl(fd, libc::F_GETFD) >= 0;
+                let ok = open(0) && open(b) && open(c) && !open(a) && !open(d);
+                libc::_exit(if ok { 0 } else { 1 });
+            },
+            ForkResult::Parent { child } => assert_eq!(
+                waitpid(child, None).unwrap(),
+                nix::sys::wait::WaitStatus::Exited(child, 0)
+            ),
+        }
     }
 
     /// Host-root-owned files of an idmapped directory appear owned by the range's first id
