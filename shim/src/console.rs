@@ -10,7 +10,7 @@
 //! slave has exited, reading the master fails with EIO, which is the output's end.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::sys::termios::{self, LocalFlags, SpecialCharacterIndices};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -118,27 +117,11 @@ impl ConsoleSocket {
 /// Receives one descriptor (SCM_RIGHTS) from a connected unix socket.
 pub fn recv_fd(socket: RawFd) -> io::Result<OwnedFd> {
     let mut buf = [0u8; 256];
-    let mut iov = [io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
-    let msg = recvmsg::<()>(
-        socket,
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut received: Vec<OwnedFd> = Vec::new();
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            // SAFETY: the kernel just installed these descriptors in this process for us.
-            received.extend(
-                fds.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
+    let got = airlock_state::fdpass::recv_with_fds(socket, &mut buf)?;
+    let mut received = got.fds;
     // One master is expected; extra descriptors are closed as `received` drops.
     if received.is_empty() {
-        let what = if msg.bytes == 0 {
+        let what = if got.len == 0 {
             "closed the console socket"
         } else {
             "sent a message"
@@ -262,7 +245,7 @@ impl AsyncWrite for ConsoleIo {
 mod tests {
     use super::*;
     use nix::sys::socket::{
-        sendmsg, socketpair, AddressFamily, ControlMessage, SockFlag, SockType,
+        sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
     };
     use std::io::IoSlice;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

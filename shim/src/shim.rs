@@ -383,7 +383,7 @@ async fn serve(flags: Flags, listener: UnixListener) -> containerd_shim::Result<
         )));
     }
     let mut config = crate::shim_config();
-    let shim = AirlockShim::new(crate::RUNTIME_ID, &flags, &mut config).await;
+    let mut shim = AirlockShim::new(crate::RUNTIME_ID, &flags, &mut config).await;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS")
         .map_err(|_| ShimError::InvalidArgument("TTRPC_ADDRESS is not set".into()))?;
     let publisher = RemotePublisher::new(&ttrpc_address).await?;
@@ -408,7 +408,6 @@ async fn serve(flags: Flags, listener: UnixListener) -> containerd_shim::Result<
             }
         }
     });
-    let mut shim = shim;
     shim.wait().await;
     info!("Shutting down shim instance");
     server.shutdown().await.unwrap_or_default();

@@ -15,6 +15,7 @@
 //! it started ahead of need.
 
 pub mod cgroups;
+pub mod fdpass;
 pub mod mountinfo;
 pub mod zygote;
 

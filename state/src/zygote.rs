@@ -13,15 +13,14 @@
 //! sees that status (a request can cross the zygote's exit).
 
 use std::ffi::{OsStr, OsString};
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
+    sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
 };
 
 /// The runtime's first and only argument when it is started as a zygote.
@@ -105,32 +104,12 @@ pub fn receive(sock: BorrowedFd<'_>, idle: Duration) -> std::io::Result<Option<R
         }
     }
     let mut buf = vec![0u8; MAX_REQUEST];
-    let mut cmsg = nix::cmsg_space!([RawFd; 3]);
-    let (len, received, flags) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        let mut received: Vec<OwnedFd> = Vec::new();
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                // SAFETY: the kernel installed these fds in this process for us; nothing else
-                // owns them.
-                received.extend(
-                    fds.into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
-            }
-        }
-        (msg.bytes, received, msg.flags)
-    };
+    let got = crate::fdpass::recv_with_fds(sock.as_raw_fd(), &mut buf)?;
+    let (len, received) = (got.len, got.fds);
     if len == 0 && received.is_empty() {
         return Ok(None);
     }
-    if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) {
+    if got.truncated {
         return Err(std::io::Error::other("a zygote request was truncated"));
     }
     let stdio: [OwnedFd; 3] = received.try_into().map_err(|v: Vec<OwnedFd>| {
