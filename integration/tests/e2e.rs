@@ -427,6 +427,84 @@ fn bad_rootfs(rt: Runtime, v: Version) {
     c.assert_no_leaks();
 }
 
+/// Mount targets the image makes into symlinks resolve inside the rootfs, and directories the
+/// runtime creates for them land there too, never on the host. The runtime skips pathrs'
+/// `mkdir_all` for a target that exists, and creates a missing last component with `mkdirat` in
+/// its parent resolved inside the rootfs (third_party/README.md, "mount targets that exist");
+/// both paths are taken here: `/run` (a tmpfs on an existing directory) and `/data/y` (a bind,
+/// created) through symlinks that would reach a host directory if they were followed from the
+/// host. The tmpfs shows at the link's target in the container's mountinfo.
+#[test]
+fn image_symlinks_do_not_move_mount_targets_out_of_the_rootfs() {
+    let mut c = Case::new(Runtime::Airlock, Version::V1_6, "symlinks");
+    // Outside /tmp: the sandbox mounts a tmpfs at /tmp, which would hide the rootfs' copy.
+    let host = tempfile::Builder::new()
+        .prefix("airlock-symlink-target-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    // Writable for the container's root (a mapped, unprivileged host uid): only the confinement
+    // of the path keeps the runtime out of it.
+    std::fs::set_permissions(
+        host.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let host_path = host.path().to_str().unwrap().to_string();
+    let root = tempfile::tempdir().unwrap();
+    airlock_integration::image::unpack_rootfs(root.path()).unwrap();
+    // The same path inside the rootfs, where the links resolve when they stay inside it.
+    let inside = root.path().join(host_path.trim_start_matches('/'));
+    std::fs::create_dir_all(inside.join("run")).unwrap();
+    let _ = std::fs::remove_dir_all(root.path().join("run"));
+    let _ = std::fs::remove_file(root.path().join("run"));
+    // Absolute: the host's directory when followed from the host.
+    std::os::unix::fs::symlink(format!("{host_path}/run"), root.path().join("run")).unwrap();
+    // Relative, with more `..` than the rootfs is deep.
+    std::os::unix::fs::symlink(
+        format!("../../../../../../../../../..{host_path}"),
+        root.path().join("data"),
+    )
+    .unwrap();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("marker"), "bound\n").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data/y,options=rbind:ro",
+        src.path().display()
+    );
+    let id = c.id("links");
+    let rootfs = root.path().to_string_lossy().into_owned();
+    let out = c
+        .ctd
+        .ctr_run_with(
+            &c.ns,
+            Runtime::Airlock,
+            &["--mount", &mount, "--rootfs", &rootfs],
+            &id,
+            &[
+                "/bin/sh",
+                "-c",
+                &format!("cat /data/y/marker && grep -c ' {host_path}/run ' /proc/self/mountinfo"),
+            ],
+            T,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "bound\n1\n", "{out:?}");
+    let on_host: Vec<_> = std::fs::read_dir(host.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        on_host.is_empty(),
+        "the runtime created {on_host:?} in the host's {host_path}"
+    );
+    assert!(
+        inside.join("y").is_dir(),
+        "/data/y was not created in the rootfs"
+    );
+    c.assert_no_leaks();
+}
+
 fn shim_kill9(rt: Runtime, v: Version) {
     let mut c = Case::new(rt, v, "shimkill");
     let id = c.id("shimkill");

@@ -1,6 +1,6 @@
 use std::fs::{Permissions, canonicalize};
 use std::io::{BufRead, BufReader, ErrorKind};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -597,12 +597,12 @@ impl Mount {
             })?;
 
             if src.is_dir() {
-                root.mkdir_all(container_dest, &dir_perm)?;
+                mount_target_dir(&root, container_dest, &dir_perm)?;
             } else {
                 let parent = container_dest
                     .parent()
                     .ok_or(MountError::Custom("destination has no parent".to_string()))?;
-                root.mkdir_all(parent, &dir_perm)?;
+                mount_target_dir(&root, parent, &dir_perm)?;
 
                 match root.create_file(
                     container_dest,
@@ -623,7 +623,7 @@ impl Mount {
 
             src
         } else {
-            root.mkdir_all(container_dest, &dir_perm)?;
+            mount_target_dir(&root, container_dest, &dir_perm)?;
             PathBuf::from(source)
         };
 
@@ -996,6 +996,43 @@ impl Mount {
             }
         }
     }
+}
+
+/// AIRLOCK PATCH (mount targets that exist): makes sure the directory `dest` exists inside
+/// `root`, as `Root::mkdir_all` does, without its cost when there is nothing or one directory to
+/// create. `mkdir_all` re-opens the deepest existing directory through a verified procfs handle,
+/// about 55 system calls even when the whole path exists (the case for `/proc`, `/dev`, `/sys`,
+/// ... in an image). Here an existing directory costs one `openat2(RESOLVE_IN_ROOT)` and an
+/// `fstat`; a missing last component under an existing directory (`/dev/pts`, `/dev/shm` and
+/// `/dev/mqueue` on the fresh `/dev` tmpfs) a second `openat2` and a `mkdirat` in that
+/// directory (`mkdirat` never follows a symlink in its last component). Anything else (a
+/// deeper missing path, a non-directory in the way, a failed call) goes to `mkdir_all`, whose
+/// errors are the ones upstream reports. The caller resolves `dest` again for the mount.
+fn mount_target_dir(root: &Root, dest: &Path, perm: &Permissions) -> Result<()> {
+    let is_dir = |h: &pathrs::Handle| {
+        nix::sys::stat::fstat(h.as_fd().as_raw_fd())
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .unwrap_or(false)
+    };
+    if root.resolve(dest).is_ok_and(|h| is_dir(&h)) {
+        return Ok(());
+    }
+    if let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) {
+        if let Ok(dir) = root.resolve(parent) {
+            if is_dir(&dir)
+                && nix::sys::stat::mkdirat(
+                    Some(dir.as_fd().as_raw_fd()),
+                    name,
+                    nix::sys::stat::Mode::from_bits_truncate(perm.mode()),
+                )
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+    root.mkdir_all(dest, perm)?;
+    Ok(())
 }
 
 /// Find parent mount of rootfs in given mount infos
