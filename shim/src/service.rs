@@ -307,15 +307,22 @@ impl TaskService {
         t0: Instant,
     ) -> Result<CreateTaskResponse> {
         let bundle = PathBuf::from(&req.bundle);
+        // Runs while the policy is applied; the rootfs is mounted only after it is done.
+        let stale_work = tokio::task::spawn_blocking({
+            let rootfs = req.rootfs.clone();
+            move || remove_stale_overlay_work(&rootfs)
+        });
+        let applied = self
+            .apply_policy(&bundle, &req.id, req.terminal, req.options.as_ref())
+            .await;
+        let _ = stale_work.await;
         let Applied {
             seccomp,
             idmap_rootfs,
             update_rules,
             poststart_hooks,
             pod_sandbox,
-        } = self
-            .apply_policy(&bundle, &req.id, req.terminal, req.options.as_ref())
-            .await?;
+        } = applied?;
         let t_policy = t0.elapsed();
 
         let rootfs = bundle.join("rootfs");
@@ -1518,6 +1525,27 @@ fn open_bundle_to(bundle: &Path, gid: u32) -> Result<()> {
 
 /// The mounts without containerd's `uidmap=`/`gidmap=` options, whether there were any, and
 /// the host gid of the container's root from `gidmap=`.
+/// Removes an empty `work` directory that an earlier mount of the container's overlay snapshot
+/// left in its workdir (containerd mounts a snapshot briefly to read the image's
+/// `/etc/passwd` and `/etc/group`; so does the CRI plugin). overlayfs removes and re-creates it
+/// at every mount, inside the mount call; the shim does it first, on a blocking thread while it
+/// applies the policy. Here, on an ext4 mounted with `discard`, the removal waited about 0.9 ms
+/// for the device (the directory's block is discarded), on every create's start path. A
+/// directory that is not empty, or in use, stays for overlayfs, as before. Whether it removed
+/// one.
+fn remove_stale_overlay_work(mounts: &[containerd_shim::protos::api::Mount]) -> bool {
+    let [m] = mounts else {
+        return false;
+    };
+    if m.type_ != "overlay" {
+        return false;
+    }
+    let Some(workdir) = m.options.iter().find_map(|o| o.strip_prefix("workdir=")) else {
+        return false;
+    };
+    std::fs::remove_dir(Path::new(workdir).join("work")).is_ok()
+}
+
 fn strip_idmap_options(
     mounts: &[containerd_shim::protos::api::Mount],
 ) -> (Vec<containerd_shim::protos::api::Mount>, bool, Option<u32>) {
@@ -1825,6 +1853,53 @@ mod tests {
         let (_, idmapped, gid) = strip_idmap_options(&out);
         assert!(!idmapped);
         assert_eq!(gid, None);
+    }
+
+    #[test]
+    fn only_an_empty_stale_overlay_work_dir_is_removed() {
+        let snap = tempfile::tempdir().unwrap();
+        let workdir = snap.path().join("work");
+        let overlay = |options: Vec<String>| containerd_shim::protos::api::Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options,
+            ..Default::default()
+        };
+        let with_workdir = overlay(vec![
+            "index=off".into(),
+            format!("workdir={}", workdir.display()),
+            format!("upperdir={}", snap.path().join("fs").display()),
+        ]);
+        // overlayfs' scratch dir, left empty by an earlier mount: removed.
+        std::fs::create_dir_all(workdir.join("work")).unwrap();
+        assert!(remove_stale_overlay_work(std::slice::from_ref(
+            &with_workdir
+        )));
+        assert!(!workdir.join("work").exists());
+        assert!(workdir.is_dir(), "the workdir itself stays");
+        // None there: nothing to do.
+        assert!(!remove_stale_overlay_work(std::slice::from_ref(
+            &with_workdir
+        )));
+        // Not empty: left to overlayfs.
+        std::fs::create_dir_all(workdir.join("work/#1")).unwrap();
+        assert!(!remove_stale_overlay_work(std::slice::from_ref(
+            &with_workdir
+        )));
+        assert!(workdir.join("work/#1").is_dir());
+        // Another mount type, no workdir option, or more than one mount: not touched.
+        std::fs::remove_dir_all(workdir.join("work/#1")).unwrap();
+        let mut bind = with_workdir.clone();
+        bind.type_ = "bind".into();
+        assert!(!remove_stale_overlay_work(&[bind]));
+        assert!(!remove_stale_overlay_work(&[overlay(vec![
+            "index=off".into()
+        ])]));
+        assert!(!remove_stale_overlay_work(&[
+            with_workdir.clone(),
+            with_workdir.clone()
+        ]));
+        assert!(workdir.join("work").is_dir());
     }
 
     #[test]
