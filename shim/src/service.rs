@@ -1523,8 +1523,6 @@ fn open_bundle_to(bundle: &Path, gid: u32) -> Result<()> {
         })
 }
 
-/// The mounts without containerd's `uidmap=`/`gidmap=` options, whether there were any, and
-/// the host gid of the container's root from `gidmap=`.
 /// Removes an empty `work` directory that an earlier mount of the container's overlay snapshot
 /// left in its workdir (containerd mounts a snapshot briefly to read the image's
 /// `/etc/passwd` and `/etc/group`; so does the CRI plugin). overlayfs removes and re-creates it
@@ -1546,6 +1544,8 @@ fn remove_stale_overlay_work(mounts: &[containerd_shim::protos::api::Mount]) -> 
     std::fs::remove_dir(Path::new(workdir).join("work")).is_ok()
 }
 
+/// The mounts without containerd's `uidmap=`/`gidmap=` options, whether there were any, and
+/// the host gid of the container's root from `gidmap=`.
 fn strip_idmap_options(
     mounts: &[containerd_shim::protos::api::Mount],
 ) -> (Vec<containerd_shim::protos::api::Mount>, bool, Option<u32>) {
