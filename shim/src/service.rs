@@ -1291,7 +1291,20 @@ impl TaskService {
             if stopped && matches!(c.cleanup_outcome().await, Some(Ok(_))) {
                 return Ok(());
             }
-            return self.runtime.kill(&c.id, req.signal, true).await;
+            return match self.runtime.kill(&c.id, req.signal, true).await {
+                // The init died of this signal while the runtime was still at work: the
+                // cleanup at its exit removed the runtime's state under it (the runtime reads
+                // the state again after signalling). A cleanup that removed the cgroup found no
+                // process left in it: everything was signalled.
+                Err(e) => match c.cleanup_outcome().await {
+                    Some(Ok(_)) => {
+                        debug!(id = %c.id, "kill --all raced the exit's cleanup, which found no process left: {e}");
+                        Ok(())
+                    }
+                    _ => Err(e),
+                },
+                ok => ok,
+            };
         }
         if let Phase::Stopped(_) = *c.phase.lock().await {
             return Err(Error::NotFound(format!(
