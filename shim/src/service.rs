@@ -609,6 +609,7 @@ impl TaskService {
             absolute_cgroups_path(&mut spec, &self.namespace, id);
             open_bundle_to(bundle, r.host_gid)?;
         }
+        record_userns_range(&mut spec, range.map(|r| r.host_uid));
         let rebound = bind_sources::expose(&mut spec, bundle)
             .map_err(|e| Error::io("prepare the container's bind mounts", e))?;
         if rebound > 0 {
@@ -1593,6 +1594,26 @@ fn strip_idmap_options(
     (stripped, idmapped, gid)
 }
 
+/// Records the start of the container's user namespace range in its spec
+/// ([`crate::userns::HOST_ANNOTATION`], read by `shim delete`), or removes the annotation when
+/// the container has no range of ours (a pod's own value is never trusted).
+fn record_userns_range(spec: &mut Spec, host: Option<u32>) {
+    let key = crate::userns::HOST_ANNOTATION;
+    let had = spec
+        .annotations()
+        .as_ref()
+        .is_some_and(|a| a.contains_key(key));
+    if host.is_none() && !had {
+        return;
+    }
+    let mut a = spec.annotations().clone().unwrap_or_default();
+    a.remove(key);
+    if let Some(h) = host {
+        a.insert(key.to_string(), h.to_string());
+    }
+    spec.set_annotations(Some(a));
+}
+
 /// How a container is named among the users of a pod's user namespace range.
 pub fn userns_member(namespace: &str, id: &str) -> String {
     format!("{namespace}/{id}")
@@ -1913,6 +1934,35 @@ mod tests {
             with_workdir.clone()
         ]));
         assert!(workdir.join("work").is_dir());
+    }
+
+    #[test]
+    fn the_userns_range_annotation_is_ours_alone() {
+        let key = crate::userns::HOST_ANNOTATION;
+        let mut spec = Spec::default();
+        spec.set_annotations(None);
+        record_userns_range(&mut spec, None);
+        assert_eq!(spec.annotations(), &None, "nothing added without a range");
+        record_userns_range(&mut spec, Some(1 << 30));
+        assert_eq!(
+            spec.annotations().as_ref().unwrap()[key],
+            (1u32 << 30).to_string()
+        );
+        // A pod's own value (the CRI plugin passes airlock.dev/* annotations through) is
+        // replaced, or removed when the container has no range of ours.
+        let mut a = HashMap::from([(key.to_string(), "12345".to_string())]);
+        a.insert("other".into(), "kept".into());
+        spec.set_annotations(Some(a.clone()));
+        record_userns_range(&mut spec, None);
+        let got = spec.annotations().clone().unwrap();
+        assert!(!got.contains_key(key));
+        assert_eq!(got["other"], "kept");
+        spec.set_annotations(Some(a));
+        record_userns_range(&mut spec, Some(1 << 30));
+        assert_eq!(
+            spec.annotations().as_ref().unwrap()[key],
+            (1u32 << 30).to_string()
+        );
     }
 
     #[test]

@@ -452,7 +452,7 @@ fn clean_up_after(namespace: &str, id: &str, bundle: &Path) -> DeleteResponse {
         found.push("bind sources");
     }
     let member = crate::service::userns_member(namespace, id);
-    match crate::userns::RangeAllocator::default().release(&member) {
+    match release_userns_member(&crate::userns::RangeAllocator::default(), &member, bundle) {
         Ok(Some(host)) => {
             info!(host, "user namespace range released");
             found.push("user namespace range");
@@ -478,6 +478,37 @@ fn clean_up_after(namespace: &str, id: &str, bundle: &Path) -> DeleteResponse {
     }
 }
 
+/// Releases `member`'s claim on its user namespace range. containerd runs `shim delete` after
+/// every container's delete, when the shim that served it has usually released it already:
+/// with few pods every range file is read (as [`RangeAllocator::release`] does without a
+/// hint), with more only the range the bundle's spec names ([`HOST_ANNOTATION`]), so that the
+/// delete path does not read one file per pod on a busy node. A spec without it (a shim that
+/// died before writing it) gets the full search.
+///
+/// [`RangeAllocator::release`]: crate::userns::RangeAllocator::release
+/// [`HOST_ANNOTATION`]: crate::userns::HOST_ANNOTATION
+fn release_userns_member(
+    allocator: &crate::userns::RangeAllocator,
+    member: &str,
+    bundle: &Path,
+) -> crate::userns::Result<Option<u32>> {
+    if allocator.count() > crate::userns::FEW_RANGES {
+        // Only the annotations: serde skips the rest of the spec unparsed.
+        #[derive(serde::Deserialize)]
+        struct Annotations {
+            annotations: Option<std::collections::HashMap<String, String>>,
+        }
+        let host = std::fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Annotations>(&b).ok())
+            .and_then(|s| crate::userns::host_from_annotations(s.annotations.as_ref()));
+        if let Some(host) = host {
+            return allocator.release_in(member, host);
+        }
+    }
+    allocator.release(member)
+}
+
 /// Remove the shim socket named in the bundle's `address` file if nothing serves it.
 /// Whether there was one to remove.
 fn remove_dead_socket(bundle: &Path) -> bool {
@@ -494,6 +525,58 @@ fn remove_dead_socket(bundle: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bundle whose spec names `host` as the container's range.
+    fn bundle_naming(host: u32) -> tempfile::TempDir {
+        let b = tempfile::tempdir().unwrap();
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": { crate::userns::HOST_ANNOTATION: host.to_string() },
+        });
+        std::fs::write(b.path().join("config.json"), spec.to_string()).unwrap();
+        b
+    }
+
+    #[test]
+    fn shim_delete_reads_the_named_range_only_on_a_node_with_many_pods() {
+        use crate::userns::{RangeAllocator, FEW_RANGES, SLOT_SIZE};
+        let d = tempfile::tempdir().unwrap();
+        let a = RangeAllocator::new(d.path());
+        let mine = a.acquire("ns/pod0", "ns/c0", SLOT_SIZE).unwrap();
+        let other = a.acquire("ns/pod1", "ns/c1", SLOT_SIZE).unwrap();
+        // The spec names another range than the one that lists the member (it cannot, from the
+        // shim; this shows which path was taken). Few pods: every range is read, it is found.
+        let wrong = bundle_naming(other);
+        assert_eq!(
+            release_userns_member(&a, "ns/c0", wrong.path()).unwrap(),
+            Some(mine)
+        );
+        // Many pods: only the named range is read, so the member stays where it is.
+        let mine = a.acquire("ns/pod0", "ns/c0", SLOT_SIZE).unwrap();
+        for i in 2..=FEW_RANGES + 1 {
+            a.acquire(&format!("ns/pod{i}"), &format!("ns/c{i}"), SLOT_SIZE)
+                .unwrap();
+        }
+        assert!(a.count() > FEW_RANGES);
+        let fresh = RangeAllocator::new(d.path()); // as in `shim delete`: no in-process hint
+        assert_eq!(
+            release_userns_member(&fresh, "ns/c0", wrong.path()).unwrap(),
+            None
+        );
+        // The spec naming its own range: released with one read.
+        let right = bundle_naming(mine);
+        assert_eq!(
+            release_userns_member(&fresh, "ns/c0", right.path()).unwrap(),
+            Some(mine)
+        );
+        // No annotation (a shim that died before writing the spec): every range is read.
+        let none = tempfile::tempdir().unwrap();
+        let c1 = a.acquire("ns/pod0", "ns/c0", SLOT_SIZE).unwrap();
+        assert_eq!(
+            release_userns_member(&fresh, "ns/c0", none.path()).unwrap(),
+            Some(c1)
+        );
+    }
 
     /// A later container of a pod gets the address of the pod's serving shim without a new
     /// daemon (this test binary would be spawned as one otherwise, and would not serve).

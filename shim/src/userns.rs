@@ -37,6 +37,23 @@ pub const STATE_DIR: &str = "/run/airlock/.userns";
 
 const LOCK_FILE: &str = ".lock";
 
+/// Set by the shim in the spec it writes to the bundle (`config.json`): the first host id of
+/// the range the container was registered in. `shim delete` reads it on a node with many
+/// pods, to release the container with one range file read ([`RangeAllocator::release_in`])
+/// instead of reading every pod's. The shim removes it from any spec it did not register.
+pub const HOST_ANNOTATION: &str = "airlock.dev/userns-range";
+
+/// With at most this many range files, `shim delete` reads them all (cheaper than parsing the
+/// bundle's spec for [`HOST_ANNOTATION`]).
+pub const FEW_RANGES: usize = 8;
+
+/// The range start recorded in a spec's annotations, if it is one of the allocator's.
+pub fn host_from_annotations(a: Option<&std::collections::HashMap<String, String>>) -> Option<u32> {
+    let host: u32 = a?.get(HOST_ANNOTATION)?.parse().ok()?;
+    (host >= BASE && (host - BASE).is_multiple_of(SLOT_SIZE) && (host - BASE) / SLOT_SIZE < SLOTS)
+        .then_some(host)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UsernsError {
     #[error("user namespace ranges in {dir}: {what}: {source}; check that the directory is on a writable local filesystem")]
@@ -240,6 +257,38 @@ impl RangeAllocator {
             Some(r) => vec![r],
             None => self.ranges()?,
         };
+        self.remove_member(member, ranges)
+    }
+
+    /// [`Self::release`] of a member whose range is known to start at `host` (the shim records
+    /// it in the container's spec, [`HOST_ANNOTATION`]): only that range file is read. A range
+    /// that does not list the member means there is nothing to release (the shim that served
+    /// the container released it at Delete); no other range file is read.
+    pub fn release_in(&self, member: &str, host: u32) -> Result<Option<u32>> {
+        let _lock = self.lock()?;
+        self.remember(member, None);
+        self.remove_member(member, vec![(host, self.read(host))])
+    }
+
+    /// How many range files there are (one per pod with a range): a directory listing, no
+    /// file read.
+    pub fn count(&self) -> usize {
+        std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().as_encoded_bytes().ends_with(b".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Takes `member` out of the first of `ranges` that lists it; removes that range's file when
+    /// it was the last member (returning its host id). Called with the lock held.
+    fn remove_member(
+        &self,
+        member: &str,
+        ranges: Vec<(u32, Option<RangeFile>)>,
+    ) -> Result<Option<u32>> {
         for (host, f) in ranges {
             let Some(mut f) = f else { continue };
             let before = f.members.len();
@@ -276,6 +325,54 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn release_in_reads_only_the_range_it_is_given() {
+        let d = tempfile::tempdir().unwrap();
+        let a = RangeAllocator::new(d.path());
+        let p1 = a.acquire("ns/pod1", "ns/c1", SLOT_SIZE).unwrap();
+        let p2 = a.acquire("ns/pod2", "ns/c2", SLOT_SIZE).unwrap();
+        assert_eq!(a.count(), 2);
+        // Named the wrong range: nothing is released, and c2's range still lists it.
+        assert_eq!(a.release_in("ns/c2", p1).unwrap(), None);
+        assert_eq!(a.read(p2).unwrap().members, ["ns/c2"]);
+        assert_eq!(a.read(p1).unwrap().members, ["ns/c1"]);
+        // Its own range: released, and the range freed with its last member.
+        assert_eq!(a.release_in("ns/c2", p2).unwrap(), Some(p2));
+        assert_eq!(a.release_in("ns/c1", p1).unwrap(), Some(p1));
+        // A range that is gone: nothing to do.
+        assert_eq!(a.release_in("ns/c1", p1).unwrap(), None);
+        assert_eq!(a.count(), 0);
+        assert!(files(d.path()).is_empty(), "{:?}", files(d.path()));
+    }
+
+    #[test]
+    fn only_a_range_start_is_taken_from_annotations() {
+        let with = |v: &str| HashMap::from([(HOST_ANNOTATION.to_string(), v.to_string())]);
+        assert_eq!(
+            host_from_annotations(Some(&with(&BASE.to_string()))),
+            Some(BASE)
+        );
+        let second = (BASE + SLOT_SIZE).to_string();
+        assert_eq!(
+            host_from_annotations(Some(&with(&second))),
+            Some(BASE + SLOT_SIZE)
+        );
+        for bad in [
+            "0",
+            "1",
+            "x",
+            "",
+            &(BASE + 1).to_string(),
+            &(BASE - SLOT_SIZE).to_string(),
+        ] {
+            assert_eq!(host_from_annotations(Some(&with(bad))), None, "{bad:?}");
+        }
+        let past = (BASE + SLOTS * SLOT_SIZE).to_string();
+        assert_eq!(host_from_annotations(Some(&with(&past))), None);
+        assert_eq!(host_from_annotations(Some(&HashMap::new())), None);
+        assert_eq!(host_from_annotations(None), None);
     }
 
     #[test]
