@@ -1286,25 +1286,20 @@ impl TaskService {
             };
         }
         if req.all {
-            // After the init's exit, a cleanup that removed the cgroup found no process left
-            // in it, and the runtime no longer knows the container: nothing to signal.
-            let stopped = matches!(*c.phase.lock().await, Phase::Stopped(_));
-            if stopped && matches!(c.cleanup_outcome().await, Some(Ok(_))) {
+            // The cleanup at the init's exit (started only then) removes the cgroup only when
+            // no process is left in it, and the runtime's state with it. Once it has, there is
+            // nothing to signal: before the runtime runs (containerd 1.6's CRI sends a kill
+            // --all before it deletes an exited sandbox), or when the init died of this signal
+            // while the runtime was still at work (it reads its state again after signalling).
+            if matches!(c.cleanup_outcome().await, Some(Ok(_))) {
                 return Ok(());
             }
             return match self.runtime.kill(&c.id, req.signal, true).await {
-                // The init died of this signal while the runtime was still at work: the
-                // cleanup at its exit removed the runtime's state under it (the runtime reads
-                // the state again after signalling). A cleanup that removed the cgroup found no
-                // process left in it: everything was signalled.
-                Err(e) => match c.cleanup_outcome().await {
-                    Some(Ok(_)) => {
-                        debug!(id = %c.id, "kill --all raced the exit's cleanup, which found no process left: {e}");
-                        Ok(())
-                    }
-                    _ => Err(e),
-                },
-                ok => ok,
+                Err(e) if matches!(c.cleanup_outcome().await, Some(Ok(_))) => {
+                    debug!(id = %c.id, "kill --all raced the exit's cleanup, which found no process left: {e}");
+                    Ok(())
+                }
+                r => r,
             };
         }
         if let Phase::Stopped(_) = *c.phase.lock().await {

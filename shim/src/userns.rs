@@ -153,21 +153,25 @@ impl RangeAllocator {
 
     /// The allocated ranges: (first host id, contents or `None` if unreadable).
     fn ranges(&self) -> Result<Vec<(u32, Option<RangeFile>)>> {
+        Ok(self
+            .hosts()?
+            .into_iter()
+            .map(|host| (host, self.read(host)))
+            .collect())
+    }
+
+    /// The first host ids of the ranges that have a file (`<host>.json`): a directory listing.
+    fn hosts(&self) -> Result<Vec<u32>> {
         let mut v = Vec::new();
         for e in std::fs::read_dir(&self.dir).map_err(self.io("list"))? {
-            let e = e.map_err(self.io("list"))?;
-            let name = e.file_name();
-            let Some(host) = name
+            let name = e.map_err(self.io("list"))?.file_name();
+            if let Some(host) = name
                 .to_str()
                 .and_then(|n| n.strip_suffix(".json"))
                 .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let content = std::fs::read(e.path())
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            v.push((host, content));
+            {
+                v.push(host);
+            }
         }
         Ok(v)
     }
@@ -273,13 +277,7 @@ impl RangeAllocator {
     /// How many range files there are (one per pod with a range): a directory listing, no
     /// file read.
     pub fn count(&self) -> usize {
-        std::fs::read_dir(&self.dir)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().as_encoded_bytes().ends_with(b".json"))
-                    .count()
-            })
-            .unwrap_or(0)
+        self.hosts().map_or(0, |h| h.len())
     }
 
     /// Takes `member` out of the first of `ranges` that lists it; removes that range's file when
