@@ -814,10 +814,14 @@ impl TaskService {
             }
             // Nothing of the container runs any more: its cgroup, state and rootfs mount can
             // go now, while containerd and its client learn of the exit, instead of on the
-            // Delete that follows.
+            // Delete that follows. Not before a Start that is still at work has finished (it
+            // holds the phase lock while it records the start in the state file): a workload
+            // that exits at once would otherwise have its state removed under that write.
+            let mut phase = c.phase.lock().await;
             *c.cleanup.lock().await =
                 Cleanup::Running(tokio::spawn(Self::clean_up_stopped(runtime, c.clone())));
-            *c.phase.lock().await = Phase::Stopped(exit);
+            *phase = Phase::Stopped(exit);
+            drop(phase);
             let _ = tx.send(Some(exit));
             info!(id = %c.id, pid = c.pid(), status = exit.status, "container exited");
             publish(
@@ -1212,6 +1216,8 @@ impl TaskService {
         tokio::fs::write(&file, &any.value)
             .await
             .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
+        // The runtime reads the state file: not while a Start writes it.
+        drop(c.phase.lock().await);
         let r = self.runtime.update(&c.id, &file).await;
         let _ = tokio::fs::remove_file(&file).await;
         r
@@ -1294,6 +1300,8 @@ impl TaskService {
             if matches!(c.cleanup_outcome().await, Some(Ok(_))) {
                 return Ok(());
             }
+            // The runtime reads the state file: not while a Start writes it.
+            drop(c.phase.lock().await);
             return match self.runtime.kill(&c.id, req.signal, true).await {
                 Err(e) if matches!(c.cleanup_outcome().await, Some(Ok(_))) => {
                     debug!(id = %c.id, "kill --all raced the exit's cleanup, which found no process left: {e}");

@@ -19,6 +19,7 @@ pub mod fdpass;
 pub mod mountinfo;
 pub mod zygote;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use cgroups::{parent_registry, CgroupRecord};
@@ -88,11 +89,24 @@ impl Outside {
 }
 
 /// Records a started container in its state file as `airlock-runtime start` does (`status`
-/// becomes `running`; every other field is kept). Written to a temporary file and renamed, so
-/// a concurrent reader sees the old or the new state, never a torn one.
+/// becomes `running`; every other field is kept).
+///
+/// Overwritten in place, padded with spaces to the old length, in one `pwrite`, as our
+/// libcontainer saves it (see its `AIRLOCK PATCH (state saved in place)`): a temporary file
+/// renamed over the state made ext4 start writing the new file to disk at once
+/// (`auto_da_alloc`), the rename waited up to 1.5 ms for the old file's write, and the unlink at
+/// the container's exit waited for the new one's (where `/run` is on disk). The shim calls
+/// this under the container's phase lock, which its exit cleanup and its runtime commands
+/// also take first, so none of them reads the file during the write.
 pub fn mark_running(state_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
     let state = state_dir.join(STATE_FILE);
-    let raw = std::fs::read(&state)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&state)?;
+    let mut raw = Vec::new();
+    (&file).read_to_end(&mut raw)?;
     let mut v: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -100,9 +114,11 @@ pub fn mark_running(state_dir: &Path) -> std::io::Result<()> {
         )
     })?;
     v["status"] = serde_json::Value::from("running");
-    let tmp = state.with_extension("json.tmp");
-    std::fs::write(&tmp, v.to_string())?;
-    std::fs::rename(&tmp, &state)
+    let mut content = v.to_string().into_bytes();
+    if content.len() < raw.len() {
+        content.resize(raw.len(), b' ');
+    }
+    file.write_all_at(&content, 0)
 }
 
 /// Why [`remove_stopped`] left a container to the runtime.
@@ -314,5 +330,27 @@ mod tests {
             serde_json::json!({"id":"c1","status":"running","pid":42,"bundle":"/b"})
         );
         assert!(!t.path().join("state.json.tmp").exists());
+    }
+
+    #[test]
+    fn mark_running_overwrites_the_file_in_place_and_pads_a_shorter_state() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path().join(STATE_FILE);
+        // Longer than what mark_running writes (spaces and a key order it does not keep).
+        let before = r#"{ "status" : "created", "id" : "c1" }   "#;
+        std::fs::write(&state, before).unwrap();
+        let inode = std::fs::metadata(&state).unwrap().ino();
+        mark_running(t.path()).unwrap();
+        let after = std::fs::read(&state).unwrap();
+        assert_eq!(std::fs::metadata(&state).unwrap().ino(), inode);
+        assert_eq!(after.len(), before.len());
+        assert!(
+            after.ends_with(b"  "),
+            "{}",
+            String::from_utf8_lossy(&after)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&after).unwrap();
+        assert_eq!(v, serde_json::json!({"id":"c1","status":"running"}));
     }
 }

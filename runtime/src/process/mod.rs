@@ -767,6 +767,39 @@ mod tests {
         assert_eq!(saved["hooks"]["poststop"][0]["path"], "/bin/true");
     }
 
+    /// Our libcontainer overwrites its state file in place (its `AIRLOCK PATCH (state saved
+    /// in place)`): a shorter state is padded, never truncated, and still loads, here and in
+    /// the shim's readers.
+    #[test]
+    fn libcontainer_saves_its_state_in_place() {
+        use libcontainer::container::{ContainerStatus, State};
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = State::file_path(dir.path());
+        let long_bundle = format!("/b/{}", "x".repeat(300));
+        State::new("c", ContainerStatus::Creating, None, long_bundle.into())
+            .save(dir.path())
+            .unwrap();
+        let (len, inode) = {
+            let m = std::fs::metadata(&file).unwrap();
+            (m.len(), m.ino())
+        };
+        State::new("c", ContainerStatus::Created, Some(7), "/b".into())
+            .save(dir.path())
+            .unwrap();
+        let m = std::fs::metadata(&file).unwrap();
+        assert_eq!((m.len(), m.ino()), (len, inode), "not overwritten in place");
+        let loaded = State::load(dir.path()).unwrap();
+        assert_eq!(loaded.status, ContainerStatus::Created);
+        assert_eq!(loaded.bundle, Path::new("/b"));
+        airlock_state::mark_running(dir.path()).unwrap();
+        assert_eq!(
+            State::load(dir.path()).unwrap().status,
+            ContainerStatus::Running
+        );
+        assert_eq!(std::fs::metadata(&file).unwrap().ino(), inode);
+    }
+
     #[test]
     fn ids_follow_libcontainer_rules() {
         assert!(validate_id("abc-1.2_3+x").is_ok());
