@@ -15,6 +15,7 @@ mod locate;
 mod model;
 mod pod_seccomp;
 mod seccomp;
+mod seccomp_tree;
 mod store;
 pub mod syscalls;
 mod update;

@@ -26,7 +26,7 @@ use seccompiler::{sock_filter, TargetArch};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::syscalls;
+use crate::{seccomp_tree, syscalls};
 
 /// `CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |
 /// CLONE_NEWPID | CLONE_NEWNET`: a `clone` with any of these bits is denied.
@@ -266,6 +266,16 @@ impl Seccomp {
 
     /// Compiles the filter for `arch`; `None` when the mode is `off`.
     pub fn compile(&self, arch: TargetArch) -> Result<Option<SeccompProgram>, String> {
+        self.compile_with(arch, seccomp_tree::compile)
+    }
+
+    /// [`Seccomp::compile`], with `body` compiling the allowlist rules (seccompiler JSON) and
+    /// the mismatch action into the part after the prelude.
+    fn compile_with(
+        &self,
+        arch: TargetArch,
+        body: impl FnOnce(Vec<Value>, &Value, TargetArch) -> Result<Vec<sock_filter>, String>,
+    ) -> Result<Option<SeccompProgram>, String> {
         if self.mode == SeccompMode::Off {
             return Ok(None);
         }
@@ -298,14 +308,7 @@ impl Seccomp {
                 ]}));
             }
         }
-        let doc = json!({"airlock": {
-            "mismatch_action": mismatch,
-            "match_action": "allow",
-            "filter": rules,
-        }});
-        let mut map = seccompiler::compile_from_json(doc.to_string().as_bytes(), arch)
-            .map_err(|e| format!("seccomp: seccompiler could not compile the filter: {e}"))?;
-        let body = map.remove("airlock").expect("the filter we named");
+        let body = body(rules, &mismatch, arch)?;
 
         let mut prog = Vec::with_capacity(body.len() + 8);
         prog.push(stmt(BPF_LD_W_ABS, DATA_ARCH));
@@ -320,7 +323,8 @@ impl Seccomp {
             prog.push(jump(BPF_JMP_JEQ_K, NR_CLONE3, 0, 1));
             prog.push(stmt(BPF_RET_K, SECCOMP_RET_ERRNO | ENOSYS));
         }
-        // seccompiler's program starts with its own arch check and reloads the number.
+        // The number search (see seccomp_tree) starts with the number loaded above; each
+        // seccompiler program under it has its own arch check and reloads the number.
         prog.extend(body);
         if prog.len() > BPF_MAX_LEN {
             return Err(format!(
@@ -386,6 +390,82 @@ mod tests {
             "swapon",
         ] {
             assert!(!allowed.contains(n), "{n} must not be allowed");
+        }
+    }
+
+    /// The allowlist as one seccompiler chain, as it was compiled before the number search.
+    fn linear(
+        rules: Vec<Value>,
+        mismatch: &Value,
+        arch: TargetArch,
+    ) -> Result<Vec<sock_filter>, String> {
+        let doc =
+            json!({"l": {"mismatch_action": mismatch, "match_action": "allow", "filter": rules}});
+        Ok(
+            seccompiler::compile_from_json(doc.to_string().as_bytes(), arch)
+                .unwrap()
+                .remove("l")
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_number_search_gives_every_syscall_the_verdict_of_the_linear_filter() {
+        let policies = [
+            Seccomp::default(),
+            Seccomp {
+                allow: vec!["ptrace".into(), "clone".into(), "socket".into()],
+                deny: vec!["getpid".into(), "clone3".into(), "personality".into()],
+                ..Default::default()
+            },
+            Seccomp {
+                mode: SeccompMode::Audit,
+                ..Default::default()
+            },
+            Seccomp {
+                base: "none".into(),
+                allow: vec!["read".into(), "write".into(), "exit_group".into()],
+                ..Default::default()
+            },
+        ];
+        let clone_ns: u64 = 0x1000_0000; // CLONE_NEWUSER
+        let argsets: [[u64; 6]; 6] = [
+            [0; 6],
+            [clone_ns, 0, 0, 0, 0, 0],
+            [AF_VSOCK, 0, 0, 0, 0, 0],
+            [2, 0, 0, 0, 0, 0],
+            [0x8, 0, 0, 0, 0, 0],
+            [0x1234, 0xffff_ffff_0000_0000, 0, 0, 0, 0],
+        ];
+        for arch in [TargetArch::x86_64, TargetArch::aarch64] {
+            for (p, s) in policies.iter().enumerate() {
+                let tree = s.compile(arch).unwrap().unwrap();
+                let flat = s.compile_with(arch, linear).unwrap().unwrap();
+                let (mut tree_max, mut flat_max) = (0, 0);
+                let numbers = (0..1100u32).chain([X32_SYSCALL_BIT, X32_SYSCALL_BIT | 1]);
+                for nr in numbers {
+                    for args in argsets {
+                        for audit in [audit_arch(arch), 0x4000_0003] {
+                            let (t, ts) = seccomp_tree::run(tree.instructions(), audit, nr, args);
+                            let (f, fs) = seccomp_tree::run(flat.instructions(), audit, nr, args);
+                            assert_eq!(t, f, "{arch:?} policy {p}: syscall {nr} {args:?}");
+                            tree_max = tree_max.max(ts);
+                            flat_max = flat_max.max(fs);
+                        }
+                    }
+                }
+                // The point of the search: a short walk for every number.
+                assert!(
+                    tree_max <= 12 + 8 + 5 * seccomp_tree::BUCKET + 12,
+                    "{arch:?} policy {p}: {tree_max} steps (linear {flat_max})"
+                );
+                if p == 0 {
+                    assert!(
+                        flat_max > 400 && tree_max < 60,
+                        "{tree_max} against {flat_max}"
+                    );
+                }
+            }
         }
     }
 
