@@ -28,6 +28,7 @@ use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
 use serde_json::{json, Value};
 
 use crate::seccomp::{native_arch, SeccompProgram};
+use crate::seccomp_tree;
 
 const EPERM: u32 = 1;
 
@@ -118,13 +119,15 @@ pub fn compile_pod_profile(profile: &LinuxSeccomp) -> Result<Vec<SeccompProgram>
         }
     }
 
-    let mut doc = serde_json::Map::new();
+    let mut programs = Vec::new();
     if default != allow {
-        doc.insert(
-            "0-named".into(),
-            json!({ "mismatch_action": default, "match_action": "allow", "filter": named }),
-        );
+        // The allowlist-shaped filter (RuntimeDefault's, ~300 syscalls): searched by number,
+        // as the policy's own (see seccomp_tree).
+        let prog = seccomp_tree::compile_standalone(named, &default, arch)
+            .map_err(|e| format!("linux.seccomp: the pod's profile does not compile: {e}"))?;
+        programs.push(SeccompProgram::from_instructions(prog));
     }
+    let mut doc = serde_json::Map::new();
     for (i, (act, rules)) in by_action.into_values().enumerate() {
         doc.insert(
             format!("{}-action", i + 1),
@@ -136,10 +139,12 @@ pub fn compile_pod_profile(profile: &LinuxSeccomp) -> Result<Vec<SeccompProgram>
             .map_err(|e| format!("linux.seccomp: the pod's profile does not compile: {e}"))?;
     let mut names: Vec<String> = compiled.keys().cloned().collect();
     names.sort();
-    Ok(names
-        .into_iter()
-        .map(|n| SeccompProgram::from_instructions(compiled.remove(&n).expect("listed")))
-        .collect())
+    programs.extend(
+        names
+            .into_iter()
+            .map(|n| SeccompProgram::from_instructions(compiled.remove(&n).expect("listed"))),
+    );
+    Ok(programs)
 }
 
 #[cfg(test)]
@@ -163,6 +168,49 @@ mod tests {
         );
         let progs = compile_pod_profile(&p).unwrap();
         assert_eq!(progs.len(), 2, "named filter + ENOSYS filter");
+    }
+
+    /// A RuntimeDefault-sized allowlist: the number-searched named filter answers every
+    /// syscall as seccompiler's single chain of the same rules does.
+    #[test]
+    fn the_named_filter_answers_as_one_seccompiler_chain() {
+        let mut names: Vec<&str> = crate::syscalls::AGENT_COMMON.to_vec();
+        names.extend(crate::syscalls::AGENT_X86_64);
+        names.retain(|n| *n != "personality");
+        let p = profile(&format!(
+            r#"{{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":1,
+               "syscalls":[{{"names":{},"action":"SCMP_ACT_ALLOW"}},
+                 {{"names":["personality"],"action":"SCMP_ACT_ALLOW",
+                  "args":[{{"index":0,"value":8,"op":"SCMP_CMP_EQ"}}]}}]}}"#,
+            serde_json::to_string(&names).unwrap()
+        ));
+        if native_arch() != Some(seccompiler::TargetArch::x86_64) {
+            return;
+        }
+        let progs = compile_pod_profile(&p).unwrap();
+        assert_eq!(progs.len(), 1);
+        let mut rules: Vec<Value> = names.iter().map(|n| json!({"syscall": n})).collect();
+        rules.push(json!({"syscall": "personality", "args": [
+            {"index": 0, "type": "dword", "op": "eq", "val": 8}]}));
+        let doc = json!({"l": {"mismatch_action": {"errno": 1}, "match_action": "allow",
+            "filter": rules}});
+        let chain = seccompiler::compile_from_json(
+            doc.to_string().as_bytes(),
+            seccompiler::TargetArch::x86_64,
+        )
+        .unwrap()
+        .remove("l")
+        .unwrap();
+        assert!(progs[0].len() > 300);
+        for nr in (0..1100u32).chain([0x4000_0000, 0x4000_0001]) {
+            for args in [[0u64; 6], [8, 0, 0, 0, 0, 0], [9, 0, 0, 0, 0, 0]] {
+                for arch in [0xC000_003E, 0x4000_0003] {
+                    let (a, _) = seccomp_tree::run(progs[0].instructions(), arch, nr, args);
+                    let (b, _) = seccomp_tree::run(&chain, arch, nr, args);
+                    assert_eq!(a, b, "syscall {nr} {args:?} arch {arch:#x}");
+                }
+            }
+        }
     }
 
     #[test]

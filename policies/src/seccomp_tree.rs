@@ -93,6 +93,22 @@ pub fn compile(
     Ok(out)
 }
 
+/// [`compile`] as a program of its own: it loads the syscall number first.
+pub fn compile_standalone(
+    rules: Vec<Value>,
+    mismatch: &Value,
+    arch: TargetArch,
+) -> Result<Vec<sock_filter>, String> {
+    let mut prog = vec![sock_filter {
+        code: BPF_LD_W_ABS,
+        jt: 0,
+        jf: 0,
+        k: DATA_NR,
+    }];
+    prog.extend(compile(rules, mismatch, arch)?);
+    Ok(prog)
+}
+
 /// Emits the search over buckets `lo..hi` (by their lowest numbers `lows`): pre-order, the
 /// `nr < low` side right after each node, so a node's jump skips its lower side. A single
 /// bucket is a `JA` whose offset is set once the programs are placed (`leaves`).
