@@ -13,8 +13,9 @@
 //! compiled by `seccompiler` as a program of its own (with its own architecture check), and a
 //! binary search on the number (`JGE` on each bucket's lowest number) jumps to the one bucket
 //! that can allow it. A number is allowed only by the rules of its own bucket, which compares
-//! the exact number as before: the tree routes, it never allows. The longest path is about
-//! `log2(buckets) + 5 * BUCKET` instructions instead of the whole chain.
+//! the exact number as before: the tree routes, it never allows. A lookup walks the search,
+//! the bucket's architecture check and about two instructions per smaller number of its bucket:
+//! at most 57 instructions for `agent-strict`, against 571 through the whole chain.
 
 use std::collections::{BTreeMap, BTreeSet};
 
