@@ -192,15 +192,9 @@ mod tests {
         let mut rules: Vec<Value> = names.iter().map(|n| json!({"syscall": n})).collect();
         rules.push(json!({"syscall": "personality", "args": [
             {"index": 0, "type": "dword", "op": "eq", "val": 8}]}));
-        let doc = json!({"l": {"mismatch_action": {"errno": 1}, "match_action": "allow",
-            "filter": rules}});
-        let chain = seccompiler::compile_from_json(
-            doc.to_string().as_bytes(),
-            seccompiler::TargetArch::x86_64,
-        )
-        .unwrap()
-        .remove("l")
-        .unwrap();
+        let chain =
+            seccomp_tree::linear(rules, &json!({"errno": 1}), seccompiler::TargetArch::x86_64)
+                .unwrap();
         assert!(progs[0].len() > 300);
         for nr in (0..1100u32).chain([0x4000_0000, 0x4000_0001]) {
             for args in [[0u64; 6], [8, 0, 0, 0, 0, 0], [9, 0, 0, 0, 0, 0]] {

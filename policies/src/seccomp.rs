@@ -172,12 +172,7 @@ fn errno_value(name: &str) -> Option<u32> {
 
 /// Whether seccompiler knows `name` as a syscall of `arch`.
 pub fn is_syscall(name: &str, arch: TargetArch) -> bool {
-    let probe = json!({"probe": {
-        "mismatch_action": "allow",
-        "match_action": {"errno": 1},
-        "filter": [{"syscall": name}],
-    }});
-    seccompiler::compile_from_json(probe.to_string().as_bytes(), arch).is_ok()
+    seccomp_tree::seccompiler_numbers(&[name.to_string()].into(), arch).is_ok()
 }
 
 fn stmt(code: u16, k: u32) -> sock_filter {
@@ -393,22 +388,6 @@ mod tests {
         }
     }
 
-    /// The allowlist as one seccompiler chain, as it was compiled before the number search.
-    fn linear(
-        rules: Vec<Value>,
-        mismatch: &Value,
-        arch: TargetArch,
-    ) -> Result<Vec<sock_filter>, String> {
-        let doc =
-            json!({"l": {"mismatch_action": mismatch, "match_action": "allow", "filter": rules}});
-        Ok(
-            seccompiler::compile_from_json(doc.to_string().as_bytes(), arch)
-                .unwrap()
-                .remove("l")
-                .unwrap(),
-        )
-    }
-
     #[test]
     fn the_number_search_gives_every_syscall_the_verdict_of_the_linear_filter() {
         let policies = [
@@ -440,7 +419,7 @@ mod tests {
         for arch in [TargetArch::x86_64, TargetArch::aarch64] {
             for (p, s) in policies.iter().enumerate() {
                 let tree = s.compile(arch).unwrap().unwrap();
-                let flat = s.compile_with(arch, linear).unwrap().unwrap();
+                let flat = s.compile_with(arch, seccomp_tree::linear).unwrap().unwrap();
                 let (mut tree_max, mut flat_max) = (0, 0);
                 let numbers = (0..1100u32).chain([X32_SYSCALL_BIT, X32_SYSCALL_BIT | 1]);
                 for nr in numbers {

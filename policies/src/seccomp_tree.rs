@@ -213,6 +213,20 @@ pub fn seccompiler_numbers(
         .collect()
 }
 
+/// The allowlist as one seccompiler chain, as it was compiled before the number search: what
+/// the tests compare the search with.
+#[cfg(test)]
+pub(crate) fn linear(
+    rules: Vec<Value>,
+    mismatch: &Value,
+    arch: TargetArch,
+) -> Result<Vec<sock_filter>, String> {
+    let doc = json!({"l": {"mismatch_action": mismatch, "match_action": "allow", "filter": rules}});
+    seccompiler::compile_from_json(doc.to_string().as_bytes(), arch)
+        .map(|mut m| m.remove("l").expect("the program we named"))
+        .map_err(|e| e.to_string())
+}
+
 /// A classic BPF interpreter for the instructions seccompiler and this module emit, for tests.
 #[cfg(test)]
 pub(crate) fn run(prog: &[sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> (u32, usize) {

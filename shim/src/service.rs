@@ -131,6 +131,12 @@ impl Container {
         }
     }
 
+    /// Waits until no Start is writing the runtime's state file (Start holds the phase lock
+    /// while it records the start there; the write is not atomic for a reader).
+    async fn start_settled(&self) {
+        drop(self.phase.lock().await);
+    }
+
     fn pid(&self) -> u32 {
         self.pidfd.pid() as u32
     }
@@ -1216,8 +1222,7 @@ impl TaskService {
         tokio::fs::write(&file, &any.value)
             .await
             .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
-        // The runtime reads the state file: not while a Start writes it.
-        drop(c.phase.lock().await);
+        c.start_settled().await;
         let r = self.runtime.update(&c.id, &file).await;
         let _ = tokio::fs::remove_file(&file).await;
         r
@@ -1300,8 +1305,7 @@ impl TaskService {
             if matches!(c.cleanup_outcome().await, Some(Ok(_))) {
                 return Ok(());
             }
-            // The runtime reads the state file: not while a Start writes it.
-            drop(c.phase.lock().await);
+            c.start_settled().await;
             return match self.runtime.kill(&c.id, req.signal, true).await {
                 Err(e) if matches!(c.cleanup_outcome().await, Some(Ok(_))) => {
                     debug!(id = %c.id, "kill --all raced the exit's cleanup, which found no process left: {e}");
