@@ -22,7 +22,7 @@ echo "== cargo test --workspace" >&2
 # Bounded: a hung test fails the run with what it printed instead of eating CI's whole budget
 # (the suite takes about 10 minutes on 2 cores).
 timeout --kill-after=60 "${AIRLOCK_TEST_TIMEOUT:-45m}" \
-  cargo test --workspace -- --test-threads="${AIRLOCK_TEST_THREADS:-2}"
+  cargo test --workspace --no-fail-fast -- --test-threads="${AIRLOCK_TEST_THREADS:-2}"
 
 # The benchmark harness, as a smoke run only: it proves the harness works, never asserts a time.
 echo "== airlock-bench --quick" >&2

@@ -7,6 +7,8 @@ use std::process::Command;
 
 use airlock_policies::config::{self, DEFAULT_CONFIG_PATH};
 
+mod block_io;
+
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -115,6 +117,7 @@ pub fn run(p: &Probe) -> Vec<Check> {
         userns(p),
         cgroups(p),
         cgroup_attach(p),
+        block_io::block_io(p),
         seccomp(p),
         idmap(p),
         kvm(p),
@@ -478,10 +481,10 @@ fn airlock_config(p: &Probe) -> Check {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn fake(files: &[(&str, &str)]) -> (tempfile::TempDir, Probe) {
+    pub(crate) fn fake(files: &[(&str, &str)]) -> (tempfile::TempDir, Probe) {
         let d = tempfile::tempdir().unwrap();
         for (p, t) in files {
             let f = d.path().join(p.trim_start_matches('/'));

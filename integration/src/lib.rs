@@ -17,6 +17,7 @@ pub mod client;
 pub mod containerd;
 pub mod cri;
 pub mod fifo;
+pub mod hostile;
 pub mod image;
 pub mod leaks;
 pub mod probe;

@@ -211,6 +211,64 @@ fn two_containers_with_policy_annotation(v: Version) {
     });
 }
 
+/// A pod under agent-strict (no capabilities): one container serves HTTP on port 80, and
+/// another container of the pod fetches from it over the pod's loopback. The sandbox's network
+/// namespace lets any port bind without CAP_NET_BIND_SERVICE.
+fn port_80_in_a_pod(v: Version) {
+    let (ctd, _turn) = cri_containerd(v);
+    rt().block_on(async {
+        let mut cri = connect(&ctd).await;
+        let pc = cri.pod_config("web", &[], NamespaceMode::Pod);
+        let pod = cri.run_pod(&pc, AIRLOCK).await.expect("RunPodSandbox");
+        let server = cri.container_config(
+            "server",
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /tmp/www && echo served-on-80 > /tmp/www/index.html && \
+                 exec httpd -f -p 80 -h /tmp/www",
+            ],
+        );
+        let server = cri
+            .start_container(&pod, &pc, server)
+            .await
+            .expect("server");
+        let client = cri.container_config("client", LOOP);
+        let client = cri
+            .start_container(&pod, &pc, client)
+            .await
+            .expect("client");
+        let mut out = String::new();
+        for _ in 0..50 {
+            let r = cri
+                .exec_sync(
+                    &client,
+                    &["wget", "-q", "-T", "2", "-O", "-", "http://127.0.0.1:80/"],
+                )
+                .await
+                .expect("ExecSync");
+            out = format!(
+                "{}{}",
+                String::from_utf8_lossy(&r.stdout),
+                String::from_utf8_lossy(&r.stderr)
+            );
+            if r.exit_code == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(out.contains("served-on-80"), "fetch from port 80: {out}");
+        assert_eq!(
+            cri.status(&server).await.expect("status").state,
+            ContainerState::ContainerRunning as i32,
+            "the server still serves"
+        );
+        cri.teardown(&pod, &[server, client])
+            .await
+            .expect("teardown");
+    });
+}
+
 /// A container asking for a capability beyond its policy is refused, with a message naming
 /// the field and the policy, and nothing of it keeps running.
 fn more_than_policy_is_refused(v: Version) {
@@ -442,6 +500,7 @@ macro_rules! per_version {
             #[test] fn host_network_pod_is_refused() { super::host_network_pod_is_refused(v()) }
             #[test] fn pod_user_namespace_without_host_users() { super::pod_user_namespace_without_host_users(v()) }
             #[test] fn tty_container() { super::tty_container(v()) }
+            #[test] fn port_80_in_a_pod() { super::port_80_in_a_pod(v()) }
         }
     )*};
 }

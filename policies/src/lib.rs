@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod explain;
+mod harden;
 mod host_access;
 mod locate;
 mod model;

@@ -117,6 +117,17 @@ pub struct Filesystem {
     /// Device nodes allowed beyond the standard set (e.g. /dev/fuse).
     #[serde(default)]
     pub devices: Vec<String>,
+    /// Every writable mount (tmpfs, /dev, /dev/shm, /run, writable volumes) gets `noexec`: a
+    /// file the container writes cannot be executed.
+    #[serde(default)]
+    pub noexec_writable: bool,
+    /// The most ptys the container's devpts instance hands out (`max=`): one container cannot
+    /// exhaust the node's `kernel.pty.max` for every other.
+    #[serde(default)]
+    pub pty_max: Option<u32>,
+    /// Paths masked beyond runc's set (e.g. /proc/cmdline: the host kernel's command line).
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -132,6 +143,14 @@ pub struct Namespaces {
     /// Host namespaces a container may share: any of network, pid, ipc, uts.
     #[serde(default)]
     pub allow_host: Vec<String>,
+    /// A cgroup namespace of the container's own (`/proc/self/cgroup` shows `/`, not the
+    /// node's cgroup path).
+    #[serde(default)]
+    pub private_cgroup: bool,
+    /// `net.ipv4.ip_unprivileged_port_start = 0` in a network namespace the container (or its
+    /// pod's sandbox) makes: a server binds port 80 with no capability.
+    #[serde(default)]
+    pub unprivileged_ports: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -200,6 +219,19 @@ impl Policy {
             if host_ns_type(ns).is_none() {
                 return Err(self.invalid(format!(
                     "namespaces.allow_host: unknown namespace {ns:?} (use network, pid, ipc or uts)"
+                )));
+            }
+        }
+        if self.filesystem.pty_max == Some(0) {
+            return Err(self.invalid(
+                "filesystem.pty_max: 0 leaves the container no terminal (use at least 1, e.g. 128)"
+                    .into(),
+            ));
+        }
+        for p in &self.filesystem.masked_paths {
+            if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                return Err(self.invalid(format!(
+                    "filesystem.masked_paths: {p:?} must be an absolute path without '..'"
                 )));
             }
         }
@@ -371,6 +403,7 @@ impl Policy {
         self.apply_host_mounts(spec, &mut enforced)?;
         self.apply_devices(spec, &mut enforced)?;
         self.apply_filesystem(spec, &mut enforced);
+        crate::harden::apply(self, spec, &mut enforced);
         self.apply_limits(spec, &mut enforced);
         enforced.push(self.seccomp_summary());
         Ok(enforced)

@@ -79,6 +79,14 @@ pub enum RuntimeError {
     #[error("--console-socket was given but {what} has no terminal (process.terminal is false); drop --console-socket or set process.terminal to true")]
     ConsoleSocketUnused { what: String },
 
+    /// A resource the spec asks for that this node's kernel cannot enforce; the message names
+    /// the field, what the node lacks and what to do.
+    #[error("{0}")]
+    Unenforceable(String),
+
+    #[error("linux.cgroupsPath {path:?} cannot be the container's own cgroup: {why}; leave linux.cgroupsPath unset or name a new cgroup (a container's delete kills every process in its cgroup)")]
+    CgroupRefused { path: PathBuf, why: String },
+
     #[error("{0}")]
     Io(String),
 

@@ -11,6 +11,7 @@ pub use airlock_state::cgroups;
 pub mod error;
 pub mod executor;
 pub mod idmap;
+pub mod node;
 pub mod process;
 pub mod signal;
 pub mod spec;

@@ -35,6 +35,31 @@ fn reachable(path: &Path, gid: Option<u32>) -> bool {
     })
 }
 
+/// The first directory above `bundle` that the container's root (host uid `uid`, gid `gid`)
+/// cannot traverse, as an error that says how to fix it. Without this check the runtime's
+/// bind of the rootfs fails inside the user namespace with a bare EACCES.
+pub fn check_bundle_reachable(bundle: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    for dir in bundle.ancestors().skip(1) {
+        let Ok(m) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let mode = m.mode();
+        let ok = mode & 0o001 != 0
+            || (m.uid() == uid && mode & 0o100 != 0)
+            || (m.gid() == gid && mode & 0o010 != 0);
+        if !ok {
+            return Err(format!(
+                "the container's root (host uid {uid}) cannot traverse {} (mode {:04o}), a                  parent of the bundle {}: make it traversable with `chmod o+x {}` (0711 keeps                  its listing private); containerd's root and state dirs and their parents must                  not be 0700 for user-namespaced containers",
+                dir.display(),
+                mode & 0o7777,
+                bundle.display(),
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The host gid of the spec's container root (first gid mapping), if the spec says.
 fn root_gid(spec: &Spec) -> Option<u32> {
     spec.linux()
@@ -171,6 +196,28 @@ pub fn cleanup(bundle: &Path) -> bool {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_0700_parent_of_the_bundle_is_named_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let parent = d.path().join("state");
+        let bundle = parent.join("ns/id");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(parent.join("ns"), std::fs::Permissions::from_mode(0o711))
+            .unwrap();
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = check_bundle_reachable(&bundle, 100000, 100000).unwrap_err();
+        assert!(
+            e.contains(&format!("cannot traverse {} (mode 0700)", parent.display()))
+                && e.contains("host uid 100000")
+                && e.contains("chmod o+x"),
+            "{e}"
+        );
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o711)).unwrap();
+        check_bundle_reachable(&bundle, 100000, 100000).unwrap();
+    }
 
     #[test]
     fn reachability_follows_the_others_and_group_bits() {

@@ -25,6 +25,34 @@ pub fn config_path_from_options(options: Option<&Any>) -> Result<Option<PathBuf>
     if !any.type_url.ends_with(RUNTIME_OPTIONS_TYPE) {
         return Ok(None);
     }
+    Ok(string_field(any, 2)?.map(PathBuf::from))
+}
+
+/// Type URL suffixes of the options messages that carry a shim cgroup, with its field number:
+/// runc's `containerd.runc.v1.Options` (`shim_cgroup = 3`), and the older
+/// `containerd.linux.runc.CreateOptions` (`shim_cgroup = 9`) that containerd's Go client sends
+/// (`containerd.WithShimCgroup`) to any runtime whose name does not start with
+/// `io.containerd.runc`.
+const SHIM_CGROUP_FIELDS: &[(&str, u32)] = &[
+    ("containerd.runc.v1.Options", 3),
+    ("containerd.linux.runc.CreateOptions", 9),
+];
+
+/// The shim cgroup the runtime options name (what containerd writes to `shim start`'s stdin),
+/// decoded by the options' type URL; `None` for any other options type.
+pub fn shim_cgroup_from_options(any: &Any) -> Result<Option<String>> {
+    match SHIM_CGROUP_FIELDS
+        .iter()
+        .find(|(t, _)| any.type_url.ends_with(t))
+    {
+        Some(&(_, field)) => string_field(any, field),
+        None => Ok(None),
+    }
+}
+
+/// The last value of string field `field` of the message in `any` (protobuf's rule for a
+/// repeated scalar), `None` when absent or empty; every other field is skipped.
+fn string_field(any: &Any, field: u32) -> Result<Option<String>> {
     let bad = |e: containerd_shim::protos::protobuf::Error| {
         Error::InvalidArgument(format!(
             "cannot decode the runtime options ({}): {e}",
@@ -32,17 +60,23 @@ pub fn config_path_from_options(options: Option<&Any>) -> Result<Option<PathBuf>
         ))
     };
     let mut input = CodedInputStream::from_bytes(&any.value);
-    let mut path = None;
+    let mut value = None;
     while let Some(tag) = input.read_raw_tag_or_eof().map_err(bad)? {
-        if tag == (2 << 3) | 2 {
-            path = Some(input.read_string().map_err(bad)?);
+        if tag == (field << 3) | 2 {
+            value = Some(input.read_string().map_err(bad)?);
         } else {
-            let wire = containerd_shim::protos::protobuf::rt::WireType::new(tag & 7)
-                .ok_or_else(|| Error::InvalidArgument("malformed runtime options".into()))?;
+            let wire =
+                containerd_shim::protos::protobuf::rt::WireType::new(tag & 7).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "malformed runtime options ({}): wire type {}",
+                        any.type_url,
+                        tag & 7
+                    ))
+                })?;
             input.skip_field(wire).map_err(bad)?;
         }
     }
-    Ok(path.filter(|p| !p.is_empty()).map(PathBuf::from))
+    Ok(value.filter(|v| !v.is_empty()))
 }
 
 /// The microVM mode is not in this build: a container whose runtime handler is `airlock-vm`
@@ -83,6 +117,47 @@ impl ConfigCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A protobuf message of string fields, encoded by hand: `(field, value)`, plus a varint
+    /// field 1 = 1 first, so decoding must skip fields it does not want.
+    fn message(fields: &[(u32, &str)]) -> Vec<u8> {
+        let mut out = vec![1 << 3, 1];
+        for (f, v) in fields {
+            out.push(((f << 3) | 2) as u8);
+            out.push(v.len() as u8);
+            out.extend_from_slice(v.as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn the_shim_cgroup_is_read_by_type_url() {
+        let runc = any(
+            "containerd.runc.v1.Options",
+            message(&[(3, "/shims/a"), (6, "crun")]),
+        );
+        assert_eq!(
+            shim_cgroup_from_options(&runc).unwrap().as_deref(),
+            Some("/shims/a")
+        );
+        // The Go client's WithShimCgroup to a runtime not named io.containerd.runc*.
+        let create = any(
+            "type.googleapis.com/containerd.linux.runc.CreateOptions",
+            message(&[(3, "/not/this"), (9, "/shims/b")]),
+        );
+        assert_eq!(
+            shim_cgroup_from_options(&create).unwrap().as_deref(),
+            Some("/shims/b")
+        );
+        let other = any(RUNTIME_OPTIONS_TYPE, message(&[(2, "/etc/x.toml")]));
+        assert_eq!(shim_cgroup_from_options(&other).unwrap(), None);
+        let empty = any("containerd.runc.v1.Options", Vec::new());
+        assert_eq!(shim_cgroup_from_options(&empty).unwrap(), None);
+        let e = shim_cgroup_from_options(&any("containerd.runc.v1.Options", vec![0x1f]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("containerd.runc.v1.Options"), "{e}");
+    }
 
     fn any(type_url: &str, value: Vec<u8>) -> Any {
         Any {

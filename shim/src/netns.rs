@@ -223,6 +223,54 @@ pub fn prepare_in(netns: &Path, sysfs: Option<&Path>, sysctls: &[(String, String
     })
 }
 
+/// Brings the loopback interface up in the network namespace of process `pid` (a container
+/// init waiting for Start, in a network namespace made for it, where `lo` starts down; runc
+/// brings it up too), from a thread of its own that enters it. Agents serve on 127.0.0.1 (a
+/// language server, a notebook kernel).
+pub fn loopback_up(pid: i32) -> Result<()> {
+    let path = format!("/proc/{pid}/ns/net");
+    let target =
+        File::open(&path).map_err(|e| Error::io(format!("open network namespace {path}"), e))?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            setns(&target, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::io(format!("enter network namespace {path}"), e.into()))?;
+            set_up("lo").map_err(|e| Error::io("bring the container's loopback up", e))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::Runtime("the loopback thread panicked".into())))
+    })
+}
+
+/// `SIOCGIFFLAGS`, then `SIOCSIFFLAGS` with `IFF_UP`, on interface `name` of this thread's
+/// network namespace.
+fn set_up(name: &str) -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: socket(2) with constant arguments; the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new socket nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, b) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: the ioctls read and write the ifreq we own.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,6 +217,8 @@ struct Applied {
     poststart_hooks: bool,
     /// A CRI pod sandbox: the pod's app containers come next.
     pod_sandbox: bool,
+    /// The runtime makes the container a network namespace of its own (its `lo` starts down).
+    new_netns: bool,
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {
@@ -328,6 +330,7 @@ impl TaskService {
             update_rules,
             poststart_hooks,
             pod_sandbox,
+            new_netns,
         } = applied?;
         let t_policy = t0.elapsed();
 
@@ -416,6 +419,20 @@ impl TaskService {
                 return Err(fail(e));
             }
         };
+        if new_netns {
+            let pid = pidfd.pid();
+            let up = tokio::task::spawn_blocking(move || crate::netns::loopback_up(pid))
+                .await
+                .map_err(|e| Error::Runtime(format!("loopback thread: {e}")))
+                .and_then(|r| r);
+            if let Err(e) = up {
+                drop(copier);
+                let _ = pidfd.signal(libc::SIGKILL);
+                let _ = self.runtime.delete(&req.id, true).await;
+                let _ = tokio::time::timeout(DRAIN_LIMIT, pidfd.wait()).await;
+                return Err(fail(e));
+            }
+        }
         let console = match copier.connect_console().await {
             Ok(c) => c,
             Err(e) => {
@@ -612,6 +629,8 @@ impl TaskService {
             "policy applied"
         );
         if let Some(r) = range {
+            bind_sources::check_bundle_reachable(bundle, r.host_uid, r.host_gid)
+                .map_err(Error::FailedPrecondition)?;
             absolute_cgroups_path(&mut spec, &self.namespace, id);
             open_bundle_to(bundle, r.host_gid)?;
         }
@@ -674,6 +693,8 @@ impl TaskService {
                 .as_ref()
                 .and_then(|h| h.poststart().as_ref())
                 .is_some_and(|h| !h.is_empty()),
+            new_netns: crate::netns::namespace_path(&spec, LinuxNamespaceType::Network)
+                == Some(None),
             pod_sandbox: spec
                 .annotations()
                 .as_ref()
@@ -969,7 +990,9 @@ impl TaskService {
             serde_json::from_slice(&any.value).map_err(|e| {
                 Error::InvalidArgument(format!("exec process spec is not an OCI Process: {e}"))
             })?;
-        check_terminal(process.terminal(), req.terminal, "the exec's process spec")?;
+        // The request decides, as in runc's shim: clients copy the container's process
+        // (terminal: false) and ask for a tty in the request (`kubectl exec -it`).
+        process.set_terminal(Some(req.terminal));
         let init = read_init_process(&c.bundle).await?;
         confine_exec(&mut process, &init);
         let spec = c.bundle.join(format!("exec-{}.json", req.exec_id));
@@ -1260,11 +1283,14 @@ impl TaskService {
             )
         };
         let Some(console) = console else {
-            return Err(Error::FailedPrecondition(if terminal {
-                format!("{what} has not started yet: its terminal does not exist; resize it after Start")
-            } else {
-                format!("{what} has no terminal; ResizePty needs a process created with terminal: true (ctr -t)")
-            }));
+            if !terminal {
+                // containerd's clients resize without asking first; runc's shim answers OK.
+                debug!("{what} has no terminal: ResizePty ignored");
+                return Ok(());
+            }
+            return Err(Error::FailedPrecondition(format!(
+                "{what} has not started yet: its terminal does not exist; resize it after Start"
+            )));
         };
         let size = |v: u32, name: &str| {
             u16::try_from(v).map_err(|_| {

@@ -414,11 +414,10 @@ async fn serve(flags: Flags, listener: UnixListener) -> containerd_shim::Result<
     Ok(())
 }
 
-/// `ShimCgroup` of the runtime options containerd writes to `start`'s stdin (the crate's
-/// `set_cgroup_and_oom_score` reads them the same way), if set.
+/// The shim cgroup named by the runtime options containerd writes to `start`'s stdin, decoded
+/// by their type URL ([`crate::config::shim_cgroup_from_options`]), if any.
 fn shim_cgroup_from_stdin() -> containerd_shim::Result<Option<String>> {
     use containerd_shim::protos::protobuf::well_known_types::any::Any;
-    use containerd_shim::protos::shim::oci::Options;
     use std::io::Read;
     let mut data = Vec::new();
     std::io::stdin()
@@ -427,8 +426,9 @@ fn shim_cgroup_from_stdin() -> containerd_shim::Result<Option<String>> {
     if data.is_empty() {
         return Ok(None);
     }
-    let opts = Any::parse_from_bytes(&data).and_then(|a| Options::parse_from_bytes(&a.value))?;
-    Ok(Some(opts.shim_cgroup).filter(|c| !c.is_empty()))
+    let any = Any::parse_from_bytes(&data)?;
+    crate::config::shim_cgroup_from_options(&any)
+        .map_err(|e| ShimError::InvalidArgument(e.to_string()))
 }
 
 /// `delete`: removes what a shim that is gone left of container `id`: the runtime's state and

@@ -156,11 +156,15 @@ fn marker(registry: &Path, dir: &Path) -> PathBuf {
 impl CgroupRecord {
     /// Computes the record for `cgroup_path` on this host (reads mountinfo once).
     pub fn before_create(cgroup_path: &Path) -> std::io::Result<Self> {
-        let hierarchies = host_hierarchies()?;
-        Ok(Self {
-            created_parents: missing_parents(&hierarchies, cgroup_path, |p| p.exists()),
-            parents: missing_parents(&hierarchies, cgroup_path, |_| false),
-        })
+        Ok(Self::for_hierarchies(&host_hierarchies()?, cgroup_path))
+    }
+
+    /// The record for `cgroup_path` in `hierarchies` (see [`host_hierarchies`]).
+    pub fn for_hierarchies(hierarchies: &[PathBuf], cgroup_path: &Path) -> Self {
+        Self {
+            created_parents: missing_parents(hierarchies, cgroup_path, |p| p.exists()),
+            parents: missing_parents(hierarchies, cgroup_path, |_| false),
+        }
     }
 
     /// Marks the parents this create made: [`CREATED_XATTR`] on each, else a marker file in

@@ -14,6 +14,7 @@
 //! [`zygote`] is the other thing the two share: how the shim hands a command line to a runtime
 //! it started ahead of need.
 
+pub mod blkio;
 pub mod cgroups;
 pub mod fdpass;
 pub mod mountinfo;

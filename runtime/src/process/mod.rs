@@ -32,6 +32,7 @@ use crate::error::{one_line_chain, Result, RuntimeError};
 use crate::executor::{extract_message, AirlockExecutor, BpfProgram};
 use crate::idmap;
 use crate::spec::{cgroup_path, load_bundle};
+use airlock_state::blkio::BlockIoProbe;
 use airlock_state::cgroups::{parent_registry, CgroupRecord};
 use airlock_state::RECORD_FILE;
 
@@ -213,11 +214,20 @@ impl ProcessRuntime {
             format!("config.json in {}", bundle.dir.display())
         })?;
 
+        let linux = bundle
+            .spec
+            .linux()
+            .as_ref()
+            .expect("checked by load_bundle");
+        crate::node::check_block_io(linux.resources().as_ref(), BlockIoProbe::detect)?;
         let cg_path = cgroup_path(&bundle.spec, id);
         let record = {
             let _s = info_span!("cgroup_prepare", path = %cg_path.display()).entered();
-            CgroupRecord::before_create(&cg_path)
-                .map_err(|e| RuntimeError::Io(format!("reading /proc/self/mountinfo: {e}")))?
+            let hierarchies = airlock_state::cgroups::host_hierarchies()
+                .map_err(|e| RuntimeError::Io(format!("reading /proc/self/mountinfo: {e}")))?;
+            let claim = crate::node::check_cgroup_claim(&hierarchies, &cg_path)?;
+            debug!(?claim, "cgroup claimed");
+            CgroupRecord::for_hierarchies(&hierarchies, &cg_path)
         };
 
         let mut executor = opts
@@ -515,6 +525,7 @@ impl ProcessRuntime {
         // libcgroups' v2 manager rebuilds the device BPF program on every apply from the rules
         // it is given: an update that names no devices would replace the container's own rules
         // with the defaults. Keep them by passing the rules the container was created with.
+        crate::node::check_block_io(Some(resources), BlockIoProbe::detect)?;
         let mut resources = resources.clone();
         if resources.devices().is_none() {
             let path = c.bundle().join("config.json");

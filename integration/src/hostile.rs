@@ -1,0 +1,121 @@
+//! What a careless or hostile client asks of a runtime through containerd's API, beyond the
+//! escape battery's attempts from inside a container (`tests/escape.rs`).
+
+use crate::containerd::Version;
+use crate::proc_util;
+use crate::taskapi::{cgroup_dir, Case, IDLE};
+use crate::Runtime;
+use std::process::{Command, Stdio};
+
+/// A container whose `linux.cgroupsPath` names another container's cgroup, or a hierarchy's
+/// root, is refused at create with an error that names the field: its delete (or the failed
+/// create's cleanup) would otherwise SIGKILL every process in that cgroup, the victim's or the
+/// node's. The victim and a canary process in the test's own cgroup survive both attempts.
+pub fn cgroup_hijack(v: Version) {
+    let mut c = Case::new(Runtime::Airlock, v, "hijack");
+    let victim = c.id("victim");
+    let pid = c.run_detached(&victim, IDLE);
+    // The victim's cgroup path as containerd named it (`/<namespace>/<id>`), read from the
+    // pids hierarchy (or the unified one) of its init.
+    let dir = cgroup_dir(pid, "pids");
+    let root = if dir.starts_with("/sys/fs/cgroup/pids") {
+        "/sys/fs/cgroup/pids"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    let path = format!("/{}", dir.strip_prefix(root).unwrap().display());
+    let mut canary = Command::new("sleep")
+        .arg("600")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn canary");
+    let canary_pid = canary.id() as i32;
+    for (label, target) in [("into-victim", path.as_str()), ("into-root", "/")] {
+        let attacker = c.id(label);
+        let mut args = vec!["run", "-d", "--cgroup", target];
+        args.extend(c.runtime_args());
+        args.extend([crate::IMAGE_REF, &attacker, "true"]);
+        let out = c.ctr(&args);
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert!(
+            !out.success(),
+            "a create into {target} was accepted: {out:?}"
+        );
+        assert!(
+            text.contains("linux.cgroupsPath") && text.contains("cannot be the container's own"),
+            "unclear error for {target}: {text}"
+        );
+        let _ = c.ctr(&["containers", "rm", &attacker]);
+        assert!(
+            proc_util::alive(pid) && c.status(&victim) == "RUNNING",
+            "the victim died after a create into {target}"
+        );
+        assert!(
+            proc_util::alive(canary_pid),
+            "a process outside any container was signalled after a create into {target}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&dir).map(|_| ()).ok(),
+        Some(()),
+        "victim's cgroup gone"
+    );
+    let _ = canary.kill();
+    let _ = canary.wait();
+    c.remove(&victim);
+    c.assert_no_leaks();
+}
+
+/// What agent-strict gives a container started without CRI (`ctr run`), checked from inside:
+/// `lo` is up and a server binds port 80 with no capability, then answers on 127.0.0.1; no
+/// writable mount executes a file written to it; the cgroup namespace is the container's own;
+/// `/proc/cmdline` is masked; devpts hands out a bounded number of ptys.
+pub fn agent_strict_defaults(v: Version) {
+    let mut c = Case::new(Runtime::Airlock, v, "strict");
+    let id = c.id("strict");
+    let script = r#"
+        echo "lo_flags=$(cat /sys/class/net/lo/flags)"
+        mkdir -p /tmp/www && echo served-on-80 > /tmp/www/index.html
+        httpd -p 80 -h /tmp/www && echo "bind80=ok" || echo "bind80=refused"
+        echo "fetch=$(wget -q -T 5 -O - http://127.0.0.1:80/ 2>&1)"
+        for d in /run /dev /dev/shm /tmp; do
+            if cp /bin/busybox $d/bb 2>/dev/null; then
+                $d/bb true 2>/dev/null && echo "exec$d=ran" || echo "exec$d=refused"
+            else
+                echo "exec$d=unwritable"
+            fi
+        done
+        echo "cgroup=$(cut -d: -f3 /proc/self/cgroup | sort -u | tr '\n' ' ')"
+        echo "cmdline_bytes=$(wc -c < /proc/cmdline)"
+        echo "devpts=$(grep ' /dev/pts ' /proc/mounts | grep -o 'max=[0-9]*')"
+    "#;
+    let mut args = vec!["run", "--rm"];
+    args.extend(c.runtime_args());
+    args.extend([crate::IMAGE_REF, &id, "sh", "-c", script]);
+    let out = c.ctr_ok(&args);
+    let get = |k: &str| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {:?}", out.stdout))
+            .trim()
+            .to_owned()
+    };
+    eprintln!("agent-strict defaults ({}):\n{}", v.label(), out.stdout);
+    let flags = u32::from_str_radix(get("lo_flags").trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(flags & 1, 1, "lo is down: flags {flags:#x}");
+    assert_eq!(get("bind80"), "ok", "port 80 without a capability");
+    assert_eq!(get("fetch"), "served-on-80", "127.0.0.1:80");
+    for d in ["/run", "/dev", "/dev/shm", "/tmp"] {
+        let r = get(&format!("exec{d}"));
+        assert!(r == "refused" || r == "unwritable", "{d}: {r}");
+    }
+    assert_eq!(
+        get("cgroup"),
+        "/",
+        "a private cgroup namespace shows its root only"
+    );
+    assert_eq!(get("cmdline_bytes"), "0", "/proc/cmdline is masked");
+    assert_eq!(get("devpts"), "max=128");
+    c.assert_no_leaks();
+}

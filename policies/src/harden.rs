@@ -1,0 +1,279 @@
+//! The filesystem and namespace hardening a policy asks for beyond runc's defaults: writable
+//! mounts without exec, a bounded devpts, extra masked paths, a private cgroup namespace.
+//!
+//! Each rule is declared in the policy file (`[filesystem] noexec_writable`, `pty_max`,
+//! `masked_paths`; `[namespaces] private_cgroup`) and lowered here onto the spec; each adds one
+//! line to the enforcement report.
+
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+
+use crate::model::set_namespace;
+use crate::Policy;
+
+/// A mount the container can write to: not read-only, and not a kernel view whose files are
+/// not executables (proc, sysfs, cgroup, mqueue).
+fn writable(m: &Mount) -> bool {
+    let opts = m.options().as_deref().unwrap_or_default();
+    let kernel_view = matches!(
+        m.typ().as_deref(),
+        Some("proc" | "sysfs" | "cgroup" | "cgroup2" | "mqueue")
+    );
+    !kernel_view && !opts.iter().any(|o| o == "ro")
+}
+
+/// Lowers the hardening rules of `policy` onto `spec`, appending what it enforced.
+pub(crate) fn apply(policy: &Policy, spec: &mut Spec, enforced: &mut Vec<String>) {
+    let fs = &policy.filesystem;
+    let mut mounts: Vec<Mount> = spec.mounts().clone().unwrap_or_default();
+    if fs.noexec_writable {
+        let mut changed = Vec::new();
+        for m in mounts.iter_mut().filter(|m| writable(m)) {
+            let mut opts = m.options().clone().unwrap_or_default();
+            opts.retain(|o| o != "exec");
+            if !opts.iter().any(|o| o == "noexec") {
+                opts.push("noexec".into());
+                changed.push(m.destination().display().to_string());
+            }
+            m.set_options(Some(opts));
+        }
+        enforced.push(if changed.is_empty() {
+            "writable mounts: noexec".into()
+        } else {
+            format!("writable mounts: noexec (added on {})", changed.join(", "))
+        });
+    }
+    if let Some(max) = fs.pty_max {
+        for m in mounts
+            .iter_mut()
+            .filter(|m| m.typ().as_deref() == Some("devpts"))
+        {
+            let mut opts = m.options().clone().unwrap_or_default();
+            opts.retain(|o| !o.starts_with("max="));
+            opts.push(format!("max={max}"));
+            if !opts.iter().any(|o| o == "newinstance") {
+                opts.push("newinstance".into());
+            }
+            m.set_options(Some(opts));
+        }
+        enforced.push(format!("devpts: at most {max} ptys"));
+    }
+    spec.set_mounts(Some(mounts));
+    if !fs.masked_paths.is_empty() {
+        if let Some(linux) = spec.linux_mut() {
+            let mut masked = linux.masked_paths().clone().unwrap_or_default();
+            for p in &fs.masked_paths {
+                if !masked.contains(p) {
+                    masked.push(p.clone());
+                }
+            }
+            linux.set_masked_paths(Some(masked));
+            enforced.push(format!("masked: {}", fs.masked_paths.join(", ")));
+        }
+    }
+    if policy.namespaces.unprivileged_ports {
+        unprivileged_ports(spec, enforced);
+    }
+    if policy.namespaces.private_cgroup {
+        let has_own = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none())
+            });
+        if !has_own {
+            set_namespace(spec, LinuxNamespaceType::Cgroup, None);
+        }
+        enforced.push("cgroup namespace: private".into());
+    }
+}
+
+/// The sysctl that lets a process without CAP_NET_BIND_SERVICE bind ports below it.
+const PORT_START: &str = "net.ipv4.ip_unprivileged_port_start";
+
+/// `net.ipv4.ip_unprivileged_port_start = 0` in the container's own network namespace (as
+/// Docker sets it), so a server binds port 80 without a capability. Set where the namespace
+/// is made: for a container with a new one, and for a CRI pod's sandbox (its app containers
+/// join the namespace). Never for the node's namespace, and never over the pod's own value.
+fn unprivileged_ports(spec: &mut Spec, enforced: &mut Vec<String>) {
+    let sandbox = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get("io.kubernetes.cri.container-type"))
+        .is_some_and(|t| t == "sandbox");
+    let Some(linux) = spec.linux_mut() else {
+        return;
+    };
+    let net = linux
+        .namespaces()
+        .as_ref()
+        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
+    let makes_it = match net {
+        None => false,
+        Some(n) => n.path().is_none() || sandbox,
+    };
+    if !makes_it {
+        return;
+    }
+    let mut sysctl = linux.sysctl().clone().unwrap_or_default();
+    if sysctl.contains_key(PORT_START) {
+        return;
+    }
+    sysctl.insert(PORT_START.into(), "0".into());
+    linux.set_sysctl(Some(sysctl));
+    enforced.push("ports: any port binds without a capability (own network namespace)".into());
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::PolicySet;
+    use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+    fn spec() -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "/"},
+            "root": {"path": "rootfs"},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "max=100000"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                 "options": ["nosuid", "exec", "nodev"]},
+                {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/etc/cfg", "type": "bind", "source": "/srv/cfg",
+                 "options": ["rbind", "ro"]},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                 "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+            ],
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+        }))
+        .unwrap()
+    }
+
+    fn mount_opts(spec: &Spec, dst: &str) -> Vec<String> {
+        spec.mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination().to_str() == Some(dst))
+            .unwrap()
+            .options()
+            .clone()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn agent_strict_hardens_every_writable_mount_devpts_proc_and_cgroup() {
+        let p = PolicySet::builtin()
+            .get("agent-strict")
+            .unwrap()
+            .policy
+            .clone();
+        let mut s = spec();
+        let mut enforced = Vec::new();
+        super::apply(&p, &mut s, &mut enforced);
+        for dst in ["/dev", "/dev/shm", "/run"] {
+            let o = mount_opts(&s, dst);
+            assert!(o.contains(&"noexec".to_string()), "{dst}: {o:?}");
+            assert!(!o.contains(&"exec".to_string()), "{dst}: {o:?}");
+        }
+        assert!(!mount_opts(&s, "/etc/cfg").contains(&"noexec".to_string()));
+        let pts = mount_opts(&s, "/dev/pts");
+        assert_eq!(
+            pts.iter()
+                .filter(|o| o.starts_with("max="))
+                .collect::<Vec<_>>(),
+            [&format!("max={}", p.filesystem.pty_max.unwrap())]
+        );
+        let linux = s.linux().as_ref().unwrap();
+        assert!(linux
+            .masked_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/cmdline".to_string()));
+        assert!(linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none()));
+        let text = enforced.join("; ");
+        assert!(
+            text.contains("noexec (added on /dev, /dev/shm, /run)"),
+            "{text}"
+        );
+        assert!(text.contains("cgroup namespace: private"), "{text}");
+    }
+
+    #[test]
+    fn ports_open_only_in_a_network_namespace_the_container_makes() {
+        let p = PolicySet::builtin()
+            .get("agent-strict")
+            .unwrap()
+            .policy
+            .clone();
+        let port = |s: &Spec| {
+            s.linux()
+                .as_ref()
+                .unwrap()
+                .sysctl()
+                .as_ref()
+                .and_then(|m| m.get(super::PORT_START).cloned())
+        };
+        let mut s = spec();
+        super::apply(&p, &mut s, &mut Vec::new());
+        assert_eq!(port(&s), None, "the node's network namespace");
+        crate::set_namespace(&mut s, LinuxNamespaceType::Network, None);
+        super::apply(&p, &mut s, &mut Vec::new());
+        assert_eq!(port(&s).as_deref(), Some("0"));
+        let mut app = spec();
+        let netns = std::path::Path::new("/proc/42/ns/net");
+        crate::set_namespace(&mut app, LinuxNamespaceType::Network, Some(netns));
+        super::apply(&p, &mut app, &mut Vec::new());
+        assert_eq!(port(&app), None, "a CRI app container joins its sandbox's");
+        let mut sandbox = app.clone();
+        sandbox.set_annotations(Some(
+            [(
+                "io.kubernetes.cri.container-type".to_string(),
+                "sandbox".to_string(),
+            )]
+            .into(),
+        ));
+        super::apply(&p, &mut sandbox, &mut Vec::new());
+        assert_eq!(port(&sandbox).as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn bad_hardening_fields_name_the_field() {
+        let base = "name = \"x\"\n[process]\nno_new_privileges = true\ncapabilities = []\n[filesystem]\nreadonly_rootfs = true\n";
+        for (extra, field) in [
+            ("pty_max = 0", "filesystem.pty_max"),
+            ("masked_paths = [\"proc/x\"]", "filesystem.masked_paths"),
+            (
+                "masked_paths = [\"/proc/../etc\"]",
+                "filesystem.masked_paths",
+            ),
+        ] {
+            let e = crate::Policy::parse(&format!("{base}{extra}\n"), "t.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn baseline_leaves_the_spec_as_runc_would() {
+        let p = PolicySet::builtin().get("baseline").unwrap().policy.clone();
+        let mut s = spec();
+        let before = s.clone();
+        let mut enforced = Vec::new();
+        super::apply(&p, &mut s, &mut enforced);
+        assert_eq!(s, before);
+        assert!(enforced.is_empty(), "{enforced:?}");
+    }
+}
