@@ -226,7 +226,7 @@ fn port_80_in_a_pod(v: Version) {
                 "sh",
                 "-c",
                 "mkdir -p /tmp/www && echo served-on-80 > /tmp/www/index.html && \
-                 exec httpd -f -p 80 -h /tmp/www",
+                 httpd -f -p 80 -h /tmp/www",
             ],
         );
         let server = cri
@@ -243,7 +243,11 @@ fn port_80_in_a_pod(v: Version) {
             let r = cri
                 .exec_sync(
                     &client,
-                    &["wget", "-q", "-T", "2", "-O", "-", "http://127.0.0.1:80/"],
+                    &[
+                        "sh",
+                        "-c",
+                        "wget -O /tmp/got http://127.0.0.1:80/index.html && cat /tmp/got",
+                    ],
                 )
                 .await
                 .expect("ExecSync");

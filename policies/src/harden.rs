@@ -133,7 +133,7 @@ mod tests {
     fn spec() -> Spec {
         serde_json::from_value(serde_json::json!({
             "ociVersion": "1.0.2",
-            "process": {"args": ["sh"], "cwd": "/"},
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
             "root": {"path": "rootfs"},
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
