@@ -363,6 +363,19 @@ impl Client {
         rootfs: Vec<Mount>,
         stdio: &TaskStdio,
     ) -> Result<u32> {
+        self.create_task_with(ns, id, rootfs, stdio, None).await
+    }
+
+    /// [`Client::create_task_io`] with task options (`CreateTaskRequest.options`, which
+    /// containerd also writes to `shim start`'s stdin, as the Go client's `WithShimCgroup`).
+    pub async fn create_task_with(
+        &self,
+        ns: &str,
+        id: &str,
+        rootfs: Vec<Mount>,
+        stdio: &TaskStdio,
+        options: Option<Any>,
+    ) -> Result<u32> {
         let r = TasksClient::new(self.channel())
             .create(req(
                 ns,
@@ -373,6 +386,7 @@ impl Client {
                     stdout: stdio.stdout.clone(),
                     stderr: stdio.stderr.clone(),
                     terminal: stdio.terminal,
+                    options,
                     ..Default::default()
                 },
             ))

@@ -124,3 +124,76 @@ pub fn agent_strict_defaults(v: Version) {
     assert_eq!(get("devpts"), "max=128");
     c.assert_no_leaks();
 }
+
+/// containerd's Go client names a cgroup for the shim with `containerd.WithShimCgroup`, which,
+/// for a runtime whose name does not start with `io.containerd.runc`, sends (containerd 1.x)
+/// `containerd.linux.runc.CreateOptions` (the shim cgroup is field 9) as the task's options;
+/// containerd writes them to `shim start`'s stdin. The pod's shim joins that cgroup.
+pub fn shim_cgroup(v: Version) {
+    use crate::client::TaskStdio;
+    let mut c = Case::new(Runtime::Airlock, v, "shimcg");
+    let id = c.id("shimcg");
+    let rel = format!("airlock-test-shim-{id}");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dirs: Vec<std::path::PathBuf> = airlock_state::cgroups::parse_mountinfo(&mountinfo)
+        .into_iter()
+        .filter(|m| !m.unified)
+        .map(|m| m.mount_point.join(&rel))
+        .collect();
+    assert!(!dirs.is_empty(), "no cgroup v1 hierarchy: {mountinfo}");
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+        // A v1 cpuset cgroup takes no task until it has CPUs and memory nodes.
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = std::fs::read_to_string(d.parent().unwrap().join(f)) {
+                std::fs::write(d.join(f), v.trim()).unwrap();
+            }
+        }
+    }
+    // containerd 1.x's Go client sends containerd.linux.runc.CreateOptions { shim_cgroup (9) };
+    // containerd 2.x no longer knows that type, and its client sends containerd.runc.v1.Options
+    // { shim_cgroup (3) }. Encoded by hand.
+    let path = format!("/{rel}");
+    let (type_url, field) = match v {
+        Version::V1_6 => ("containerd.linux.runc.CreateOptions", 9u8),
+        Version::V2_1 => ("containerd.runc.v1.Options", 3u8),
+    };
+    let mut value = vec![(field << 3) | 2, path.len() as u8];
+    value.extend_from_slice(path.as_bytes());
+    let options = prost_types::Any {
+        type_url: type_url.into(),
+        value,
+    };
+    let spec = c.ctd.spec(&c.ns, &id, &["sh", "-c", IDLE]).unwrap();
+    let pid = c.rt().block_on(async {
+        let cl = c.ctd.client().await.unwrap();
+        cl.create_container(&c.ns, &id, Runtime::Airlock, spec)
+            .await
+            .unwrap();
+        let mounts = cl.prepare_rootfs(&c.ns, &id).await.unwrap();
+        let pid = cl
+            .create_task_with(&c.ns, &id, mounts, &TaskStdio::default(), Some(options))
+            .await
+            .unwrap_or_else(|e| panic!("create with a shim cgroup: {e:#}"));
+        cl.start(&c.ns, &id).await.unwrap();
+        pid as i32
+    });
+    let shim = proc_util::ppid(pid).expect("the init's parent, the shim");
+    let cgroups = proc_util::cgroup(shim);
+    assert!(
+        cgroups
+            .lines()
+            .any(|l| l.contains("pids") && l.ends_with(&path)),
+        "shim {shim} is not in {path}: {cgroups}"
+    );
+    c.remove(&id);
+    c.assert_no_leaks();
+    proc_util::wait_until(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(50),
+        || !proc_util::alive(shim),
+    );
+    for d in &dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}

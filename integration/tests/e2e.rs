@@ -478,7 +478,15 @@ fn image_symlinks_do_not_move_mount_targets_out_of_the_rootfs() {
         .ctr_run_with(
             &c.ns,
             Runtime::Airlock,
-            &["--mount", &mount, "--rootfs", &rootfs],
+            // agent-default: agent-strict binds no host path at all.
+            &[
+                "--annotation",
+                "airlock.dev/policy=agent-default",
+                "--mount",
+                &mount,
+                "--rootfs",
+                &rootfs,
+            ],
             &id,
             &[
                 "/bin/sh",

@@ -21,19 +21,32 @@ const T: Duration = Duration::from_secs(90);
 
 type Report = BTreeMap<String, String>;
 
-fn mount_arg() -> String {
+/// A rootfs with the image's busybox and the probe at [`PROBE_IN_CONTAINER`]: agent-strict lets
+/// a container bind no host path, so the probe comes in the rootfs (`ctr run --rootfs`).
+fn probe_rootfs() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    airlock_integration::image::unpack_rootfs(root.path()).unwrap();
     let probe = probe_binary().expect("static probe builds");
-    format!(
-        "type=bind,src={},dst={PROBE_IN_CONTAINER},options=rbind:ro",
-        probe.display()
-    )
+    let dst = root.path().join(PROBE_IN_CONTAINER.trim_start_matches('/'));
+    std::fs::copy(&probe, &dst).unwrap();
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    root
 }
 
 /// Runs the probe as the container's init.
-fn run_probe(ctd: &Containerd, ns: &str, runtime: Runtime, extra: &[&str], id: &str) -> Report {
-    let mount = mount_arg();
-    let mut args: Vec<&str> = vec!["--mount", &mount];
-    args.extend_from_slice(extra);
+fn run_probe(
+    ctd: &Containerd,
+    ns: &str,
+    runtime: Runtime,
+    extra: &[&str],
+    id: &str,
+    rootfs: &std::path::Path,
+) -> Report {
+    let rootfs = rootfs.to_string_lossy();
+    // `--rootfs` is a flag: the rootfs path stands where the image would, after every option.
+    let mut args: Vec<&str> = extra.to_vec();
+    args.extend(["--rootfs", &rootfs]);
     let out = ctd
         .ctr_run_with(ns, runtime, &args, id, &[PROBE_IN_CONTAINER], T)
         .expect("ctr run");
@@ -47,13 +60,13 @@ fn run_probe(ctd: &Containerd, ns: &str, runtime: Runtime, extra: &[&str], id: &
 }
 
 /// Runs the probe with `ctr task exec` in a running airlock container.
-fn exec_probe(ctd: &Containerd, ns: &str, id: &str) -> Report {
-    let mount = mount_arg();
+fn exec_probe(ctd: &Containerd, ns: &str, id: &str, rootfs: &std::path::Path) -> Report {
+    let rootfs = rootfs.to_string_lossy();
     let init = ctd
         .ctr_run_spawn(
             ns,
             Runtime::Airlock,
-            &["--mount", &mount],
+            &["--rootfs", &rootfs],
             id,
             &[
                 "sh",
@@ -159,16 +172,26 @@ fn escape_battery() {
     let ns = ctd.new_namespace("escape").unwrap();
     let id = |s: &str| format!("esc-{s}-{}", std::process::id());
 
-    let strict = run_probe(&ctd, &ns, Runtime::Airlock, &[], &id("strict"));
+    let root = probe_rootfs();
+    let rootfs = root.path();
+    let strict = run_probe(&ctd, &ns, Runtime::Airlock, &[], &id("strict"), rootfs);
     let default = run_probe(
         &ctd,
         &ns,
         Runtime::Airlock,
         &["--annotation", "airlock.dev/policy=agent-default"],
         &id("default"),
+        rootfs,
     );
-    let exec = exec_probe(&ctd, &ns, &id("exec"));
-    let runc = run_probe(&ctd, &ns, Runtime::Runc, &["--seccomp"], &id("runc"));
+    let exec = exec_probe(&ctd, &ns, &id("exec"), rootfs);
+    let runc = run_probe(
+        &ctd,
+        &ns,
+        Runtime::Runc,
+        &["--seccomp"],
+        &id("runc"),
+        rootfs,
+    );
 
     let md = table(&[
         ("airlock agent-strict", &strict),

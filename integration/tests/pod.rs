@@ -118,8 +118,8 @@ fn policy_refusal(v: Version) {
 }
 
 /// A writable bind of a host path and a device beyond the standard set are refused at create
-/// by agent-strict, naming the field, the path and the operator's setting; a read-only bind of
-/// the same path runs; nothing is left behind.
+/// by agent-strict, naming the field, the path and the operator's setting; so is a read-only
+/// bind of the same path, which runs (read-only) under agent-default; nothing is left behind.
 fn host_access_refusal(v: Version) {
     let ctd = shared(v).unwrap();
     let ns = ctd.new_namespace("host-access").unwrap();
@@ -166,12 +166,28 @@ fn host_access_refusal(v: Version) {
             "{msg}"
         );
 
+        // agent-strict binds no host path, not even read-only; agent-default binds any
+        // read-only.
+        let s = spec(&ctd, &ns, &ro, &["true"], bind("rbind,ro"));
+        let err = c
+            .create(&ns, &ro, Runtime::Airlock, s)
+            .await
+            .expect_err("agent-strict refuses a read-only host bind");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&src) && msg.contains("readonly_host_paths"),
+            "{msg}"
+        );
+        let read_only = bind("rbind,ro");
         let s = spec(
             &ctd,
             &ns,
             &ro,
             &["sh", "-c", "test -d /host && ! touch /host/x"],
-            bind("rbind,ro"),
+            |v| {
+                read_only(v);
+                annotate(v, "airlock.dev/policy", "agent-default");
+            },
         );
         let r = c.run(&ns, &ro, Runtime::Airlock, s, T).await.unwrap();
         assert_eq!(

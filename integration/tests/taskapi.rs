@@ -739,6 +739,14 @@ mod hostile {
         hostile::cgroup_hijack(Version::V2_1)
     }
     #[test]
+    fn shim_cgroup_v1_6() {
+        hostile::shim_cgroup(Version::V1_6)
+    }
+    #[test]
+    fn shim_cgroup_v2_1() {
+        hostile::shim_cgroup(Version::V2_1)
+    }
+    #[test]
     fn agent_strict_defaults_v1_6() {
         hostile::agent_strict_defaults(Version::V1_6)
     }

@@ -178,6 +178,43 @@ impl Policy {
                     .iter()
                     .any(|p| under(source, Path::new(p)))
         };
+        let readable = |source: &Path| {
+            self.filesystem
+                .readonly_host_paths
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|p| under(source, Path::new(p))))
+        };
+        // Read-only binds outside every list (a policy that lists readonly_host_paths): refused,
+        // or left out in clamp mode.
+        let mut left_out = Vec::new();
+        for (i, m) in spec.mounts().iter().flatten().enumerate() {
+            let Some(source) = m.source().as_deref() else {
+                continue;
+            };
+            if !is_bind(m) || allowed(source) || readable(source) {
+                continue;
+            }
+            self.excess(
+                "mounts",
+                format!(
+                    "a bind of host path {} at {}",
+                    source.display(),
+                    m.destination().display()
+                ),
+                "use a volume of the pod's own, or have the operator list the path in \
+                 filesystem.readonly_host_paths (or writable_host_paths)",
+                "left out",
+                enforced,
+            )?;
+            left_out.push(i);
+        }
+        if let Some(mounts) = spec.mounts_mut().as_mut() {
+            let mut i = 0;
+            mounts.retain(|_| {
+                i += 1;
+                !left_out.contains(&(i - 1))
+            });
+        }
         for m in spec.mounts_mut().iter_mut().flatten() {
             let Some(source) = m.source().as_deref() else {
                 continue;
@@ -211,6 +248,13 @@ impl Policy {
             "host paths: no writable bind mounts beyond the pod's own runtime dirs",
             "host paths: writable bind mounts only under",
         ));
+        if let Some(list) = &self.filesystem.readonly_host_paths {
+            enforced.push(summary(
+                list,
+                "host paths: no bind mounts at all beyond the pod's own runtime dirs",
+                "host paths: read-only bind mounts only under",
+            ));
+        }
         Ok(())
     }
 
@@ -333,10 +377,9 @@ mod tests {
     }
 
     #[test]
-    fn read_only_binds_and_the_pods_own_runtime_dirs_are_allowed() {
+    fn the_pods_own_runtime_dirs_are_allowed() {
         let mut spec = with_mounts(
             vec![
-                bind("/etc", "/host-etc", &["rbind", "ro"]),
                 bind(
                     "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/abc/hosts",
                     "/etc/hosts",
@@ -374,6 +417,39 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_that_lists_readable_paths_refuses_other_read_only_binds() {
+        let mut p = builtin("agent-strict").unwrap();
+        assert_eq!(p.filesystem.readonly_host_paths, Some(vec![]));
+        let mut spec = with_mounts(vec![bind("/etc", "/host-etc", &["rbind", "ro"])], &[]);
+        let e = p.apply(&mut spec).unwrap_err().to_string();
+        assert!(
+            e.contains("a bind of host path /etc at /host-etc")
+                && e.contains("filesystem.readonly_host_paths"),
+            "{e}"
+        );
+        p.filesystem.readonly_host_paths = Some(vec!["/srv/models".into()]);
+        let mut spec = with_mounts(vec![bind("/srv/models/m1", "/m", &["rbind", "ro"])], &[]);
+        p.apply(&mut spec).unwrap();
+        // agent-default keeps read-only binds of any host path.
+        let mut spec = with_mounts(vec![bind("/etc", "/host-etc", &["rbind", "ro"])], &[]);
+        builtin("agent-default").unwrap().apply(&mut spec).unwrap();
+        // Clamp mode leaves the bind out.
+        let mut c = clamp("agent-strict");
+        c.filesystem.readonly_host_paths = Some(vec![]);
+        let mut spec = with_mounts(vec![bind("/etc", "/host-etc", &["rbind", "ro"])], &[]);
+        let enforced = c.apply(&mut spec).unwrap();
+        assert!(!spec
+            .mounts()
+            .iter()
+            .flatten()
+            .any(|m| m.destination() == Path::new("/host-etc")));
+        assert!(
+            enforced.iter().any(|l| l.contains("(left out)")),
+            "{enforced:?}"
+        );
+    }
+
+    #[test]
     fn operator_listed_paths_may_be_writable() {
         let mut p = builtin("agent-strict").unwrap();
         p.filesystem.writable_host_paths = vec!["/srv/agents".into()];
@@ -386,7 +462,9 @@ mod tests {
     #[test]
     fn clamp_mode_makes_the_bind_read_only_and_says_so() {
         let mut spec = with_mounts(vec![bind("/etc", "/host-etc", &["rbind", "rw"])], &[]);
-        let enforced = clamp("agent-strict").apply(&mut spec).unwrap();
+        let mut p = clamp("agent-strict");
+        p.filesystem.readonly_host_paths = Some(vec!["/etc".into()]);
+        let enforced = p.apply(&mut spec).unwrap();
         let m = spec
             .mounts()
             .as_ref()

@@ -114,6 +114,11 @@ pub struct Filesystem {
     /// dirs: the CRI sandbox's state dir and the kubelet's pod dir).
     #[serde(default)]
     pub writable_host_paths: Vec<String>,
+    /// Host directories that containers may bind read-only. Absent: any host path may be bound
+    /// read-only; a list (even an empty one): only paths under it, besides the pod's own
+    /// runtime dirs and `writable_host_paths`.
+    #[serde(default)]
+    pub readonly_host_paths: Option<Vec<String>>,
     /// Device nodes allowed beyond the standard set (e.g. /dev/fuse).
     #[serde(default)]
     pub devices: Vec<String>,
@@ -249,17 +254,30 @@ impl Policy {
                 )));
             }
         }
-        for p in &self.filesystem.writable_host_paths {
-            let path = Path::new(p);
-            if !path.is_absolute()
-                || path.parent().is_none()
-                || path
-                    .components()
-                    .any(|c| c == std::path::Component::ParentDir)
-            {
-                return Err(self.invalid(format!(
-                    "filesystem.writable_host_paths: {p:?} must be an absolute directory other than / without `..`"
-                )));
+        let none = Vec::new();
+        let listed = [
+            ("writable_host_paths", &self.filesystem.writable_host_paths),
+            (
+                "readonly_host_paths",
+                self.filesystem
+                    .readonly_host_paths
+                    .as_ref()
+                    .unwrap_or(&none),
+            ),
+        ];
+        for (field, list) in listed {
+            for p in list {
+                let path = Path::new(p);
+                if !path.is_absolute()
+                    || path.parent().is_none()
+                    || path
+                        .components()
+                        .any(|c| c == std::path::Component::ParentDir)
+                {
+                    return Err(self.invalid(format!(
+                        "filesystem.{field}: {p:?} must be an absolute directory other than / without `..`"
+                    )));
+                }
             }
         }
         for d in &self.filesystem.devices {
