@@ -3,7 +3,7 @@
 
 use crate::containerd::Version;
 use crate::proc_util;
-use crate::taskapi::{cgroup_dir, Case, IDLE};
+use crate::taskapi::{cgroup_dir, Case, IDLE, T};
 use crate::Runtime;
 use std::process::{Command, Stdio};
 
@@ -196,4 +196,98 @@ pub fn shim_cgroup(v: Version) {
     for d in &dirs {
         let _ = std::fs::remove_dir(d);
     }
+}
+
+/// A container's own uid/gid mappings (`ctr run --uidmap`): one that covers the node's users
+/// (`0:1:65536`: container root is host uid 1) is refused, and so is a second pod that maps
+/// host ids a running pod holds; once that pod is gone, the second runs.
+pub fn pod_mappings(v: Version) {
+    let mut c = Case::new(Runtime::Airlock, v, "uidmap");
+    let run = |c: &Case, id: &str, map: &str, detach: bool| {
+        let mut args = vec!["run"];
+        args.push(if detach { "-d" } else { "--rm" });
+        args.extend(c.runtime_args());
+        args.extend(["--uidmap", map, "--gidmap", map]);
+        args.extend([crate::IMAGE_REF, id, "sh", "-c", IDLE]);
+        c.ctr(&args)
+    };
+    let low = c.id("low");
+    let out = run(&c, &low, "0:1:65536", false);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        !out.success() && text.contains("covers host ids below 65536"),
+        "a mapping onto the node's users: {out:?}"
+    );
+    let _ = c.ctr(&["containers", "rm", &low]);
+    // Outside Airlock's pool (2^30..2^31), as a kubelet's own range; one per version, as the
+    // two versions' tests run at once.
+    let slot = match v {
+        Version::V1_6 => 11,
+        Version::V2_1 => 12,
+    };
+    let map = format!("0:{}:65536", (1u64 << 31) + slot * 65536);
+    let (a, b) = (c.id("a"), c.id("b"));
+    let out = run(&c, &a, &map, true);
+    assert!(out.success(), "first pod with {map}: {out:?}");
+    let out = run(&c, &b, &map, true);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        !out.success() && text.contains("two pods may never share host ids"),
+        "a second pod on the same host ids: {out:?}"
+    );
+    let _ = c.ctr(&["containers", "rm", &b]);
+    c.remove(&a);
+    let out = run(&c, &b, &map, true);
+    assert!(out.success(), "the host ids are free again: {out:?}");
+    c.remove(&b);
+    c.assert_no_leaks();
+}
+
+/// An exec whose setup a process inside the container stops (`kill -STOP` on the next pid of
+/// the container's pid namespace, which the exec's setup process takes) fails within the
+/// shim's limit with an error that says so, instead of waiting for ever; the runtime and the
+/// setup processes are gone, and the next exec runs.
+pub fn exec_setup_held(v: Version) {
+    let mut c = Case::new(Runtime::Airlock, v, "held");
+    let id = c.id("held");
+    // Builtins only once armed (`read`, arithmetic, `kill`, `echo >`): no fork of the shell
+    // takes the pid it waits for.
+    let script = "trap 'exit 0' TERM; read last < /proc/sys/kernel/ns_last_pid; n=$((last + 1)); \
+                  echo $n > /tmp/armed; while ! kill -STOP $n 2>/dev/null; do :; done; \
+                  echo $n > /tmp/stopped; while :; do usleep 50000; done";
+    let pid = c.run_detached(&id, script);
+    let armed = std::path::PathBuf::from(format!("/proc/{pid}/root/tmp/armed"));
+    assert!(
+        proc_util::wait_until(T, std::time::Duration::from_millis(20), || armed.exists()),
+        "the container never armed"
+    );
+    let t0 = std::time::Instant::now();
+    let out = c.exec(&id, "held", &["sh", "-c", "echo ran"]);
+    let took = t0.elapsed();
+    let stopped = std::fs::read_to_string(format!("/proc/{pid}/root/tmp/stopped"));
+    eprintln!(
+        "held exec ({}): {out:?} after {took:?}; stopped {stopped:?}",
+        v.label()
+    );
+    assert!(
+        stopped.is_ok(),
+        "the container never stopped the exec's setup: {out:?}"
+    );
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        !out.success() && text.contains("did not finish within") && !text.contains("ran"),
+        "{out:?}"
+    );
+    assert!(took < T, "the exec waited {took:?}");
+    // Nothing of the held exec is left: the container's cgroup holds the init alone.
+    let procs = std::fs::read_to_string(cgroup_dir(pid, "pids").join("cgroup.procs")).unwrap();
+    assert_eq!(
+        procs.split_whitespace().collect::<Vec<_>>(),
+        [pid.to_string()],
+        "{procs}"
+    );
+    let out = c.exec(&id, "after", &["sh", "-c", "echo ran"]);
+    assert!(out.success() && out.stdout.contains("ran"), "{out:?}");
+    c.remove(&id);
+    c.assert_no_leaks();
 }

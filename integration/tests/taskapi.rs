@@ -747,6 +747,22 @@ mod hostile {
         hostile::shim_cgroup(Version::V2_1)
     }
     #[test]
+    fn pod_mappings_v1_6() {
+        hostile::pod_mappings(Version::V1_6)
+    }
+    #[test]
+    fn pod_mappings_v2_1() {
+        hostile::pod_mappings(Version::V2_1)
+    }
+    #[test]
+    fn exec_setup_held_v1_6() {
+        hostile::exec_setup_held(Version::V1_6)
+    }
+    #[test]
+    fn exec_setup_held_v2_1() {
+        hostile::exec_setup_held(Version::V2_1)
+    }
+    #[test]
     fn agent_strict_defaults_v1_6() {
         hostile::agent_strict_defaults(Version::V1_6)
     }

@@ -15,6 +15,9 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A step that did not finish in its time (the message says which, and what was undone).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -42,6 +45,7 @@ impl Error {
             Error::NotFound(_) => Code::NOT_FOUND,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            Error::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
             Error::Io { .. } | Error::Runtime(_) => Code::UNKNOWN,
         }
     }

@@ -27,6 +27,7 @@ pub mod pidfd;
 pub mod runtime;
 pub mod seccomp_cache;
 pub mod service;
+pub mod setup_limit;
 pub mod shim;
 pub mod stdio;
 pub mod trim;

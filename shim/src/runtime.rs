@@ -12,6 +12,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::error::{Error, Result};
+use crate::setup_limit::EXEC_SETUP_LIMIT;
 use crate::stdio::ChildStdio;
 
 pub const RUNTIME_BINARY: &str = "airlock-runtime";
@@ -39,6 +41,7 @@ pub struct Runtime {
 #[derive(Debug)]
 struct Zygote {
     sock: OwnedFd,
+    pid: Option<u32>,
     exit: tokio::sync::oneshot::Receiver<std::io::Result<ExitStatus>>,
 }
 
@@ -69,10 +72,15 @@ impl Runtime {
                 .kill_on_drop(false)
                 .spawn()?;
             let (tx, exit) = tokio::sync::oneshot::channel();
+            let pid = child.id();
             tokio::spawn(async move {
                 let _ = tx.send(child.wait().await);
             });
-            Ok(Zygote { sock: ours, exit })
+            Ok(Zygote {
+                sock: ours,
+                pid,
+                exit,
+            })
         })();
         match spawned {
             Ok(z) => *slot = Some(z),
@@ -86,6 +94,7 @@ impl Runtime {
         &self,
         cmd: &Command,
         stdio: [BorrowedFd<'_>; 3],
+        running: &AtomicU32,
     ) -> Option<std::io::Result<ExitStatus>> {
         let z = self
             .zygote
@@ -97,6 +106,7 @@ impl Runtime {
             tracing::debug!("the runtime started ahead is gone ({e}); starting one now");
             return None;
         }
+        running.store(z.pid.unwrap_or(0), Ordering::Relaxed);
         drop(z.sock);
         match z.exit.await {
             Ok(Ok(status)) if status.code() == Some(i32::from(zygote::UNUSED)) => {
@@ -216,7 +226,8 @@ impl Runtime {
         }
         console_socket_arg(&mut cmd, &stdio);
         cmd.arg(id);
-        self.run_with_stdio(cmd, stdio, &log, "create").await
+        self.run_with_stdio(cmd, stdio, &log, "create", &AtomicU32::new(0))
+            .await
     }
 
     /// Start an extra process (OCI Process JSON at `process`) in the running container;
@@ -237,7 +248,38 @@ impl Runtime {
             .arg(pid_file);
         console_socket_arg(&mut cmd, &stdio);
         cmd.arg(id);
-        self.run_with_stdio(cmd, stdio, log, "exec").await
+        let running = AtomicU32::new(0);
+        let step = self.run_with_stdio(cmd, stdio, log, "exec", &running);
+        match tokio::time::timeout(EXEC_SETUP_LIMIT, step).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Held from inside the container (see setup_limit): the runtime and every
+                // process it started are killed and reaped; nothing of the exec runs.
+                let pid = running.load(Ordering::Relaxed) as i32;
+                let killed = if pid > 0 {
+                    tokio::task::spawn_blocking(move || crate::setup_limit::kill_tree(pid))
+                        .await
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let _ = tokio::fs::remove_file(log).await;
+                tracing::warn!(
+                    container = id,
+                    runtime = pid,
+                    ?killed,
+                    "exec setup held past its limit: killed"
+                );
+                Err(Error::DeadlineExceeded(format!(
+                    "the exec's setup in container {id} did not finish within {} s: its setup \
+                     processes, which a process inside the container can see, were stopped or \
+                     held from inside it; they were killed and nothing was started (retry the \
+                     exec; if it keeps failing, look for a process in the container that \
+                     signals others)",
+                    EXEC_SETUP_LIMIT.as_secs()
+                )))
+            }
+        }
     }
 
     async fn run_with_stdio(
@@ -246,6 +288,7 @@ impl Runtime {
         stdio: ChildStdio,
         log: &Path,
         what: &str,
+        running: &AtomicU32,
     ) -> Result<()> {
         let start = Instant::now();
         let null = std::fs::File::options()
@@ -265,6 +308,7 @@ impl Runtime {
                     or(&stdio.stdout, &null),
                     or(&stdio.stderr, &null),
                 ],
+                running,
             )
             .await;
         let status = match zygote_ran {
@@ -277,8 +321,11 @@ impl Runtime {
                 cmd.stderr(stdio.stderr.map(Stdio::from).unwrap_or_else(Stdio::null));
                 // Not `output()`: that would capture stdout/stderr, which the container
                 // inherits.
-                cmd.spawn()
-                    .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?
+                let mut child = cmd
+                    .spawn()
+                    .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
+                running.store(child.id().unwrap_or(0), Ordering::Relaxed);
+                child
                     .wait()
                     .await
                     .map_err(|e| Error::io(format!("wait for {}", self.binary.display()), e))?

@@ -557,6 +557,10 @@ impl TaskService {
         } else {
             match policy.user_namespace_range_needed(&spec) {
                 Some(size) => Some(self.pod_range(&spec, id, size).await?),
+                None if policy.user_namespace.enabled => {
+                    self.claim_pod_mappings(&spec, id).await?;
+                    None
+                }
                 None => None,
             }
         };
@@ -747,13 +751,7 @@ impl TaskService {
     /// allocated on first use; records `id` as one of its users.
     async fn pod_range(&self, spec: &Spec, id: &str, size: u32) -> Result<IdRange> {
         let t = Instant::now();
-        let pod = spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(crate::shim::SANDBOX_ID_ANNOTATION))
-            .filter(|s| !s.is_empty())
-            .map_or(id, String::as_str);
-        let key = format!("{}/{pod}", self.namespace);
+        let key = self.pod_key(spec, id);
         let (a, member) = (self.userns.clone(), userns_member(&self.namespace, id));
         let host = tokio::task::spawn_blocking(move || a.acquire(&key, &member, size))
             .await
@@ -770,6 +768,43 @@ impl TaskService {
             host_gid: host,
             size,
         })
+    }
+
+    /// The node-wide key of the container's pod in the user namespace registry:
+    /// `<namespace>/<sandbox id>` for a CRI pod's containers, `<namespace>/<id>` for a container
+    /// without a pod (`ctr run`).
+    fn pod_key(&self, spec: &Spec, id: &str) -> String {
+        let pod = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(crate::shim::SANDBOX_ID_ANNOTATION))
+            .filter(|s| !s.is_empty())
+            .map_or(id, String::as_str);
+        format!("{}/{pod}", self.namespace)
+    }
+
+    /// Checks the pod's own uid/gid mappings (`ctr run --uidmap`, CRI `hostUsers: false`) and
+    /// registers them node-wide, so no two pods share host ids and none covers the node's
+    /// users or Airlock's pool ([`crate::userns::pod_supplied_ranges`]). Released with the
+    /// container, like a pool range.
+    async fn claim_pod_mappings(&self, spec: &Spec, id: &str) -> Result<()> {
+        let ranges = crate::userns::pod_supplied_ranges(spec).map_err(Error::InvalidArgument)?;
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let key = self.pod_key(spec, id);
+        let (a, member) = (self.userns.clone(), userns_member(&self.namespace, id));
+        let r = ranges.clone();
+        let host = tokio::task::spawn_blocking(move || a.claim(&key, &member, &r))
+            .await
+            .map_err(|e| Error::FailedPrecondition(format!("user namespace range: {e}")))?
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        info!(
+            host,
+            ?ranges,
+            "the pod's own user namespace mappings registered"
+        );
+        Ok(())
     }
 
     /// Publishes TaskOOM for each OOM kill in the container's cgroup while it runs, woken by

@@ -54,8 +54,84 @@ pub fn host_from_annotations(a: Option<&std::collections::HashMap<String, String
         .then_some(host)
 }
 
+/// Host ids below this are the node's root, system and login users: a pod's own mapping may not
+/// cover them.
+pub const LOWEST_POD_HOST_ID: u64 = 65536;
+
+/// The host id intervals `[start, end)` of the spec's own uid and gid mappings (a new user
+/// namespace mapped by the pod: `ctr run --uidmap`, CRI `hostUsers: false`), checked: none may
+/// cover the node's own users (below [`LOWEST_POD_HOST_ID`]) or Airlock's pool, where the
+/// shim gives pods their ranges. Empty when the spec maps nothing itself.
+pub fn pod_supplied_ranges(
+    spec: &oci_spec::runtime::Spec,
+) -> std::result::Result<Vec<(u64, u64)>, String> {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let Some(linux) = spec.linux() else {
+        return Ok(Vec::new());
+    };
+    let new_userns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    if !new_userns {
+        return Ok(Vec::new());
+    }
+    let pool = (
+        u64::from(BASE),
+        u64::from(BASE) + u64::from(SLOTS) * u64::from(SLOT_SIZE),
+    );
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (field, maps) in [
+        ("linux.uidMappings", linux.uid_mappings()),
+        ("linux.gidMappings", linux.gid_mappings()),
+    ] {
+        for m in maps.iter().flatten() {
+            let (start, end) = (
+                u64::from(m.host_id()),
+                u64::from(m.host_id()) + u64::from(m.size()),
+            );
+            let what = format!(
+                "{field}: container {} -> host {} (size {})",
+                m.container_id(),
+                m.host_id(),
+                m.size()
+            );
+            if start < LOWEST_POD_HOST_ID {
+                return Err(format!(
+                    "{what} covers host ids below {LOWEST_POD_HOST_ID}, the node's root, system \
+                     and login users; map the container at or above {LOWEST_POD_HOST_ID}, or \
+                     leave the mappings out and Airlock maps the pod to a range of its own"
+                ));
+            }
+            if start < pool.1 && pool.0 < end {
+                return Err(format!(
+                    "{what} overlaps Airlock's own pod ranges (host ids {}..{}); map the \
+                     container outside them, or leave the mappings out and Airlock maps the \
+                     pod to a range of its own",
+                    pool.0,
+                    pool.1 - 1
+                ));
+            }
+            if end > start && !out.contains(&(start, end)) {
+                out.push((start, end));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UsernsError {
+    #[error("host ids {start}..{end} of this pod's own mappings overlap those of pod {other} (host ids {other_start}..{other_end}): two pods may never share host ids; map this pod to a range of its own, or leave the mappings out and Airlock maps it to one")]
+    Overlap {
+        start: u64,
+        end: u64,
+        other: String,
+        other_start: u64,
+        other_end: u64,
+    },
     #[error("user namespace ranges in {dir}: {what}: {source}; check that the directory is on a writable local filesystem")]
     Io {
         dir: PathBuf,
@@ -75,6 +151,21 @@ pub type Result<T> = std::result::Result<T, UsernsError>;
 struct RangeFile {
     pod: String,
     members: Vec<String>,
+    /// A pod's own mappings ([`RangeAllocator::claim`]): the host id intervals `[start, end)`
+    /// it holds. Empty for a range of the pool (`[host, host + SLOT_SIZE)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ranges: Vec<(u64, u64)>,
+}
+
+impl RangeFile {
+    /// The host id intervals the file holds; `host` is its first id (its name).
+    fn intervals(&self, host: u32) -> Vec<(u64, u64)> {
+        if self.ranges.is_empty() {
+            vec![(u64::from(host), u64::from(host) + u64::from(SLOT_SIZE))]
+        } else {
+            self.ranges.clone()
+        }
+    }
 }
 
 /// Allocates and releases pod ranges under one state directory.
@@ -239,12 +330,71 @@ impl RangeAllocator {
             &RangeFile {
                 pod: pod.to_string(),
                 members: vec![member.to_string()],
+                ranges: Vec::new(),
             },
             true,
         )?;
         self.remember(pod, Some(host));
         self.remember(member, Some(host));
         Ok(host)
+    }
+
+    /// Registers `member` (a container, `<namespace>/<id>`) of `pod` as a user of the host id
+    /// intervals of the pod's own mappings ([`pod_supplied_ranges`]), refusing them when they
+    /// overlap another pod's, whether another pod's own mappings or a range of the pool. The
+    /// record is released like a pool range ([`Self::release`]). Returns its first host id.
+    pub fn claim(&self, pod: &str, member: &str, ranges: &[(u64, u64)]) -> Result<u64> {
+        let _lock = self.lock()?;
+        let mut mine = None;
+        for (host, f) in self.ranges()? {
+            let (other, held) = match &f {
+                Some(f) => (f.pod.clone(), f.intervals(host)),
+                // Unreadable: held by someone, at least a pool range.
+                None => (
+                    "(unreadable range file)".to_string(),
+                    vec![(u64::from(host), u64::from(host) + u64::from(SLOT_SIZE))],
+                ),
+            };
+            if other == pod {
+                if held == ranges {
+                    mine = f.map(|f| (host, f));
+                    continue;
+                }
+            }
+            for &(start, end) in ranges {
+                if let Some(&(other_start, other_end)) =
+                    held.iter().find(|(s, e)| start < *e && *s < end)
+                {
+                    return Err(UsernsError::Overlap {
+                        start,
+                        end: end - 1,
+                        other,
+                        other_start,
+                        other_end: other_end - 1,
+                    });
+                }
+            }
+        }
+        if let Some((host, mut f)) = mine {
+            if !f.members.iter().any(|m| m == member) {
+                f.members.push(member.to_string());
+                self.write(host, &f, false)?;
+            }
+            return Ok(u64::from(host));
+        }
+        // Host ids are u32: so is the first of a mapping's interval.
+        let first = ranges.first().map_or(0, |r| r.0);
+        let host = first as u32;
+        self.write(
+            host,
+            &RangeFile {
+                pod: pod.to_string(),
+                members: vec![member.to_string()],
+                ranges: ranges.to_vec(),
+            },
+            true,
+        )?;
+        Ok(first)
     }
 
     /// Removes `member` from whichever range lists it; frees the range when it was the last.
@@ -311,6 +461,74 @@ impl RangeAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mapped(uid: (u32, u32, u32), gid: (u32, u32, u32)) -> oci_spec::runtime::Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {
+                "namespaces": [{"type": "user"}],
+                "uidMappings": [{"containerID": uid.0, "hostID": uid.1, "size": uid.2}],
+                "gidMappings": [{"containerID": gid.0, "hostID": gid.1, "size": gid.2}]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pod_mappings_may_not_cover_node_users_or_the_pool() {
+        let e = pod_supplied_ranges(&mapped((0, 1, 65536), (0, 1, 65536))).unwrap_err();
+        assert!(
+            e.starts_with(
+                "linux.uidMappings: container 0 -> host 1 (size 65536) covers host ids below 65536"
+            ),
+            "{e}"
+        );
+        let e = pod_supplied_ranges(&mapped((0, 200_000, 65536), (0, BASE + 5, 10))).unwrap_err();
+        assert!(
+            e.starts_with("linux.gidMappings") && e.contains("overlaps Airlock's own pod ranges"),
+            "{e}"
+        );
+        let kubelet = (1u32 << 31) + 7 * 65536;
+        let r = pod_supplied_ranges(&mapped((0, kubelet, 65536), (0, kubelet, 65536))).unwrap();
+        assert_eq!(r, vec![(u64::from(kubelet), u64::from(kubelet) + 65536)]);
+        // Joined by path, or no user namespace: nothing of the pod's own.
+        let mut joined = mapped((0, 1, 65536), (0, 1, 65536));
+        let ns = oci_spec::runtime::LinuxNamespaceBuilder::default()
+            .typ(oci_spec::runtime::LinuxNamespaceType::User)
+            .path("/proc/1/ns/user")
+            .build()
+            .unwrap();
+        joined
+            .linux_mut()
+            .as_mut()
+            .unwrap()
+            .set_namespaces(Some(vec![ns]));
+        assert_eq!(pod_supplied_ranges(&joined).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn pods_own_mappings_never_overlap_another_pods() {
+        let d = tempfile::tempdir().unwrap();
+        let a = RangeAllocator::new(d.path());
+        let k = (1u64 << 31) + 7 * 65536;
+        assert_eq!(a.claim("ns/p1", "ns/c1", &[(k, k + 65536)]).unwrap(), k);
+        // The same pod's next container joins the record; another pod overlapping is refused.
+        a.claim("ns/p1", "ns/c2", &[(k, k + 65536)]).unwrap();
+        let e = a
+            .claim("ns/p2", "ns/c3", &[(k + 100, k + 200)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overlap those of pod ns/p1"), "{e}");
+        // A pool range is another pod's too.
+        let pool = a.acquire("ns/p3", "ns/c4", SLOT_SIZE).unwrap();
+        let p = u64::from(pool);
+        assert!(a.claim("ns/p4", "ns/c5", &[(p, p + 1)]).is_err());
+        // Released with its last member, like a pool range: then another pod may claim it.
+        a.release("ns/c1").unwrap();
+        assert!(a.claim("ns/p2", "ns/c3", &[(k, k + 65536)]).is_err());
+        assert_eq!(a.release("ns/c2").unwrap(), Some(k as u32));
+        a.claim("ns/p2", "ns/c3", &[(k + 100, k + 200)]).unwrap();
+    }
     use std::collections::{HashMap, HashSet};
     use std::sync::{Arc, Barrier};
 
