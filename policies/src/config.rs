@@ -126,11 +126,27 @@ impl Config {
 
     /// Load the operator policies and check that every handler's default policy exists.
     pub fn resolve(self, file: Option<PathBuf>, text: &str) -> Result<Loaded> {
-        let policies = PolicySet::with_dir(&self.policies_dir)?;
         let name = file
             .as_ref()
             .map(|f| f.display().to_string())
             .unwrap_or_else(|| "<default config>".into());
+        // The default directory may be absent (no operator policies); one the operator named
+        // must exist: a typo there would otherwise drop their policies without a word.
+        if self.policies_dir != default_policies_dir() && !self.policies_dir.is_dir() {
+            return Err(config_error(
+                text,
+                &name,
+                "policies_dir",
+                None,
+                format!(
+                    "policies_dir: {} does not exist or is not a directory; create it (operator \
+                     policies go there as NAME.toml) or remove policies_dir to use {}",
+                    self.policies_dir.display(),
+                    DEFAULT_POLICIES_DIR
+                ),
+            ));
+        }
+        let policies = PolicySet::with_dir(&self.policies_dir)?;
         for (h, cfg) in &self.handlers {
             if policies.get(&cfg.default_policy).is_none() {
                 return Err(config_error(
@@ -211,6 +227,20 @@ impl Loaded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policies_dir_the_operator_named_must_exist() {
+        let text = "policies_dir = \"/nonexistent/airlock-policies\"\n";
+        let e = Config::parse(text, "c.toml")
+            .unwrap()
+            .resolve(Some("c.toml".into()), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/nonexistent/airlock-policies does not exist") && e.contains("c.toml"),
+            "{e}"
+        );
+    }
     use std::collections::HashMap;
 
     #[test]
@@ -250,6 +280,7 @@ mod tests {
     #[test]
     fn unknown_default_policy_names_line_and_known() {
         let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("policies")).unwrap();
         let text = format!(
             "policies_dir = {:?}\n[handlers.airlock]\ndefault_policy = \"nope\"\n",
             d.path().join("policies").display().to_string()

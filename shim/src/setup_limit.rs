@@ -24,33 +24,53 @@ fn ppid_of(stat: &str) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Every descendant of `root`, parents before children, from one scan of `/proc`.
+/// The command name in `/proc/<pid>/stat` text (between the first `(` and the last `)`).
+fn comm_of(stat: &str) -> Option<&str> {
+    Some(&stat[stat.find('(')? + 1..stat.rfind(')')?])
+}
+
+/// The name libcontainer gives its setup processes (`youki:[1:INTER]`, `youki:[2:INIT]`)
+/// until the init execs the workload.
+const SETUP_NAME: &str = "youki:[";
+
+/// Every descendant of `root`, parents before children, and every child of this process that
+/// is still a setup process (a setup process whose parent exited first was reparented here,
+/// the subreaper), from one scan of `/proc`.
 pub fn descendants(root: i32) -> Vec<i32> {
+    let me = std::process::id() as i32;
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    let mut orphans = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
-        if let Some(ppid) = std::fs::read_to_string(e.path().join("stat"))
-            .ok()
-            .as_deref()
-            .and_then(ppid_of)
-        {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        if let Some(ppid) = ppid_of(&stat) {
             children.entry(ppid).or_default().push(pid);
+            if ppid == me && comm_of(&stat).is_some_and(|c| c.starts_with(SETUP_NAME)) {
+                orphans.push(pid);
+            }
         }
     }
     let mut out = Vec::new();
     let mut next = vec![root];
+    next.extend(&orphans);
+    out.extend(&orphans);
     while let Some(p) = next.pop() {
         for &c in children.get(&p).into_iter().flatten() {
-            out.push(c);
-            next.push(c);
+            if !out.contains(&c) {
+                out.push(c);
+                next.push(c);
+            }
         }
     }
     out
 }
 
-/// SIGKILLs `root` and its descendants (SIGCONT too: a stopped process dies of SIGKILL as
+/// SIGKILLs `root` and its descendants (and setup processes reparented here, see
+/// [`descendants`]) (SIGCONT too: a stopped process dies of SIGKILL as
 /// well, but says so sooner when resumed), then reaps the descendants, which become this
 /// process's children (it is their subreaper) once `root` is gone. `root` itself is reaped by
 /// whoever spawned it. Returns the descendants it killed.
@@ -85,6 +105,10 @@ mod tests {
     #[test]
     fn the_parent_pid_follows_the_command_even_with_parens_in_it() {
         assert_eq!(ppid_of("42 (a) b) S 7 42 42 0"), Some(7));
+        assert_eq!(
+            comm_of("42 (youki:[2:INIT]) T 7 42"),
+            Some("youki:[2:INIT]")
+        );
         assert_eq!(ppid_of("1 (init) S 0 1 1"), Some(0));
         assert_eq!(ppid_of("garbage"), None);
     }

@@ -355,11 +355,9 @@ impl RangeAllocator {
                     vec![(u64::from(host), u64::from(host) + u64::from(SLOT_SIZE))],
                 ),
             };
-            if other == pod {
-                if held == ranges {
-                    mine = f.map(|f| (host, f));
-                    continue;
-                }
+            if other == pod && held == ranges {
+                mine = f.map(|f| (host, f));
+                continue;
             }
             for &(start, end) in ranges {
                 if let Some(&(other_start, other_end)) =
