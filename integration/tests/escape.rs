@@ -123,6 +123,13 @@ fn refused(report: &Report, what: &str, policy_tmp_mib: usize) {
             other => failures.push(format!("{attempt}: want {want:?}, got {other:?}")),
         }
     }
+    // An executable memfd: refused where the kernel can (vm.memfd_noexec, Linux >= 6.3).
+    if std::path::Path::new("/proc/sys/vm/memfd_noexec").exists() {
+        match report.get("memfd_exec") {
+            Some(o) if o.starts_with("refused") => {}
+            other => failures.push(format!("memfd_exec: want refused, got {other:?}")),
+        }
+    }
     match report
         .get("fill_tmp")
         .and_then(|o| o.strip_prefix("refused ENOSPC after "))

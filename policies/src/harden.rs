@@ -73,6 +73,9 @@ pub(crate) fn apply(policy: &Policy, spec: &mut Spec, enforced: &mut Vec<String>
     if policy.namespaces.unprivileged_ports {
         unprivileged_ports(spec, enforced);
     }
+    if policy.process.memfd_noexec {
+        memfd_noexec(spec, enforced);
+    }
     if policy.namespaces.private_cgroup {
         let has_own = spec
             .linux()
@@ -87,6 +90,31 @@ pub(crate) fn apply(policy: &Policy, spec: &mut Spec, enforced: &mut Vec<String>
         }
         enforced.push("cgroup namespace: private".into());
     }
+}
+
+/// The pid-namespaced sysctl that refuses executable memfds (2: `MFD_EXEC` refused, every memfd
+/// sealed non-executable).
+pub const MEMFD_NOEXEC: &str = "vm.memfd_noexec";
+
+/// `vm.memfd_noexec = 2` in the container's new pid namespace (the vendored libcontainer's init
+/// writes it there): code the container writes into a memfd cannot be executed from it, as
+/// from any of its writable mounts. A pid namespace joined by path is left as it is.
+fn memfd_noexec(spec: &mut Spec, enforced: &mut Vec<String>) {
+    let Some(linux) = spec.linux_mut() else {
+        return;
+    };
+    let new_pid = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none());
+    if !new_pid {
+        return;
+    }
+    let mut sysctl = linux.sysctl().clone().unwrap_or_default();
+    sysctl.insert(MEMFD_NOEXEC.into(), "2".into());
+    linux.set_sysctl(Some(sysctl));
+    enforced.push("memfd: no executable memfd (vm.memfd_noexec = 2)".into());
 }
 
 /// The sysctl that lets a process without CAP_NET_BIND_SERVICE bind ports below it.
@@ -246,6 +274,39 @@ mod tests {
         ));
         super::apply(&p, &mut sandbox, &mut Vec::new());
         assert_eq!(port(&sandbox).as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn memfd_exec_is_refused_in_a_pid_namespace_of_the_containers_own() {
+        let p = PolicySet::builtin()
+            .get("agent-strict")
+            .unwrap()
+            .policy
+            .clone();
+        assert!(p.process.memfd_noexec);
+        let memfd = |s: &Spec| {
+            s.linux()
+                .as_ref()
+                .unwrap()
+                .sysctl()
+                .as_ref()
+                .and_then(|m| m.get(super::MEMFD_NOEXEC).cloned())
+        };
+        let mut s = spec();
+        super::apply(&p, &mut s, &mut Vec::new());
+        assert_eq!(memfd(&s).as_deref(), Some("2"));
+        let mut shared = spec();
+        crate::set_namespace(
+            &mut shared,
+            LinuxNamespaceType::Pid,
+            Some(std::path::Path::new("/proc/42/ns/pid")),
+        );
+        super::apply(&p, &mut shared, &mut Vec::new());
+        assert_eq!(
+            memfd(&shared),
+            None,
+            "a pid namespace joined by path is the pod's"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod explain;
 mod harden;
+pub use harden::MEMFD_NOEXEC;
 mod host_access;
 mod locate;
 mod model;

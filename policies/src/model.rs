@@ -102,6 +102,10 @@ pub struct ProcessRules {
     pub no_new_privileges: bool,
     /// The capability allowlist (`CAP_*` names).
     pub capabilities: Vec<String>,
+    /// No executable memfd: `vm.memfd_noexec = 2` in the container's own pid namespace (Linux
+    /// >= 6.3; the shim leaves it out, and says so, on an older kernel).
+    #[serde(default)]
+    pub memfd_noexec: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

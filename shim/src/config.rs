@@ -199,6 +199,7 @@ mod tests {
         std::fs::write(&f, "bogus = 1\n").unwrap();
         let cache = ConfigCache::default();
         assert!(cache.get(Some(&f)).is_err());
+        std::fs::create_dir(d.path().join("p")).unwrap();
         std::fs::write(
             &f,
             format!(

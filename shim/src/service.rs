@@ -566,6 +566,9 @@ impl TaskService {
         };
         let t_range = t0.elapsed();
         let mut enforced = policy.apply_in_pod(&mut spec, &is_node_namespace, range)?;
+        if let Some(line) = drop_memfd_noexec_without_kernel_support(&mut spec) {
+            enforced.push(line);
+        }
         let t_apply = t0.elapsed();
         if let Some(netns) = crate::netns::foreign_network_namespace(&spec) {
             // A pod network namespace made outside the container's user namespace: the shim
@@ -1507,6 +1510,22 @@ fn check_terminal(spec: Option<bool>, requested: bool, what: &str) -> Result<()>
     Err(Error::InvalidArgument(format!(
         "the request asks for terminal: {requested} but {what} has process.terminal: {spec}; set both the same (ctr -t sets both)"
     )))
+}
+
+/// A kernel before Linux 6.3 has no `vm.memfd_noexec`: the sysctl a policy asks for is left
+/// out of the spec (the init's write would fail the create) and the report says so.
+fn drop_memfd_noexec_without_kernel_support(spec: &mut Spec) -> Option<String> {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let supported = *SUPPORTED.get_or_init(|| Path::new("/proc/sys/vm/memfd_noexec").exists());
+    if supported {
+        return None;
+    }
+    let sysctl = spec.linux_mut().as_mut()?.sysctl_mut().as_mut()?;
+    sysctl.remove(airlock_policies::MEMFD_NOEXEC)?;
+    Some(
+        "memfd: executable memfds stay possible (this kernel has no vm.memfd_noexec; Linux >= 6.3 has)"
+            .into(),
+    )
 }
 
 fn validate_id(id: &str) -> Result<()> {

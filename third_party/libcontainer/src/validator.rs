@@ -142,8 +142,23 @@ impl Validator {
                 let mut is_host_net_cache: Option<bool> = None;
                 let namespaces = linux.namespaces().as_ref();
 
+                // AIRLOCK PATCH (memfd_noexec): vm.memfd_noexec (Linux >= 6.3) belongs to the pid
+                // namespace of the process that writes it, and the init writes the spec's sysctls
+                // from inside the container's new one; a pid namespace joined by path, or the
+                // node's, is refused.
+                let has_new_pid = linux.namespaces().as_ref().is_some_and(|ns| {
+                    ns.iter()
+                        .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
+                });
+
                 for key in sysctls.keys() {
                     let s = key.replace('/', ".");
+                    if s == "vm.memfd_noexec" {
+                        if !has_new_pid {
+                            return Err(ErrInvalidSpec::SysctlNotInSeparateNamespace(s));
+                        }
+                        continue;
+                    }
                     if valid_ipc_sysctls.contains(&s.as_str()) || s.starts_with("fs.mqueue.") {
                         if !has_ipc {
                             return Err(ErrInvalidSpec::SysctlNotAllowedInHostIpc(s));
