@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole Airlock test suite, from a fresh Debian 12 machine (as root):
 # installs what is missing, builds, checks formatting and lints, then runs unit tests and
-# the integration tests against private containerd 1.6 and 2.1 instances, and last the cgroup v2
-# tests inside the test node (integration/node/run.sh; AIRLOCK_SKIP_NODE=1 skips it).
+# the integration tests against private containerd 1.6 and 2.1 instances, a short fuzzing run,
+# and last the cgroup v2 tests inside the test node (integration/node/run.sh;
+# AIRLOCK_SKIP_NODE=1 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,11 @@ echo "== cargo test --workspace" >&2
 # (the suite takes about 10 minutes on 2 cores).
 timeout --kill-after=60 "${AIRLOCK_TEST_TIMEOUT:-45m}" \
   cargo test --workspace --no-fail-fast -- --test-threads="${AIRLOCK_TEST_THREADS:-2}"
+
+# Coverage-guided fuzzing of the policy parser, the annotation parser and the spec lowering, a
+# short run from the corpus in fuzz/corpus (scripts/fuzz.sh; a crashing input fails the suite).
+echo "== fuzz (AFL++, ${AIRLOCK_FUZZ_SECONDS:-20} s per target)" >&2
+bash scripts/fuzz.sh "${AIRLOCK_FUZZ_SECONDS:-20}"
 
 # The benchmark harness, as a smoke run only: it proves the harness works, never asserts a time.
 echo "== airlock-bench --quick" >&2

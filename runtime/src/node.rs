@@ -42,6 +42,51 @@ pub fn check_block_io(
     }
 }
 
+/// Writes the pid-namespaced sysctl `name` = `value` in the pid namespace of process `pid` (a
+/// container's init, waiting for start). Its `/proc/sys` file belongs to the node's root in
+/// every namespace, so the container's own (user-namespaced) root cannot: this process, the
+/// node's root and single-threaded, makes the namespace its children's and forks a child that
+/// writes the file from inside it.
+pub fn write_pid_ns_sysctl(pid: i32, name: &str, value: &str) -> Result<()> {
+    use nix::sched::{setns, CloneFlags};
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    let fail = |what: String| RuntimeError::Io(format!("cannot set {name} = {value}: {what}"));
+    let target = std::fs::File::open(format!("/proc/{pid}/ns/pid"))
+        .map_err(|e| fail(format!("open the pid namespace of {pid}: {e}")))?;
+    let own = std::fs::File::open("/proc/self/ns/pid")
+        .map_err(|e| fail(format!("open our pid namespace: {e}")))?;
+    let file = format!("/proc/sys/{}", name.replace('.', "/"));
+    setns(&target, CloneFlags::CLONE_NEWPID)
+        .map_err(|e| fail(format!("join the pid namespace of {pid}: {e}")))?;
+    // SAFETY: this process is single-threaded (airlock-runtime); the child writes one file and
+    // exits.
+    let forked = unsafe { fork() };
+    let restored = setns(&own, CloneFlags::CLONE_NEWPID);
+    match forked {
+        Ok(ForkResult::Child) => {
+            let code = match std::fs::write(&file, value) {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(255).clamp(1, 255),
+            };
+            // SAFETY: leaves the forked child without running the parent's exit handlers.
+            unsafe { nix::libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            restored.map_err(|e| fail(format!("return to our pid namespace: {e}")))?;
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+                Ok(WaitStatus::Exited(_, e)) => Err(fail(format!(
+                    "writing {file} in the container's pid namespace: {}",
+                    std::io::Error::from_raw_os_error(e)
+                ))),
+                other => Err(fail(format!("the writer ended with {other:?}"))),
+            }
+        }
+        Err(e) => Err(fail(format!("fork: {e}"))),
+    }
+}
+
 /// The cgroup path relative to each hierarchy's root, or why it cannot be a container's own.
 fn relative_cgroup(path: &Path) -> std::result::Result<PathBuf, &'static str> {
     let mut rel = PathBuf::new();

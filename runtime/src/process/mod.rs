@@ -332,6 +332,22 @@ impl ProcessRuntime {
         };
 
         let pid = container.pid().map(|p| p.as_raw()).unwrap_or(-1);
+        let memfd = bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.sysctl().as_ref())
+            .and_then(|s| s.get("vm.memfd_noexec"));
+        if let Some(value) = memfd {
+            let _s = info_span!("memfd_noexec").entered();
+            if let Err(e) = crate::node::write_pid_ns_sysctl(pid, "vm.memfd_noexec", value) {
+                let _ = self.delete(id, true);
+                if idmapped == Some(idmap::Idmapped::OnTop) {
+                    idmap::unmount(&bundle.rootfs);
+                }
+                return Err(e);
+            }
+        }
         if idmapped == Some(idmap::Idmapped::OnTop) {
             if let Err(e) = idmap::write_marker(&dir, &bundle.rootfs) {
                 let _ = self.delete(id, true);

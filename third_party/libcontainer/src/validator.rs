@@ -143,9 +143,9 @@ impl Validator {
                 let namespaces = linux.namespaces().as_ref();
 
                 // AIRLOCK PATCH (memfd_noexec): vm.memfd_noexec (Linux >= 6.3) belongs to the pid
-                // namespace of the process that writes it, and the init writes the spec's sysctls
-                // from inside the container's new one; a pid namespace joined by path, or the
-                // node's, is refused.
+                // namespace of the process that writes it; Airlock's runtime writes it in the
+                // container's new one (the init skips it, see init/process.rs); a pid namespace
+                // joined by path, or the node's, is refused.
                 let has_new_pid = linux.namespaces().as_ref().is_some_and(|ns| {
                     ns.iter()
                         .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())

@@ -494,6 +494,13 @@ fn sysctl(kernel_params: &HashMap<String, String>) -> Result<()> {
     let procfs = ProcfsHandleBuilder::new().unmasked().build()?;
     let sys = PathBuf::from("sys");
     for (kernel_param, value) in kernel_params {
+        // AIRLOCK PATCH (memfd_noexec): the pid namespace's vm.memfd_noexec is writable only by
+        // the node's root (its /proc/sys file belongs to host uid 0, whatever the namespace):
+        // the init of a user-namespaced container cannot open it. Airlock's runtime writes it
+        // from a process it forks into the container's pid namespace, before the start.
+        if kernel_param.replace('/', ".") == "vm.memfd_noexec" {
+            continue;
+        }
         tracing::debug!(
             "apply value {} to kernel parameter {}.",
             value,
