@@ -21,6 +21,7 @@ pub struct TaskFifos {
     grew: Arc<Notify>,
     reader: tokio::task::JoinHandle<()>,
     writer: Option<pipe::Sender>,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TaskFifos {
@@ -41,10 +42,18 @@ impl TaskFifos {
             .with_context(|| format!("open {}", stdout.display()))?;
         let output = Arc::new(Mutex::new(Vec::new()));
         let grew = Arc::new(Notify::new());
-        let (out, g) = (output.clone(), grew.clone());
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (out, g, st) = (output.clone(), grew.clone(), stalled.clone());
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 4096];
-            while let Ok(n) = rx.read(&mut buf).await {
+            loop {
+                if st.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Holds the read side open and never reads again.
+                    std::future::pending::<()>().await;
+                }
+                let Ok(n) = rx.read(&mut buf).await else {
+                    break;
+                };
                 if n == 0 {
                     break;
                 }
@@ -60,7 +69,15 @@ impl TaskFifos {
             grew,
             reader,
             writer: None,
+            stalled,
         })
+    }
+
+    /// Stops reading the output (after the read in progress) while keeping the FIFO open: a
+    /// reader that stalls, as a client that stopped reading a container's logs.
+    pub fn stall(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The stdio to pass to Task.Create or Exec. Without a terminal, stderr goes to the
