@@ -243,6 +243,66 @@ pub fn pod_mappings(v: Version) {
     c.assert_no_leaks();
 }
 
+/// The script of a container that stops the next process of its pid namespace (the next
+/// exec's setup process) and records its pid in /tmp/stopped; /tmp/armed once it waits. Only
+/// builtins once armed (`read`, arithmetic, `kill`, `echo >`): no fork of the shell takes the
+/// pid it waits for.
+const HOLD_NEXT_EXEC: &str = "trap 'exit 0' TERM; read last < /proc/sys/kernel/ns_last_pid; \
+    n=$((last + 1)); echo $n > /tmp/armed; while ! kill -STOP $n 2>/dev/null; do :; done; \
+    echo $n > /tmp/stopped; while :; do usleep 50000; done";
+
+/// Runs [`HOLD_NEXT_EXEC`] as container `id`; its init's pid once it is armed.
+fn run_holding(c: &Case, id: &str) -> i32 {
+    let pid = c.run_detached(id, HOLD_NEXT_EXEC);
+    let armed = std::path::PathBuf::from(format!("/proc/{pid}/root/tmp/armed"));
+    assert!(
+        proc_util::wait_until(T, std::time::Duration::from_millis(20), || armed.exists()),
+        "the container never armed"
+    );
+    pid
+}
+
+/// The shim is killed (SIGKILL) while an exec's setup is held inside the container: the
+/// client's exec fails, containerd's `shim delete` cleans up, and nothing of the container, its
+/// held setup process included, is left.
+pub fn shim_killed_during_exec(v: Version) {
+    let mut c = Case::new(Runtime::Airlock, v, "killexec");
+    let id = c.id("killexec");
+    let pid = run_holding(&c, &id);
+    let exec = c
+        .ctd
+        .ctr_spawn(
+            Some(&c.ns),
+            &["tasks", "exec", "--exec-id", "held", &id, "sh", "-c", "echo ran"],
+        )
+        .unwrap();
+    let stopped = std::path::PathBuf::from(format!("/proc/{pid}/root/tmp/stopped"));
+    assert!(
+        proc_util::wait_until(T, std::time::Duration::from_millis(20), || stopped.exists()),
+        "the exec's setup was never held"
+    );
+    let shim = c
+        .ctd
+        .shims()
+        .into_iter()
+        .find(|s| s.namespace == c.ns && s.id == id)
+        .expect("the container's shim");
+    proc_util::signal(shim.pid, libc::SIGKILL);
+    let out = exec.wait(T).unwrap();
+    assert!(!out.success(), "the exec through a killed shim succeeded: {out:?}");
+    assert!(
+        proc_util::wait_until(T, std::time::Duration::from_millis(50), || {
+            !proc_util::alive(pid)
+        }),
+        "the container's init outlived its shim's cleanup"
+    );
+    if c.status(&id) == "STOPPED" {
+        c.ctr_ok(&["tasks", "delete", &id]);
+    }
+    c.ctr_ok(&["containers", "rm", &id]);
+    c.assert_no_leaks();
+}
+
 /// An exec whose setup a process inside the container stops (`kill -STOP` on the next pid of
 /// the container's pid namespace, which the exec's setup process takes) fails within the
 /// shim's limit with an error that says so, instead of waiting for ever; the runtime and the
@@ -250,17 +310,7 @@ pub fn pod_mappings(v: Version) {
 pub fn exec_setup_held(v: Version) {
     let mut c = Case::new(Runtime::Airlock, v, "held");
     let id = c.id("held");
-    // Builtins only once armed (`read`, arithmetic, `kill`, `echo >`): no fork of the shell
-    // takes the pid it waits for.
-    let script = "trap 'exit 0' TERM; read last < /proc/sys/kernel/ns_last_pid; n=$((last + 1)); \
-                  echo $n > /tmp/armed; while ! kill -STOP $n 2>/dev/null; do :; done; \
-                  echo $n > /tmp/stopped; while :; do usleep 50000; done";
-    let pid = c.run_detached(&id, script);
-    let armed = std::path::PathBuf::from(format!("/proc/{pid}/root/tmp/armed"));
-    assert!(
-        proc_util::wait_until(T, std::time::Duration::from_millis(20), || armed.exists()),
-        "the container never armed"
-    );
+    let pid = run_holding(&c, &id);
     let t0 = std::time::Instant::now();
     let out = c.exec(&id, "held", &["sh", "-c", "echo ran"]);
     let took = t0.elapsed();

@@ -60,7 +60,11 @@ fn census(ctd: &Containerd) -> Census {
     let mountinfo =
         std::fs::read_to_string(format!("/proc/{}/mountinfo", ctd.pid())).unwrap_or_default();
     Census {
-        processes: proc_util::pids().len(),
+        // User processes (kernel workers come and go with the load).
+        processes: proc_util::pids()
+            .into_iter()
+            .filter(|&p| p != 2 && proc_util::ppid(p) != Some(2))
+            .count(),
         shims: ctd
             .shims()
             .into_iter()

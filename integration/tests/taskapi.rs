@@ -763,6 +763,14 @@ mod hostile {
         hostile::exec_setup_held(Version::V2_1)
     }
     #[test]
+    fn shim_killed_during_exec_v1_6() {
+        hostile::shim_killed_during_exec(Version::V1_6)
+    }
+    #[test]
+    fn shim_killed_during_exec_v2_1() {
+        hostile::shim_killed_during_exec(Version::V2_1)
+    }
+    #[test]
     fn agent_strict_defaults_v1_6() {
         hostile::agent_strict_defaults(Version::V1_6)
     }
