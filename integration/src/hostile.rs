@@ -273,7 +273,16 @@ pub fn shim_killed_during_exec(v: Version) {
         .ctd
         .ctr_spawn(
             Some(&c.ns),
-            &["tasks", "exec", "--exec-id", "held", &id, "sh", "-c", "echo ran"],
+            &[
+                "tasks",
+                "exec",
+                "--exec-id",
+                "held",
+                &id,
+                "sh",
+                "-c",
+                "echo ran",
+            ],
         )
         .unwrap();
     let stopped = std::path::PathBuf::from(format!("/proc/{pid}/root/tmp/stopped"));
@@ -281,15 +290,13 @@ pub fn shim_killed_during_exec(v: Version) {
         proc_util::wait_until(T, std::time::Duration::from_millis(20), || stopped.exists()),
         "the exec's setup was never held"
     );
-    let shim = c
-        .ctd
-        .shims()
-        .into_iter()
-        .find(|s| s.namespace == c.ns && s.id == id)
-        .expect("the container's shim");
-    proc_util::signal(shim.pid, libc::SIGKILL);
+    let shim = c.shim_pid(&id);
+    proc_util::signal(shim, libc::SIGKILL);
     let out = exec.wait(T).unwrap();
-    assert!(!out.success(), "the exec through a killed shim succeeded: {out:?}");
+    assert!(
+        !out.success(),
+        "the exec through a killed shim succeeded: {out:?}"
+    );
     assert!(
         proc_util::wait_until(T, std::time::Duration::from_millis(50), || {
             !proc_util::alive(pid)

@@ -63,6 +63,16 @@ impl Case {
         id
     }
 
+    /// The pid of the shim that serves container `id` (its own pod: `ctr` containers).
+    pub fn shim_pid(&self, id: &str) -> i32 {
+        self.ctd
+            .shims()
+            .into_iter()
+            .find(|s| s.namespace == self.ns && s.id == id)
+            .unwrap_or_else(|| panic!("no shim serves {id}"))
+            .pid
+    }
+
     pub fn ctr(&self, args: &[&str]) -> proc_util::Output {
         self.ctd
             .ctr_timeout(Some(&self.ns), args, T)

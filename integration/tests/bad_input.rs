@@ -76,7 +76,9 @@ fn full_state_root(c: &mut Case, rows: &mut Vec<(String, String)>) {
     in_ns(&["umount", r]);
     assert!(!out.success(), "a create with a full state root: {out:?}");
     assert!(
-        msg.contains("No space left on device") && msg.contains(root.to_str().unwrap()),
+        msg.contains("No space left on device")
+            && msg.contains(&format!("the state root {} is full", root.display()))
+            && msg.contains("free space"),
         "a full state root is not named: {msg}"
     );
     assert!(

@@ -216,23 +216,15 @@ fn stdout_flood_keeps_the_shim_flat() {
             .unwrap();
         io
     });
-    let shim = c
-        .ctd
-        .shims()
-        .into_iter()
-        .find(|s| s.namespace == c.ns && s.id == id)
-        .expect("the container's shim");
+    let shim = c.shim_pid(&id);
     std::thread::sleep(Duration::from_secs(2));
     let samples: Vec<u64> = (0..10)
         .map(|_| {
             std::thread::sleep(Duration::from_secs(1));
-            rss_kib(shim.pid)
+            rss_kib(shim)
         })
         .collect();
-    println!(
-        "FIGURE stdout flood: shim {} RSS KiB each second {samples:?}",
-        shim.pid
-    );
+    println!("FIGURE stdout flood: shim {shim} RSS KiB each second {samples:?}",);
     let (lo, hi) = (
         *samples.iter().min().unwrap(),
         *samples.iter().max().unwrap(),

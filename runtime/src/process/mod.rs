@@ -314,7 +314,7 @@ impl ProcessRuntime {
         let container = match built {
             Ok(c) => c,
             Err(e) => {
-                let err = map_create_error(id, &e);
+                let err = map_create_error(id, &e, &self.root);
                 self.cleanup_failed_create(id, &cg_path, &record);
                 if idmapped == Some(idmap::Idmapped::OnTop) {
                     idmap::unmount(&bundle.rootfs);
@@ -634,7 +634,7 @@ impl ProcessRuntime {
             })
             .map_err(|e| {
                 reap_children();
-                map_create_error(id, &e)
+                map_create_error(id, &e, &self.root)
             })?;
         info!(
             pid = pid.as_raw(),
@@ -725,10 +725,18 @@ fn remove_cgroup_leaf(id: &str, cg_path: &Path) {
     }
 }
 
-fn map_create_error(id: &str, e: &LibcontainerError) -> RuntimeError {
+fn map_create_error(id: &str, e: &LibcontainerError, root: &Path) -> RuntimeError {
     let text = one_line_chain(e);
     if let Some(msg) = extract_message(&text) {
         return RuntimeError::Message(msg.to_owned());
+    }
+    if text.contains("No space left on device") && text.contains(&*root.to_string_lossy()) {
+        return RuntimeError::Io(format!(
+            "cannot create container {id:?}: the state root {} is full (No space left on \
+             device): free space on its filesystem and retry; nothing of the container was \
+             kept ({text})",
+            root.display()
+        ));
     }
     match e {
         LibcontainerError::Exist => RuntimeError::AlreadyExists {
