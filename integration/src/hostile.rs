@@ -151,7 +151,7 @@ pub fn shim_cgroup(v: Version) {
         }
     }
     // containerd 1.x's Go client sends containerd.linux.runc.CreateOptions { shim_cgroup (9) };
-    // containerd 2.x no longer knows that type, and its client sends containerd.runc.v1.Options
+    // containerd 2.x does not know that type, and its client sends containerd.runc.v1.Options
     // { shim_cgroup (3) }. Encoded by hand.
     let path = format!("/{rel}");
     let (type_url, field) = match v {
