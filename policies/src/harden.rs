@@ -5,7 +5,7 @@
 //! `masked_paths`; `[namespaces] private_cgroup`) and lowered here onto the spec; each adds one
 //! line to the enforcement report.
 
-use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use oci_spec::runtime::{Linux, LinuxNamespace, LinuxNamespaceType, Mount, Spec};
 
 use crate::model::set_namespace;
 use crate::Policy;
@@ -77,19 +77,19 @@ pub(crate) fn apply(policy: &Policy, spec: &mut Spec, enforced: &mut Vec<String>
         memfd_noexec(spec, enforced);
     }
     if policy.namespaces.private_cgroup {
-        let has_own = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .is_some_and(|ns| {
-                ns.iter()
-                    .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none())
-            });
+        let has_own = spec.linux().as_ref().is_some_and(|l| {
+            namespace_of(l, LinuxNamespaceType::Cgroup).is_some_and(|n| n.path().is_none())
+        });
         if !has_own {
             set_namespace(spec, LinuxNamespaceType::Cgroup, None);
         }
         enforced.push("cgroup namespace: private".into());
     }
+}
+
+/// The spec's namespace of type `typ`, if it has one (`None`: the node's).
+fn namespace_of(linux: &Linux, typ: LinuxNamespaceType) -> Option<&LinuxNamespace> {
+    linux.namespaces().iter().flatten().find(|n| n.typ() == typ)
 }
 
 /// The pid-namespaced sysctl that refuses executable memfds (2: `MFD_EXEC` refused, every memfd
@@ -103,12 +103,7 @@ fn memfd_noexec(spec: &mut Spec, enforced: &mut Vec<String>) {
     let Some(linux) = spec.linux_mut() else {
         return;
     };
-    let new_pid = linux
-        .namespaces()
-        .iter()
-        .flatten()
-        .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none());
-    if !new_pid {
+    if !namespace_of(linux, LinuxNamespaceType::Pid).is_some_and(|n| n.path().is_none()) {
         return;
     }
     let mut sysctl = linux.sysctl().clone().unwrap_or_default();
@@ -133,14 +128,8 @@ fn unprivileged_ports(spec: &mut Spec, enforced: &mut Vec<String>) {
     let Some(linux) = spec.linux_mut() else {
         return;
     };
-    let net = linux
-        .namespaces()
-        .as_ref()
-        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
-    let makes_it = match net {
-        None => false,
-        Some(n) => n.path().is_none() || sandbox,
-    };
+    let makes_it = namespace_of(linux, LinuxNamespaceType::Network)
+        .is_some_and(|n| n.path().is_none() || sandbox);
     if !makes_it {
         return;
     }
@@ -183,6 +172,19 @@ mod tests {
         .unwrap()
     }
 
+    fn builtin(name: &str) -> crate::Policy {
+        PolicySet::builtin().get(name).unwrap().policy.clone()
+    }
+
+    fn sysctl(spec: &Spec, key: &str) -> Option<String> {
+        spec.linux()
+            .as_ref()
+            .unwrap()
+            .sysctl()
+            .as_ref()
+            .and_then(|m| m.get(key).cloned())
+    }
+
     fn mount_opts(spec: &Spec, dst: &str) -> Vec<String> {
         spec.mounts()
             .as_ref()
@@ -197,11 +199,7 @@ mod tests {
 
     #[test]
     fn agent_strict_hardens_every_writable_mount_devpts_proc_and_cgroup() {
-        let p = PolicySet::builtin()
-            .get("agent-strict")
-            .unwrap()
-            .policy
-            .clone();
+        let p = builtin("agent-strict");
         let mut s = spec();
         let mut enforced = Vec::new();
         super::apply(&p, &mut s, &mut enforced);
@@ -240,19 +238,8 @@ mod tests {
 
     #[test]
     fn ports_open_only_in_a_network_namespace_the_container_makes() {
-        let p = PolicySet::builtin()
-            .get("agent-strict")
-            .unwrap()
-            .policy
-            .clone();
-        let port = |s: &Spec| {
-            s.linux()
-                .as_ref()
-                .unwrap()
-                .sysctl()
-                .as_ref()
-                .and_then(|m| m.get(super::PORT_START).cloned())
-        };
+        let p = builtin("agent-strict");
+        let port = |s: &Spec| sysctl(s, super::PORT_START);
         let mut s = spec();
         super::apply(&p, &mut s, &mut Vec::new());
         assert_eq!(port(&s), None, "the node's network namespace");
@@ -278,20 +265,9 @@ mod tests {
 
     #[test]
     fn memfd_exec_is_refused_in_a_pid_namespace_of_the_containers_own() {
-        let p = PolicySet::builtin()
-            .get("agent-strict")
-            .unwrap()
-            .policy
-            .clone();
+        let p = builtin("agent-strict");
         assert!(p.process.memfd_noexec);
-        let memfd = |s: &Spec| {
-            s.linux()
-                .as_ref()
-                .unwrap()
-                .sysctl()
-                .as_ref()
-                .and_then(|m| m.get(super::MEMFD_NOEXEC).cloned())
-        };
+        let memfd = |s: &Spec| sysctl(s, super::MEMFD_NOEXEC);
         let mut s = spec();
         super::apply(&p, &mut s, &mut Vec::new());
         assert_eq!(memfd(&s).as_deref(), Some("2"));
@@ -329,7 +305,7 @@ mod tests {
 
     #[test]
     fn baseline_leaves_the_spec_as_runc_would() {
-        let p = PolicySet::builtin().get("baseline").unwrap().policy.clone();
+        let p = builtin("baseline");
         let mut s = spec();
         let before = s.clone();
         let mut enforced = Vec::new();
