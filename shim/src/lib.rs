@@ -20,6 +20,7 @@ pub mod console;
 pub mod error;
 pub mod events;
 pub mod info;
+pub mod lifecycle;
 pub mod logging;
 pub mod netns;
 pub mod oom;

@@ -21,7 +21,7 @@ use containerd_shim::protos::events::task::{
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{EnumOrUnknown, MessageField};
 use containerd_shim::protos::topics;
-use containerd_shim::protos::types::task::{ProcessInfo, Status};
+use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use tokio::sync::{watch, Mutex};
@@ -32,6 +32,7 @@ use crate::cgroup::Cgroup;
 use crate::console::Console;
 use crate::error::{Error, Result};
 use crate::events::{publish, TaskEvent};
+use crate::lifecycle::{Check, Phase, Subject, Transition};
 use crate::oom::{OomCounter, OomSource};
 use crate::pidfd::{ExitInfo, PidFd};
 use crate::runtime::{IdmapRootfs, Runtime};
@@ -43,14 +44,6 @@ use airlock_policies::IdRange;
 
 /// How long an exit waits for the container's output to be copied out.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Created,
-    Running,
-    Paused,
-    Stopped(ExitInfo),
-}
 
 /// An extra process started in a container (`ctr task exec`).
 struct Exec {
@@ -939,18 +932,10 @@ impl TaskService {
             return self.delete_exec(&c, &req.exec_id).await;
         }
         let phase = *c.phase.lock().await;
-        match phase {
-            Phase::Running | Phase::Paused => {
-                return Err(Error::FailedPrecondition(format!(
-                    "container {} is running; kill it before deleting it",
-                    c.id
-                )))
-            }
-            Phase::Created => {
-                // Never started: end the waiting init first, so its exit is reported in order.
-                let _ = c.pidfd.signal(libc::SIGKILL);
-            }
-            Phase::Stopped(_) => {}
+        phase.allows(Check::Delete, Subject::Container(&c.id), c.pid())?;
+        if phase == Phase::Created {
+            // Never started: end the waiting init first, so its exit is reported in order.
+            let _ = c.pidfd.signal(libc::SIGKILL);
         }
         let exit = Self::wait_exit(&c).await;
         let t0 = Instant::now();
@@ -1000,26 +985,10 @@ impl TaskService {
     async fn do_exec(&self, req: ExecProcessRequest) -> Result<()> {
         let c = self.get(&req.id).await?;
         validate_id(&req.exec_id)?;
-        match *c.phase.lock().await {
-            Phase::Running => {}
-            Phase::Stopped(_) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "cannot exec in container {}: it has stopped; exec needs a running container",
-                    c.id
-                )))
-            }
-            p => {
-                return Err(Error::FailedPrecondition(format!(
-                    "cannot exec in container {}: it is {}; exec needs a running container",
-                    c.id,
-                    if p == Phase::Paused {
-                        "paused"
-                    } else {
-                        "not started"
-                    }
-                )))
-            }
-        }
+        c.phase
+            .lock()
+            .await
+            .allows(Check::Exec, Subject::Container(&c.id), c.pid())?;
         let any = req
             .spec
             .as_ref()
@@ -1084,18 +1053,17 @@ impl TaskService {
         let t0 = Instant::now();
         {
             let mut phase = e.phase.lock().await;
-            if *phase != Phase::Created {
-                return Err(Error::FailedPrecondition(format!(
-                    "exec {exec_id} in container {} was already started",
-                    c.id
-                )));
-            }
-            if *c.phase.lock().await != Phase::Running {
-                return Err(Error::FailedPrecondition(format!(
-                    "cannot start exec {exec_id}: container {} is not running",
-                    c.id
-                )));
-            }
+            let started = phase.next(
+                Transition::Start,
+                Subject::Exec {
+                    container: &c.id,
+                    exec: exec_id,
+                },
+            )?;
+            c.phase
+                .lock()
+                .await
+                .allows(Check::StartExecIn, Subject::Container(&c.id), c.pid())?;
             let (child, mut copier) = stdio::setup(&e.stdio, &c.bundle)?;
             let pid_file = c.bundle.join(format!("exec-{exec_id}.pid"));
             let log = c.bundle.join(format!("exec-{exec_id}.log"));
@@ -1127,7 +1095,7 @@ impl TaskService {
             }
             let _ = e.pidfd.set(pidfd);
             *e.copier.lock().await = copier;
-            *phase = Phase::Running;
+            *phase = started;
         }
         self.spawn_exec_watcher(c.clone(), e.clone());
         let pid = e.pid();
@@ -1188,19 +1156,16 @@ impl TaskService {
     async fn delete_exec(&self, c: &Container, exec_id: &str) -> Result<DeleteResponse> {
         let e = c.exec(exec_id).await?;
         let phase = *e.phase.lock().await;
-        let exit = match phase {
-            Phase::Created => ExitInfo {
-                status: 0,
-                at: SystemTime::now(),
-            },
-            Phase::Stopped(x) => x,
-            _ => {
-                return Err(Error::FailedPrecondition(format!(
-                    "exec {exec_id} in container {} is running; kill it before deleting it",
-                    c.id
-                )))
-            }
+        let who = Subject::Exec {
+            container: &c.id,
+            exec: exec_id,
         };
+        phase.allows(Check::Delete, who, e.pid())?;
+        // A registered exec that never started ends with 0.
+        let exit = phase.exit().unwrap_or(ExitInfo {
+            status: 0,
+            at: SystemTime::now(),
+        });
         e.copier.lock().await.abort_stdin();
         let _ = tokio::fs::remove_file(&e.spec).await;
         c.execs.lock().await.remove(exec_id);
@@ -1216,22 +1181,18 @@ impl TaskService {
         let c = self.get(id).await?;
         {
             let mut phase = c.phase.lock().await;
-            let want = if pause { Phase::Running } else { Phase::Paused };
-            if *phase != want {
-                return Err(Error::FailedPrecondition(format!(
-                    "cannot {} container {}: it is {}",
-                    if pause { "pause" } else { "resume" },
-                    c.id,
-                    phase_name(*phase)
-                )));
-            }
+            let t = if pause {
+                Transition::Pause
+            } else {
+                Transition::Resume
+            };
+            let next = phase.next(t, Subject::Container(&c.id))?;
             if pause {
                 self.runtime.pause(&c.id).await?;
-                *phase = Phase::Paused;
             } else {
                 self.runtime.resume(&c.id).await?;
-                *phase = Phase::Running;
             }
+            *phase = next;
         }
         if pause {
             self.publish(
@@ -1257,12 +1218,10 @@ impl TaskService {
 
     async fn do_update(&self, req: UpdateTaskRequest) -> Result<()> {
         let c = self.get(&req.id).await?;
-        if let Phase::Stopped(_) = *c.phase.lock().await {
-            return Err(Error::FailedPrecondition(format!(
-                "cannot update container {}: it has stopped",
-                c.id
-            )));
-        }
+        c.phase
+            .lock()
+            .await
+            .allows(Check::Update, Subject::Container(&c.id), c.pid())?;
         let any = req
             .resources
             .as_ref()
@@ -1378,13 +1337,10 @@ impl TaskService {
                 r => r,
             };
         }
-        if let Phase::Stopped(_) = *c.phase.lock().await {
-            return Err(Error::NotFound(format!(
-                "process {} of container {}: already finished",
-                c.pid(),
-                c.id
-            )));
-        }
+        c.phase
+            .lock()
+            .await
+            .allows(Check::Signal, Subject::Container(&c.id), c.pid())?;
         let r = c.pidfd.signal(req.signal as i32);
         if r.is_ok() && req.signal == libc::SIGKILL as u32 && *c.phase.lock().await == Phase::Paused
         {
@@ -1442,15 +1398,6 @@ async fn publish_oom(
             },
         )
         .await;
-    }
-}
-
-fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Created => "created, not started",
-        Phase::Running => "running",
-        Phase::Paused => "paused",
-        Phase::Stopped(_) => "stopped",
     }
 }
 
@@ -1575,17 +1522,11 @@ fn state_response(
         terminal: stdio.terminal,
         ..Default::default()
     };
-    let status = match phase {
-        Phase::Created => Status::CREATED,
-        Phase::Running => Status::RUNNING,
-        Phase::Paused => Status::PAUSED,
-        Phase::Stopped(e) => {
-            resp.exit_status = e.status;
-            resp.exited_at = MessageField::some(timestamp(e.at));
-            Status::STOPPED
-        }
-    };
-    resp.status = EnumOrUnknown::new(status);
+    if let Some(e) = phase.exit() {
+        resp.exit_status = e.status;
+        resp.exited_at = MessageField::some(timestamp(e.at));
+    }
+    resp.status = EnumOrUnknown::new(phase.status());
     resp
 }
 
@@ -1751,14 +1692,9 @@ impl Task for TaskService {
             let t0 = Instant::now();
             {
                 let mut phase = c.phase.lock().await;
-                if *phase != Phase::Created {
-                    return Err(Error::FailedPrecondition(format!(
-                        "container {} was already started",
-                        c.id
-                    )));
-                }
+                let started = phase.next(Transition::Start, Subject::Container(&c.id))?;
                 self.runtime.start(&c.id, c.poststart_hooks).await?;
-                *phase = Phase::Running;
+                *phase = started;
             }
             self.publish(
                 topics::TASK_START_EVENT_TOPIC,
@@ -1774,7 +1710,7 @@ impl Task for TaskService {
                 start_us = t0.elapsed().as_micros() as u64,
                 "container started"
             );
-            Ok(StartResponse {
+            Ok::<_, Error>(StartResponse {
                 pid: c.pid(),
                 ..Default::default()
             })
