@@ -153,6 +153,8 @@ pub struct Containerd {
     airlock_bin_dir: PathBuf,
     child: Option<Child>,
     pid: i32,
+    /// containerd's binary and the PATH it was started with (see [`Containerd::restart`]).
+    launch: (PathBuf, String),
     namespaces: Mutex<BTreeSet<String>>,
     counter: AtomicU32,
     spec_cache: Mutex<Option<serde_json::Value>>,
@@ -318,23 +320,26 @@ impl Containerd {
         );
         let hybrid = proc_util::is_mount_of_type(Path::new("/sys/fs/cgroup/unified"), "cgroup2");
         // With CRI on, containerd runs in a network namespace of its own: the CNI bridge and
-        // the pods' veths live there, never on the host's network.
+        // the pods' veths live there, never on the host's network. Its loopback is up, as on
+        // a node: CRI's streaming server (exec, attach, port-forward) listens on 127.0.0.1.
         let netns: &[&str] = if b.cri { &["--net"] } else { &[] };
-        let mut cmd = if hybrid {
+        let lo_up = if b.cri { "ip link set lo up && " } else { "" };
+        let mut cmd = if hybrid || b.cri {
             // crun refuses the hybrid layout: hide the v2 mount in a private mount namespace.
+            let hide = if hybrid {
+                "mount -t tmpfs -o size=1m,mode=755 x /sys/fs/cgroup/unified && "
+            } else {
+                ""
+            };
             let mut c = Command::new("unshare");
-            c.args(netns)
-                .args(["--mount", "--propagation", "private", "sh", "-c"])
-                .arg(
-                    "mount -t tmpfs -o size=1m,mode=755 x /sys/fs/cgroup/unified && \
-                     exec \"$0\" --config \"$1\"",
-                )
+            c.args(netns);
+            if hybrid {
+                c.args(["--mount", "--propagation", "private"]);
+            }
+            c.args(["sh", "-c"])
+                .arg(format!("{lo_up}{hide}exec \"$0\" --config \"$1\""))
                 .arg(&containerd)
                 .arg(&cfg);
-            c
-        } else if b.cri {
-            let mut c = Command::new("unshare");
-            c.args(netns).arg(&containerd).arg("--config").arg(&cfg);
             c
         } else {
             let mut c = Command::new(&containerd);
@@ -356,12 +361,66 @@ impl Containerd {
             airlock_bin_dir,
             child: Some(child),
             pid,
+            launch: (containerd, path),
             namespaces: Mutex::new(BTreeSet::new()),
             counter: AtomicU32::new(0),
             spec_cache: Mutex::new(None),
         };
         me.wait_ready(b.ready_timeout)?;
         Ok(me)
+    }
+
+    /// Stops containerd with SIGTERM, as `systemctl restart containerd` does (its shims, and
+    /// the containers under them, keep running), and starts it again with the same config,
+    /// root, state and sockets, in the same mount and network namespaces. Returns once the new
+    /// containerd answers; it reconnects to the shims it finds in its state.
+    pub fn restart(&mut self) -> Result<()> {
+        // Held open so that the namespaces outlive containerd even where no shim holds them.
+        let held: Vec<(std::fs::File, &str)> = [("mnt", "--mount"), ("net", "--net")]
+            .into_iter()
+            .map(|(ns, flag)| {
+                std::fs::File::open(format!("/proc/{}/ns/{ns}", self.pid))
+                    .map(|f| (f, flag))
+                    .with_context(|| format!("open containerd's {ns} namespace"))
+            })
+            .collect::<Result<_>>()?;
+        if let Some(mut child) = self.child.take() {
+            proc_util::signal(self.pid, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait()?.is_none() {
+                if Instant::now() >= deadline {
+                    bail!(
+                        "containerd {} did not stop within 10 s of SIGTERM",
+                        self.pid
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.log_path())?;
+        let (binary, path) = &self.launch;
+        let mut cmd = Command::new("nsenter");
+        for (f, flag) in &held {
+            use std::os::fd::AsRawFd;
+            cmd.arg(format!(
+                "{flag}=/proc/{}/fd/{}",
+                std::process::id(),
+                f.as_raw_fd()
+            ));
+        }
+        cmd.arg(binary)
+            .arg("--config")
+            .arg(self.dir().join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().context("spawn nsenter containerd")?;
+        self.pid = child.id() as i32;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60))
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {

@@ -1,7 +1,7 @@
 //! What a careless or hostile client asks of a runtime through containerd's API, beyond the
 //! escape battery's attempts from inside a container (`tests/escape.rs`).
 
-use crate::containerd::Version;
+use crate::containerd::{Containerd, Version};
 use crate::proc_util;
 use crate::taskapi::{cgroup_dir, Case, IDLE, T};
 use crate::Runtime;
@@ -349,5 +349,212 @@ pub fn exec_setup_held(v: Version) {
     let out = c.exec(&id, "after", &["sh", "-c", "echo ran"]);
     assert!(out.success() && out.stdout.contains("ran"), "{out:?}");
     c.remove(&id);
+    c.assert_no_leaks();
+}
+
+/// containerd stopped (SIGTERM) and started again on the same state while 20 Airlock tasks
+/// run, as a node's `systemctl restart containerd` does: every task keeps running under its
+/// own shim, the new containerd lists them all as running with their pids, and through it an
+/// exec runs, a kill's exit reaches a new subscriber as an event, and every task is deleted
+/// with nothing left.
+pub fn containerd_restart(v: Version) {
+    const TASKS: usize = 20;
+    let ctd = Containerd::builder()
+        .version(v)
+        .start()
+        .unwrap_or_else(|e| panic!("start containerd {}: {e:#}", v.label()));
+    let ns = ctd.new_namespace("airlock-restart").unwrap();
+    let mut c = Case {
+        ctd: std::sync::Arc::new(ctd),
+        ns,
+        rt: Runtime::Airlock,
+        ids: Vec::new(),
+    };
+    let ids: Vec<String> = (0..TASKS).map(|i| c.id(&format!("r{i}"))).collect();
+    let before: Vec<(i32, i32)> = ids
+        .iter()
+        .map(|id| (c.run_detached(id, IDLE), c.shim_pid(id)))
+        .collect();
+    let t0 = std::time::Instant::now();
+    std::sync::Arc::get_mut(&mut c.ctd)
+        .expect("this test alone holds its containerd")
+        .restart()
+        .unwrap_or_else(|e| panic!("restart containerd {}: {e:#}", v.label()));
+    let took = t0.elapsed();
+    for (id, (pid, shim)) in ids.iter().zip(&before) {
+        assert!(proc_util::alive(*shim), "{id}'s shim died with containerd");
+        assert_eq!(
+            c.task_line(id),
+            Some((*pid, "RUNNING".to_owned())),
+            "{id} after the restart"
+        );
+    }
+    let t_listed = t0.elapsed();
+    let out = c.exec(&ids[0], "after", &["sh", "-c", "echo exec-after-restart"]);
+    assert!(
+        out.success() && out.stdout.contains("exec-after-restart"),
+        "exec through the new containerd: {out:?}"
+    );
+    let tokio = c.rt();
+    let mut ev = c.subscribe(&tokio);
+    c.ctr_ok(&["tasks", "kill", "-s", "KILL", &ids[1]]);
+    tokio
+        .block_on(ev.collect_until(T, |evs| {
+            evs.iter().any(|e| {
+                matches!(&e.event, crate::client::TaskEvent::Exit { container_id, .. }
+                    if *container_id == ids[1])
+            })
+        }))
+        .unwrap_or_else(|e| panic!("no exit event of {} after the restart: {e:#}", ids[1]));
+    eprintln!(
+        "containerd {} restarted with {TASKS} Airlock tasks running: ready in {took:?}, \
+         all listed RUNNING after {t_listed:?}",
+        v.label()
+    );
+    for id in &ids {
+        c.remove(id);
+    }
+    c.assert_no_leaks();
+}
+
+/// Where a SIGKILL of the shim landed: the step in flight, and the shim's descendants then.
+struct Landing {
+    delay: std::time::Duration,
+    seen: Vec<String>,
+    /// The step answered OK before the kill.
+    answered: bool,
+    outcome: String,
+}
+
+/// The shim SIGKILLed at points spread through a Task.Create (from the moment the shim
+/// exists), and through a Task.Start: whatever the step had done, the client gets an answer
+/// (no hang), containerd's cleanup (`shim delete`) leaves no process, mount, cgroup, state
+/// or uid range, and the container is removed. At least one kill must land after the
+/// runtime has started the container's processes (a `youki:[` process under the shim) and
+/// before Create answered, or the test did not test what it says.
+pub fn shim_killed_during_create_and_start(v: Version) {
+    let mut c = Case::new(Runtime::Airlock, v, "killcreate");
+    let tokio = c.rt();
+    let cl = tokio.block_on(c.ctd.client()).unwrap();
+    let mut landings = Vec::new();
+    // Create: from the shim's first moment on, 1 ms further each time, until two kills land
+    // after Create has answered (however slow the node). Start: a few points of its far
+    // shorter step.
+    for (step, delays_us) in [
+        ("create", (0..300).map(|i| i * 1000).collect::<Vec<u64>>()),
+        ("start", vec![0, 100, 300, 1000, 3000]),
+    ] {
+        let mut answered = 0;
+        for d in delays_us {
+            if answered == 2 {
+                break;
+            }
+            let delay = std::time::Duration::from_micros(d);
+            let id = c.id(step);
+            let spec = c.spec(&id, &["sh", "-c", IDLE], false);
+            let landing = tokio.block_on(async {
+                cl.create_container(&c.ns, &id, c.rt, spec).await.unwrap();
+                let mounts = cl.prepare_rootfs(&c.ns, &id).await.unwrap();
+                let call = if step == "create" {
+                    let (cl, ns, id) = (cl.clone(), c.ns.clone(), id.clone());
+                    tokio::spawn(async move { cl.create_task(&ns, &id, mounts).await })
+                } else {
+                    cl.create_task(&c.ns, &id, mounts).await.unwrap();
+                    let (cl, ns, id) = (cl.clone(), c.ns.clone(), id.clone());
+                    tokio::spawn(async move { cl.start(&ns, &id).await })
+                };
+                // The shim's daemon (it serves `-socket`), not the `shim start` that spawns it.
+                let daemon = |pid: i32| proc_util::cmdline(pid).iter().any(|a| a == "-socket");
+                let shim = loop {
+                    if let Some(s) = c
+                        .ctd
+                        .shims()
+                        .into_iter()
+                        .find(|s| s.id == id && daemon(s.pid))
+                    {
+                        break s.pid;
+                    }
+                    assert!(
+                        !call.is_finished(),
+                        "{step} of {id} ended with no shim seen"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                };
+                tokio::time::sleep(delay).await;
+                let seen = proc_util::descendants(shim)
+                    .into_iter()
+                    .filter_map(|p| {
+                        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+                        Some(stat.split_once(" (")?.1.rsplit_once(") ")?.0.to_owned())
+                    })
+                    .collect();
+                proc_util::signal(shim, libc::SIGKILL);
+                let (answered, outcome) = match tokio::time::timeout(T, call).await {
+                    Ok(Ok(Ok(pid))) => (true, format!("{step} ok (pid {pid})")),
+                    Ok(Ok(Err(e))) => (false, format!("{step} failed: {e:#}")),
+                    Ok(Err(e)) => panic!("{e}"),
+                    Err(_) => panic!("{step} of {id} hung after its shim was killed"),
+                };
+                Landing {
+                    delay,
+                    seen,
+                    answered,
+                    outcome,
+                }
+            });
+            // containerd's cleanup of a dead shim is asynchronous: the task ends stopped or gone.
+            assert!(
+                proc_util::wait_until(T, std::time::Duration::from_millis(50), || {
+                    matches!(c.status(&id).as_str(), "STOPPED" | "")
+                }),
+                "{id}: task {} after its shim was killed; containerd's log:\n{}",
+                c.status(&id),
+                c.ctd.log_tail(30)
+            );
+            let _ = c.ctr(&["tasks", "delete", "--force", &id]);
+            c.ctr_ok(&["containers", "rm", &id]);
+            eprintln!(
+                "shim killed {:?} into {step} ({}): saw {:?}; {}; socket left {}",
+                landing.delay,
+                v.label(),
+                landing.seen,
+                landing.outcome,
+                c.ctd.shim_socket_path(&c.ns, &id).exists()
+            );
+            answered += usize::from(landing.answered);
+            landings.push(landing);
+        }
+    }
+    // A kill that containerd's cleanup misses (its failed-create path removes the bundle
+    // before `shim delete` could run there) leaves the shim's socket, and may leave the
+    // created init: the next shim on the node cleans up after it soon after its start.
+    let next = c.id("next");
+    c.run_detached(&next, IDLE);
+    let left = |c: &Case| -> Vec<std::path::PathBuf> {
+        c.ids
+            .iter()
+            .filter(|id| **id != next)
+            .map(|id| c.ctd.shim_socket_path(&c.ns, id))
+            .filter(|p| p.exists())
+            .collect()
+    };
+    let before = left(&c);
+    assert!(
+        proc_util::wait_until(T, std::time::Duration::from_millis(100), || left(&c)
+            .is_empty()),
+        "dead shim sockets stay: {:?}",
+        left(&c)
+    );
+    eprintln!(
+        "{} dead shim socket(s) left by the kills; the next shim cleaned up after them",
+        before.len()
+    );
+    c.remove(&next);
+    assert!(
+        landings
+            .iter()
+            .any(|l| !l.answered && l.seen.iter().any(|s| s.starts_with("youki:["))),
+        "no kill landed between the runtime's start of the container and Create's answer"
+    );
     c.assert_no_leaks();
 }

@@ -20,6 +20,7 @@ pub mod fifo;
 pub mod hostile;
 pub mod image;
 pub mod leaks;
+pub mod portforward;
 pub mod probe;
 pub mod proc_util;
 pub mod runtime;

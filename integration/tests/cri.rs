@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use airlock_integration::containerd::{Containerd, Version, CRI_NAMESPACE};
 use airlock_integration::cri::{self, Cri};
+use airlock_integration::portforward;
 use airlock_integration::shared::shared_cri;
 use k8s_cri::v1::*;
 
@@ -212,7 +213,8 @@ fn two_containers_with_policy_annotation(v: Version) {
 }
 
 /// A pod under agent-strict (no capabilities): one container serves HTTP on port 80, and
-/// another container of the pod fetches from it over the pod's loopback. The sandbox's network
+/// another container of the pod fetches from it over the pod's loopback, and a port-forward
+/// (as `kubectl port-forward` asks CRI for one) reaches it. The sandbox's network
 /// namespace lets any port bind without CAP_NET_BIND_SERVICE.
 fn port_80_in_a_pod(v: Version) {
     let (ctd, _turn) = cri_containerd(v);
@@ -262,6 +264,30 @@ fn port_80_in_a_pod(v: Version) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(out.contains("served-on-80"), "fetch from port 80: {out}");
+        // kubectl port-forward: CRI's streaming server connects to port 80 in the pod's
+        // network namespace.
+        let url = cri
+            .client
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![80],
+            })
+            .await
+            .expect("PortForward")
+            .into_inner()
+            .url;
+        let netns_pid = ctd.pid();
+        let got = tokio::task::spawn_blocking(move || {
+            portforward::exchange(netns_pid, &url, 80, b"GET /index.html HTTP/1.0\r\n\r\n")
+        })
+        .await
+        .unwrap()
+        .expect("port-forward to port 80");
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with("HTTP/1.") && got.contains("served-on-80"),
+            "through port-forward: {got}"
+        );
         assert_eq!(
             cri.status(&server).await.expect("status").state,
             ContainerState::ContainerRunning as i32,

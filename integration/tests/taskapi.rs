@@ -778,4 +778,20 @@ mod hostile {
     fn agent_strict_defaults_v2_1() {
         hostile::agent_strict_defaults(Version::V2_1)
     }
+    #[test]
+    fn shim_killed_during_create_and_start_v1_6() {
+        hostile::shim_killed_during_create_and_start(Version::V1_6)
+    }
+    #[test]
+    fn shim_killed_during_create_and_start_v2_1() {
+        hostile::shim_killed_during_create_and_start(Version::V2_1)
+    }
+    #[test]
+    fn containerd_restart_v1_6() {
+        hostile::containerd_restart(Version::V1_6)
+    }
+    #[test]
+    fn containerd_restart_v2_1() {
+        hostile::containerd_restart(Version::V2_1)
+    }
 }

@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod netns;
 pub mod oom;
+pub mod orphans;
 pub mod pidfd;
 pub mod runtime;
 pub mod seccomp_cache;

@@ -954,6 +954,7 @@ impl TaskService {
         self.release_userns(&c.id).await;
         c.copier.lock().await.abort_stdin();
         self.containers.lock().await.remove(&c.id);
+        crate::orphans::forget(Path::new(crate::orphans::DIR), &self.namespace, &c.id);
         info!(
             state_us = times.state_us,
             unmount_us = times.unmount_us,

@@ -122,6 +122,28 @@ impl Shim for AirlockShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        // Once, off every request's path: the containers of shims killed before containerd's
+        // cleanup could find them.
+        tokio::spawn(async {
+            tokio::time::sleep(crate::orphans::SWEEP_AFTER).await;
+            let swept = tokio::task::spawn_blocking(|| {
+                crate::orphans::sweep(Path::new(crate::orphans::DIR), |r| {
+                    clean_up_after(&r.namespace, &r.id, &r.bundle);
+                })
+            })
+            .await;
+            match swept {
+                Ok(Ok(done)) if !done.is_empty() => {
+                    let ids: Vec<String> = done
+                        .iter()
+                        .map(|r| format!("{}/{}", r.namespace, r.id))
+                        .collect();
+                    info!(?ids, "cleaned up after containers whose shim was killed");
+                }
+                Ok(Err(e)) => warn!("look for containers of killed shims: {e}"),
+                _ => {}
+            }
+        });
         let runtime = match Runtime::locate(&self.namespace) {
             Ok(r) => {
                 // The pod's first Create follows in a few milliseconds; with a shim cgroup
@@ -223,7 +245,18 @@ fn start_daemon(
             .map_err(|e| ShimError::Other(format!("write {}/address: {e}", bundle.display())))
     };
     let socket = address.trim_start_matches("unix://");
+    // Recorded with its shim's socket, bound under the same shared lock: see `orphans`. Best
+    // effort: without it only a kill during this Create could leave something behind.
+    let registry = Path::new(crate::orphans::DIR);
+    let _shared = crate::orphans::lock(registry, false).ok();
+    let orphan = crate::orphans::Record {
+        namespace: namespace.to_owned(),
+        id: id.to_owned(),
+        socket: PathBuf::from(socket),
+        bundle: bundle.to_path_buf(),
+    };
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        let _ = crate::orphans::record(registry, &orphan);
         write_address(&address)?;
         return Ok(address);
     }
@@ -233,9 +266,11 @@ fn start_daemon(
     let Some(listener) = bind_socket(Path::new(socket))
         .map_err(|e| ShimError::Other(format!("listen on {socket}: {e}")))?
     else {
+        let _ = crate::orphans::record(registry, &orphan);
         write_address(&address)?;
         return Ok(address);
     };
+    let _ = crate::orphans::record(registry, &orphan);
     // The runtime options containerd writes to our stdin may name a cgroup for the shim.
     let shim_cgroup = shim_cgroup_from_stdin()?;
     let exe = std::env::current_exe().map_err(|e| ShimError::Other(format!("own path: {e}")))?;
@@ -269,6 +304,7 @@ fn start_daemon(
             let _ = c.wait();
         }
         let _ = std::fs::remove_file(socket);
+        crate::orphans::forget(Path::new(crate::orphans::DIR), namespace, id);
         e
     };
     let mut child = cmd.spawn().map_err(|e| {
@@ -460,8 +496,19 @@ fn clean_up_after(namespace: &str, id: &str, bundle: &Path) -> DeleteResponse {
         Ok(None) => {}
         Err(e) => warn!("release user namespace range: {e}"),
     }
-    if remove_dead_socket(bundle) {
+    // The socket from the bundle's `address` file, else from the container's record (the
+    // bundle may be half removed when containerd runs this).
+    let registry = Path::new(crate::orphans::DIR);
+    let recorded = crate::orphans::recorded(registry, namespace, id).map(|r| r.socket);
+    let socket = remove_dead_socket(bundle, recorded);
+    if socket == Socket::Removed {
         found.push("socket");
+    }
+    // A socket still held (by its shim, or by the `start` that bound it) keeps the record, so
+    // that a later sweep cleans up once nothing holds it, unless that shim deletes the
+    // container first (it forgets it then).
+    if socket != Socket::Served {
+        crate::orphans::forget(registry, namespace, id);
     }
     // containerd runs `delete` after every shim exit, clean ones too, and shows what it prints
     // as warnings: only a cleanup that found something is worth one.
@@ -509,17 +556,38 @@ fn release_userns_member(
     allocator.release(member)
 }
 
-/// Remove the shim socket named in the bundle's `address` file if nothing serves it.
-/// Whether there was one to remove.
-fn remove_dead_socket(bundle: &Path) -> bool {
-    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
-        return false;
+/// What [`remove_dead_socket`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Socket {
+    /// Nothing served it, and it was removed.
+    Removed,
+    /// Something accepts on it.
+    Served,
+    /// No socket named, or none there.
+    Unknown,
+}
+
+/// Remove the shim socket named in the bundle's `address` file, else `recorded`, if nothing
+/// serves it.
+fn remove_dead_socket(bundle: &Path, recorded: Option<PathBuf>) -> Socket {
+    let Some(address) = std::fs::read_to_string(bundle.join("address"))
+        .ok()
+        .or_else(|| recorded.map(|p| p.display().to_string()))
+    else {
+        return Socket::Unknown;
     };
     let path = address.trim().trim_start_matches("unix://").to_string();
     if path.is_empty() {
-        return false;
+        return Socket::Unknown;
     }
-    std::os::unix::net::UnixStream::connect(&path).is_err() && std::fs::remove_file(&path).is_ok()
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        return Socket::Served;
+    }
+    if std::fs::remove_file(&path).is_ok() {
+        Socket::Removed
+    } else {
+        Socket::Unknown
+    }
 }
 
 #[cfg(test)]
@@ -608,6 +676,7 @@ mod tests {
         let asked = serving.accept().is_ok();
         drop(serving);
         let _ = std::fs::remove_file(&socket);
+        crate::orphans::forget(Path::new(crate::orphans::DIR), &ns, "app");
         assert!(asked, "start did not check the serving shim");
         assert_eq!(got.unwrap(), address);
         assert_eq!(
