@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use airlock_contract::ErrorKind;
+
 /// Errors returned by the process backend.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -36,8 +38,8 @@ pub enum RuntimeError {
         resolved: String,
     },
 
-    #[error("invalid container id {id:?}: {reason}; use letters, digits, '_', '+', '-', '.'")]
-    InvalidId { id: String, reason: String },
+    #[error(transparent)]
+    InvalidId(#[from] airlock_contract::InvalidId),
 
     #[error("container {id:?} already exists in {root}; delete it first or use another id")]
     AlreadyExists { id: String, root: PathBuf },
@@ -90,12 +92,41 @@ pub enum RuntimeError {
     #[error("{0}")]
     Io(String),
 
-    /// A message already phrased for the operator (e.g. from the executor in the init).
+    /// A message already phrased for the operator.
     #[error("{0}")]
     Message(String),
+
+    /// An error of the executor in the container's init, passed up through libcontainer
+    /// with its kind.
+    #[error("{message}")]
+    FromInit { kind: ErrorKind, message: String },
 }
 
 impl RuntimeError {
+    /// The kind the shim reads back from the exit code (see `airlock_contract`).
+    pub fn kind(&self) -> ErrorKind {
+        use RuntimeError::*;
+        match self {
+            ConfigMissing { .. }
+            | ConfigMalformed { .. }
+            | ConfigInvalid { .. }
+            | RootfsMissing { .. }
+            | ExecutableNotFound { .. }
+            | NotExecutable { .. }
+            | InvalidId(_)
+            | InvalidSignal(_)
+            | SeccompProgram { .. }
+            | ConsoleSocketMissing { .. }
+            | ConsoleSocketUnused { .. }
+            | CgroupRefused { .. } => ErrorKind::InvalidArgument,
+            AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            NotFound { .. } => ErrorKind::NotFound,
+            WrongState { .. } | Unenforceable(_) => ErrorKind::FailedPrecondition,
+            FromInit { kind, .. } => *kind,
+            StateRoot { .. } | Backend { .. } | Io(_) | Message(_) => ErrorKind::Unknown,
+        }
+    }
+
     /// Wraps a libcontainer (or other) error into a one-line `Backend` error. The chain of
     /// sources is flattened because libcontainer's top-level messages ("io error", "oci spec
     /// error") say nothing without their causes.
@@ -135,6 +166,32 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]
     struct Outer(#[source] std::io::Error);
+
+    /// The kinds that containerd's clients act on survive the process boundary.
+    #[test]
+    fn kinds_of_the_errors_a_client_acts_on() {
+        let root = PathBuf::from("/run/airlock/ns");
+        let nf = RuntimeError::NotFound {
+            id: "c1".into(),
+            root: root.clone(),
+        };
+        assert_eq!(nf.kind(), ErrorKind::NotFound);
+        let ae = RuntimeError::AlreadyExists {
+            id: "c1".into(),
+            root,
+        };
+        assert_eq!(ae.kind(), ErrorKind::AlreadyExists);
+        let bad = RuntimeError::from(airlock_contract::validate_id("a/b").unwrap_err());
+        assert_eq!(bad.kind(), ErrorKind::InvalidArgument);
+        let state = RuntimeError::WrongState {
+            id: "c1".into(),
+            action: "start",
+            status: "running".into(),
+            hint: "it runs",
+        };
+        assert_eq!(state.kind(), ErrorKind::FailedPrecondition);
+        assert_eq!(RuntimeError::Io("x".into()).kind(), ErrorKind::Unknown);
+    }
 
     #[test]
     fn chain_is_one_line_and_keeps_causes() {

@@ -21,6 +21,7 @@ use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::Spec;
 
 use crate::error::RuntimeError;
+use airlock_contract::ErrorKind;
 
 /// Markers around messages that cross the init -> runtime channel, so the runtime can show
 /// our message verbatim instead of libcontainer's nested wrapping of it.
@@ -156,14 +157,16 @@ impl AirlockExecutor {
 }
 
 fn wrap(e: &RuntimeError) -> String {
-    format!("{MSG_START}{e}{MSG_END}")
+    format!("{MSG_START}{}:{e}{MSG_END}", e.kind().exit_code())
 }
 
-/// Finds an executor message inside libcontainer's wrapped error text.
-pub(crate) fn extract_message(text: &str) -> Option<&str> {
+/// Finds an executor error inside libcontainer's wrapped error text: its kind (as its exit
+/// code) and its message.
+pub(crate) fn extract_message(text: &str) -> Option<(ErrorKind, &str)> {
     let start = text.find(MSG_START)? + MSG_START.len();
     let len = text[start..].find(MSG_END)?;
-    Some(&text[start..start + len])
+    let (code, msg) = text[start..start + len].split_once(':')?;
+    Some((ErrorKind::from_exit_code(code.parse().ok()), msg))
 }
 
 fn spec_path_var(spec: &Spec) -> String {
@@ -375,7 +378,10 @@ mod tests {
             "failed to create container: exec process failed with error error in executing process : {}",
             wrap(&e)
         );
-        assert_eq!(extract_message(&wrapped), Some(e.to_string().as_str()));
+        assert_eq!(
+            extract_message(&wrapped),
+            Some((ErrorKind::InvalidArgument, e.to_string().as_str()))
+        );
         assert_eq!(extract_message("plain"), None);
     }
 }

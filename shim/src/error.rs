@@ -3,6 +3,7 @@
 //! Every message here reaches the `ctr`/kubelet user through containerd, so each one
 //! says what was wrong and, where the user can act, what to do.
 
+use airlock_contract::ErrorKind;
 use containerd_shim::protos::ttrpc::{self, Code};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +25,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The runtime binary failed; `message` is its own one-line explanation.
+    /// Something of the shim's own failed without a better code; the message says what.
     #[error("{0}")]
     Runtime(String),
+    /// `airlock-runtime` failed: its one-line explanation, and the kind its exit code
+    /// carried (`airlock_contract`), which becomes the ttrpc code.
+    #[error("{message}")]
+    RuntimeFailed {
+        kind: airlock_contract::ErrorKind,
+        message: String,
+    },
     #[error(transparent)]
     Policy(#[from] airlock_policies::Error),
 }
@@ -47,6 +55,13 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
             Error::Io { .. } | Error::Runtime(_) => Code::UNKNOWN,
+            Error::RuntimeFailed { kind, .. } => match kind {
+                ErrorKind::InvalidArgument => Code::INVALID_ARGUMENT,
+                ErrorKind::NotFound => Code::NOT_FOUND,
+                ErrorKind::AlreadyExists => Code::ALREADY_EXISTS,
+                ErrorKind::FailedPrecondition => Code::FAILED_PRECONDITION,
+                ErrorKind::Unknown => Code::UNKNOWN,
+            },
         }
     }
 }
@@ -72,6 +87,31 @@ mod tests {
                 assert_eq!(s.message(), "container x not found");
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The runtime's kinds keep their codes, and its message is passed on as it is.
+    #[test]
+    fn runtime_failures_keep_their_kind() {
+        for (kind, code) in [
+            (ErrorKind::NotFound, Code::NOT_FOUND),
+            (ErrorKind::AlreadyExists, Code::ALREADY_EXISTS),
+            (ErrorKind::InvalidArgument, Code::INVALID_ARGUMENT),
+            (ErrorKind::FailedPrecondition, Code::FAILED_PRECONDITION),
+            (ErrorKind::Unknown, Code::UNKNOWN),
+        ] {
+            let e: ttrpc::Error = Error::RuntimeFailed {
+                kind,
+                message: "airlock-runtime: why".into(),
+            }
+            .into();
+            match e {
+                ttrpc::Error::RpcStatus(s) => {
+                    assert_eq!(s.code(), code, "{kind:?}");
+                    assert_eq!(s.message(), "airlock-runtime: why");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
         }
     }
 }

@@ -24,6 +24,7 @@ use tokio::process::Command;
 use crate::error::{Error, Result};
 use crate::setup_limit::EXEC_SETUP_LIMIT;
 use crate::stdio::ChildStdio;
+use airlock_contract::ErrorKind;
 
 pub const RUNTIME_BINARY: &str = "airlock-runtime";
 
@@ -188,7 +189,10 @@ impl Runtime {
         if msg.is_empty() {
             msg = format!("{RUNTIME_BINARY} {what} failed with {}", out.status);
         }
-        Err(Error::Runtime(msg))
+        Err(Error::RuntimeFailed {
+            kind: ErrorKind::from_exit_code(out.status.code()),
+            message: msg,
+        })
     }
 
     /// Create the container, paused before exec. The container inherits `stdio` (or gets a
@@ -347,9 +351,12 @@ impl Runtime {
             }
             Ok(())
         } else {
-            Err(Error::Runtime(last_error_line(log).await.unwrap_or_else(
-                || format!("{RUNTIME_BINARY} {what} failed with {status}"),
-            )))
+            Err(Error::RuntimeFailed {
+                kind: ErrorKind::from_exit_code(status.code()),
+                message: last_error_line(log)
+                    .await
+                    .unwrap_or_else(|| format!("{RUNTIME_BINARY} {what} failed with {status}")),
+            })
         };
         let _ = tokio::fs::remove_file(log).await;
         result

@@ -1477,19 +1477,7 @@ fn drop_memfd_noexec_without_kernel_support(spec: &mut Spec) -> Option<String> {
 }
 
 fn validate_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 1024
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'))
-        && !id.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "container id {id:?} is invalid: use letters, digits, '-', '_', '.', '+'"
-        )))
-    }
+    airlock_contract::validate_id(id).map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 async fn read_pid(path: &Path) -> Result<i32> {

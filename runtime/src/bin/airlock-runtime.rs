@@ -384,19 +384,19 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Our library errors already carry their causes in one sentence; other errors
-            // get their chain joined.
-            let line = if e.downcast_ref::<airlock_runtime::RuntimeError>().is_some() {
-                e.to_string()
-            } else {
-                format!("{e:#}")
-            }
-            .replace('\n', " ");
+            // Our library errors already carry their causes in one sentence, and their kind
+            // leaves as the exit code (`airlock_contract`); other errors get their chain
+            // joined.
+            let (line, kind) = match e.downcast_ref::<airlock_runtime::RuntimeError>() {
+                Some(r) => (r.to_string(), r.kind()),
+                None => (format!("{e:#}"), airlock_contract::ErrorKind::Unknown),
+            };
+            let line = line.replace('\n', " ");
             if log_to_file {
                 tracing::error!(error = %line, "command failed");
             }
             eprintln!("airlock-runtime: {line}");
-            ExitCode::FAILURE
+            ExitCode::from(kind.exit_code())
         }
     }
 }

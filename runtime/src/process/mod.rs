@@ -112,27 +112,9 @@ fn status_str(s: ContainerStatus) -> &'static str {
     }
 }
 
-/// Same rule as libcontainer (checked here so the error is ours and nothing is created).
+/// The shim's rule too (`airlock_contract`), checked before anything is created.
 pub fn validate_id(id: &str) -> Result<()> {
-    let bad = |reason: &str| {
-        Err(RuntimeError::InvalidId {
-            id: id.to_owned(),
-            reason: reason.to_owned(),
-        })
-    };
-    if id.is_empty() {
-        return bad("it is empty");
-    }
-    if id == "." || id == ".." {
-        return bad("it is a path component");
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.')))
-    {
-        return bad(&format!("it contains {c:?}"));
-    }
-    Ok(())
+    Ok(airlock_contract::validate_id(id)?)
 }
 
 /// Reaps every child of this process. Only used on the failed-create path, where the only
@@ -727,8 +709,11 @@ fn remove_cgroup_leaf(id: &str, cg_path: &Path) {
 
 fn map_create_error(id: &str, e: &LibcontainerError, root: &Path) -> RuntimeError {
     let text = one_line_chain(e);
-    if let Some(msg) = extract_message(&text) {
-        return RuntimeError::Message(msg.to_owned());
+    if let Some((kind, message)) = extract_message(&text) {
+        return RuntimeError::FromInit {
+            kind,
+            message: message.to_owned(),
+        };
     }
     if text.contains("No space left on device") && text.contains(&*root.to_string_lossy()) {
         return RuntimeError::Io(format!(
@@ -836,11 +821,12 @@ mod tests {
     }
 
     #[test]
-    fn ids_follow_libcontainer_rules() {
+    fn ids_follow_the_shims_rules() {
         assert!(validate_id("abc-1.2_3+x").is_ok());
         for bad in ["", ".", "..", "a/b", "a b", "ä"] {
             let e = validate_id(bad).unwrap_err();
-            assert!(e.to_string().starts_with("invalid container id"), "{e}");
+            assert!(e.to_string().starts_with("container id"), "{e}");
+            assert_eq!(e.kind(), airlock_contract::ErrorKind::InvalidArgument);
         }
     }
 
