@@ -421,7 +421,7 @@ impl Report {
                 ));
             }
             if self.baseline.iter().any(|b| b.name == "airlock-runtime") {
-                s.push_str("\nAirlock's shim starts a container without poststart hooks and deletes a stopped one without executing `airlock-runtime` (README, \"Start and delete without a process\"): on its containerd path only create runs the runtime, so the floor's start and delete for `airlock-runtime` are not part of that path, and its `containerd + shim` figure is understated by about their sum.\n");
+                s.push_str("\nAirlock's shim starts a container without poststart hooks and deletes a stopped one without executing `airlock-runtime` (docs/design/start-path.md, \"Start and delete without a process\"): on its containerd path only create runs the runtime, so the floor's start and delete for `airlock-runtime` are not part of that path, and its `containerd + shim` figure is understated by about their sum.\n");
             }
         }
 
