@@ -225,6 +225,72 @@ fn range_released_after_shim_crash(v: Version) {
     assert_clean(&ctd, &ns, std::slice::from_ref(&id));
 }
 
+/// Two containerd instances on one node, with different state dirs (containerd 1.6 and 2.1),
+/// start pods at the same time: every pod gets a range of its own, because the registry of
+/// ranges is one directory for every shim on the node, whichever containerd started it.
+#[test]
+fn two_containerds_hand_out_disjoint_ranges() {
+    const PODS: usize = 4;
+    let ctds = [
+        shared(Version::V1_6).unwrap(),
+        shared(Version::V2_1).unwrap(),
+    ];
+    let namespaces: Vec<String> = ctds
+        .iter()
+        .map(|c| c.new_namespace("userns-two").unwrap())
+        .collect();
+    let loop_ = [
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while :; do sleep 0.1; done",
+    ];
+    let ids: Vec<Vec<String>> = (0..2)
+        .map(|_| (0..PODS).map(|i| uid(&format!("two{i}"))).collect())
+        .collect();
+    let pids: Vec<i32> = rt().block_on(async {
+        let mut all = Vec::new();
+        for ((ctd, ns), ids) in ctds.iter().zip(&namespaces).zip(&ids) {
+            let c = ctd.client().await.unwrap();
+            for id in ids {
+                let (ctd, ns, id, c) = (ctd.clone(), ns.clone(), id.clone(), c.clone());
+                all.push(tokio::spawn(async move {
+                    let s = spec(&ctd, &ns, &id, &loop_, None);
+                    c.create(&ns, &id, Runtime::Airlock, s).await.unwrap();
+                    c.start(&ns, &id).await.unwrap() as i32
+                }));
+            }
+        }
+        let mut pids = Vec::new();
+        for h in all {
+            pids.push(h.await.unwrap());
+        }
+        pids
+    });
+    let hosts: Vec<u64> = pids
+        .iter()
+        .map(|pid| parse_map(&std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap()).1)
+        .collect();
+    for (i, a) in hosts.iter().enumerate() {
+        for b in &hosts[i + 1..] {
+            assert!(a.abs_diff(*b) >= SIZE, "two pods share ids: {hosts:?}");
+        }
+    }
+    for ((ctd, ns), ids) in ctds.iter().zip(&namespaces).zip(&ids) {
+        for id in ids {
+            let _ = ctd.ctr(Some(ns), &["tasks", "kill", "-s", "KILL", id]);
+        }
+        rt().block_on(async {
+            let c = ctd.client().await.unwrap();
+            for id in ids {
+                let _ = c.wait(ns, id, Duration::from_secs(10)).await;
+                let _ = c.delete_task(ns, id).await;
+                c.delete_container(ns, id).await.unwrap();
+            }
+        });
+        assert_clean(ctd, ns, ids);
+    }
+}
+
 /// create+start+wait+delete p50 through containerd, interleaved: airlock with its user
 /// namespace (agent-strict) and a network namespace of its own, the same on a spec that joins a
 /// network namespace made beforehand (as a CRI pod's sandbox joins CNI's: joined before the user
