@@ -8,7 +8,11 @@ fn main() {
     let policy = airlock_policies::builtin(&name).expect("a built-in policy name");
     let mut spec: oci_spec::runtime::Spec =
         serde_json::from_reader(std::io::stdin()).expect("an OCI config.json on stdin");
-    for line in policy.apply(&mut spec).expect("the spec fits the policy") {
+    for line in policy
+        .apply(&mut spec)
+        .expect("the spec fits the policy")
+        .lines()
+    {
         eprintln!("{line}");
     }
     serde_json::to_writer(std::io::stdout(), &spec).expect("write the spec");

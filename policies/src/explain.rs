@@ -70,7 +70,10 @@ pub struct Explanation {
 /// Explain `policy` by applying it to a default spec (what `ctr run` or a plain pod sends).
 pub fn explain(policy: &Policy) -> Explanation {
     let mut spec = Spec::default();
-    let enforced = policy.apply(&mut spec).map_err(|e| e.to_string());
+    let enforced = policy
+        .apply(&mut spec)
+        .map(|r| r.lines())
+        .map_err(|e| e.to_string());
     let linux = spec.linux().as_ref();
     Explanation {
         name: policy.name.clone(),

@@ -8,6 +8,7 @@
 use oci_spec::runtime::{Linux, LinuxNamespace, LinuxNamespaceType, Mount, Spec};
 
 use crate::model::set_namespace;
+use crate::report::Report;
 use crate::Policy;
 
 /// A mount the container can write to: not read-only, and not a kernel view whose files are
@@ -22,7 +23,7 @@ fn writable(m: &Mount) -> bool {
 }
 
 /// Lowers the hardening rules of `policy` onto `spec`, appending what it enforced.
-pub(crate) fn apply(policy: &Policy, spec: &mut Spec, enforced: &mut Vec<String>) {
+pub(crate) fn apply(policy: &Policy, spec: &mut Spec, report: &mut Report) {
     let fs = &policy.filesystem;
     let mut mounts: Vec<Mount> = spec.mounts().clone().unwrap_or_default();
     if fs.noexec_writable {
@@ -36,7 +37,7 @@ pub(crate) fn apply(policy: &Policy, spec: &mut Spec, enforced: &mut Vec<String>
             }
             m.set_options(Some(opts));
         }
-        enforced.push(if changed.is_empty() {
+        report.enforce(if changed.is_empty() {
             "writable mounts: noexec".into()
         } else {
             format!("writable mounts: noexec (added on {})", changed.join(", "))
@@ -55,7 +56,7 @@ pub(crate) fn apply(policy: &Policy, spec: &mut Spec, enforced: &mut Vec<String>
             }
             m.set_options(Some(opts));
         }
-        enforced.push(format!("devpts: at most {max} ptys"));
+        report.enforce(format!("devpts: at most {max} ptys"));
     }
     spec.set_mounts(Some(mounts));
     if !fs.masked_paths.is_empty() {
@@ -67,14 +68,14 @@ pub(crate) fn apply(policy: &Policy, spec: &mut Spec, enforced: &mut Vec<String>
                 }
             }
             linux.set_masked_paths(Some(masked));
-            enforced.push(format!("masked: {}", fs.masked_paths.join(", ")));
+            report.enforce(format!("masked: {}", fs.masked_paths.join(", ")));
         }
     }
     if policy.namespaces.unprivileged_ports {
-        unprivileged_ports(spec, enforced);
+        unprivileged_ports(spec, report);
     }
     if policy.process.memfd_noexec {
-        memfd_noexec(spec, enforced);
+        memfd_noexec(spec, report);
     }
     if policy.namespaces.private_cgroup {
         let has_own = spec.linux().as_ref().is_some_and(|l| {
@@ -83,7 +84,7 @@ pub(crate) fn apply(policy: &Policy, spec: &mut Spec, enforced: &mut Vec<String>
         if !has_own {
             set_namespace(spec, LinuxNamespaceType::Cgroup, None);
         }
-        enforced.push("cgroup namespace: private".into());
+        report.enforce("cgroup namespace: private");
     }
 }
 
@@ -99,7 +100,7 @@ pub const MEMFD_NOEXEC: &str = "vm.memfd_noexec";
 /// `vm.memfd_noexec = 2` in the container's new pid namespace (the vendored libcontainer's init
 /// writes it there): code the container writes into a memfd cannot be executed from it, as
 /// from any of its writable mounts. A pid namespace joined by path is left as it is.
-fn memfd_noexec(spec: &mut Spec, enforced: &mut Vec<String>) {
+fn memfd_noexec(spec: &mut Spec, report: &mut Report) {
     let Some(linux) = spec.linux_mut() else {
         return;
     };
@@ -109,7 +110,7 @@ fn memfd_noexec(spec: &mut Spec, enforced: &mut Vec<String>) {
     let mut sysctl = linux.sysctl().clone().unwrap_or_default();
     sysctl.insert(MEMFD_NOEXEC.into(), "2".into());
     linux.set_sysctl(Some(sysctl));
-    enforced.push("memfd: no executable memfd (vm.memfd_noexec = 2)".into());
+    report.enforce("memfd: no executable memfd (vm.memfd_noexec = 2)");
 }
 
 /// The sysctl that lets a process without CAP_NET_BIND_SERVICE bind ports below it.
@@ -119,7 +120,7 @@ const PORT_START: &str = "net.ipv4.ip_unprivileged_port_start";
 /// Docker sets it), so a server binds port 80 without a capability. Set where the namespace
 /// is made: for a container with a new one, and for a CRI pod's sandbox (its app containers
 /// join the namespace). Never for the node's namespace, and never over the pod's own value.
-fn unprivileged_ports(spec: &mut Spec, enforced: &mut Vec<String>) {
+fn unprivileged_ports(spec: &mut Spec, report: &mut Report) {
     let sandbox = spec
         .annotations()
         .as_ref()
@@ -139,12 +140,12 @@ fn unprivileged_ports(spec: &mut Spec, enforced: &mut Vec<String>) {
     }
     sysctl.insert(PORT_START.into(), "0".into());
     linux.set_sysctl(Some(sysctl));
-    enforced.push("ports: any port binds without a capability (own network namespace)".into());
+    report.enforce("ports: any port binds without a capability (own network namespace)");
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::PolicySet;
+    use crate::{PolicySet, Report};
     use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
     fn spec() -> Spec {
@@ -201,8 +202,8 @@ mod tests {
     fn agent_strict_hardens_every_writable_mount_devpts_proc_and_cgroup() {
         let p = builtin("agent-strict");
         let mut s = spec();
-        let mut enforced = Vec::new();
-        super::apply(&p, &mut s, &mut enforced);
+        let mut report = Report::new("test");
+        super::apply(&p, &mut s, &mut report);
         for dst in ["/dev", "/dev/shm", "/run"] {
             let o = mount_opts(&s, dst);
             assert!(o.contains(&"noexec".to_string()), "{dst}: {o:?}");
@@ -228,7 +229,7 @@ mod tests {
             .unwrap()
             .iter()
             .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none()));
-        let text = enforced.join("; ");
+        let text = report.enforced.join("; ");
         assert!(
             text.contains("noexec (added on /dev, /dev/shm, /run)"),
             "{text}"
@@ -241,15 +242,15 @@ mod tests {
         let p = builtin("agent-strict");
         let port = |s: &Spec| sysctl(s, super::PORT_START);
         let mut s = spec();
-        super::apply(&p, &mut s, &mut Vec::new());
+        super::apply(&p, &mut s, &mut Report::default());
         assert_eq!(port(&s), None, "the node's network namespace");
         crate::set_namespace(&mut s, LinuxNamespaceType::Network, None);
-        super::apply(&p, &mut s, &mut Vec::new());
+        super::apply(&p, &mut s, &mut Report::default());
         assert_eq!(port(&s).as_deref(), Some("0"));
         let mut app = spec();
         let netns = std::path::Path::new("/proc/42/ns/net");
         crate::set_namespace(&mut app, LinuxNamespaceType::Network, Some(netns));
-        super::apply(&p, &mut app, &mut Vec::new());
+        super::apply(&p, &mut app, &mut Report::default());
         assert_eq!(port(&app), None, "a CRI app container joins its sandbox's");
         let mut sandbox = app.clone();
         sandbox.set_annotations(Some(
@@ -259,7 +260,7 @@ mod tests {
             )]
             .into(),
         ));
-        super::apply(&p, &mut sandbox, &mut Vec::new());
+        super::apply(&p, &mut sandbox, &mut Report::default());
         assert_eq!(port(&sandbox).as_deref(), Some("0"));
     }
 
@@ -269,7 +270,7 @@ mod tests {
         assert!(p.process.memfd_noexec);
         let memfd = |s: &Spec| sysctl(s, super::MEMFD_NOEXEC);
         let mut s = spec();
-        super::apply(&p, &mut s, &mut Vec::new());
+        super::apply(&p, &mut s, &mut Report::default());
         assert_eq!(memfd(&s).as_deref(), Some("2"));
         let mut shared = spec();
         crate::set_namespace(
@@ -277,7 +278,7 @@ mod tests {
             LinuxNamespaceType::Pid,
             Some(std::path::Path::new("/proc/42/ns/pid")),
         );
-        super::apply(&p, &mut shared, &mut Vec::new());
+        super::apply(&p, &mut shared, &mut Report::default());
         assert_eq!(
             memfd(&shared),
             None,
@@ -308,9 +309,9 @@ mod tests {
         let p = builtin("baseline");
         let mut s = spec();
         let before = s.clone();
-        let mut enforced = Vec::new();
-        super::apply(&p, &mut s, &mut enforced);
+        let mut report = Report::new("test");
+        super::apply(&p, &mut s, &mut report);
         assert_eq!(s, before);
-        assert!(enforced.is_empty(), "{enforced:?}");
+        assert!(report.enforced.is_empty(), "{report:?}");
     }
 }

@@ -15,6 +15,7 @@ use std::path::{Component, Path};
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, Mount, Spec};
 
 use crate::model::Policy;
+use crate::report::Report;
 use crate::Result;
 
 /// The annotation containerd's CRI sets to the pod's sandbox id.
@@ -164,11 +165,7 @@ impl Policy {
     /// Writable bind mounts of host paths: allowed under `filesystem.writable_host_paths` and in
     /// the pod's own runtime-made directories; otherwise refused, or made read-only in clamp
     /// mode.
-    pub(crate) fn apply_host_mounts(
-        &self,
-        spec: &mut Spec,
-        enforced: &mut Vec<String>,
-    ) -> Result<()> {
+    pub(crate) fn apply_host_mounts(&self, spec: &mut Spec, report: &mut Report) -> Result<()> {
         let pod = PodDirs::of(spec);
         let allowed = |source: &Path| {
             pod.contain(source)
@@ -204,7 +201,7 @@ impl Policy {
                 "use a volume of the pod's own, or have the operator list the path in \
                  filesystem.readonly_host_paths (or writable_host_paths)",
                 "left out",
-                enforced,
+                report,
             )?;
             left_out.push(i);
         }
@@ -231,7 +228,7 @@ impl Policy {
                 ),
                 "mount it read-only, or have the operator list it in filesystem.writable_host_paths",
                 "made read-only",
-                enforced,
+                report,
             )?;
             let mut options: Vec<String> = m
                 .options()
@@ -243,13 +240,13 @@ impl Policy {
             options.push("ro".into());
             m.set_options(Some(options));
         }
-        enforced.push(summary(
+        report.enforce(summary(
             &self.filesystem.writable_host_paths,
             "host paths: no writable bind mounts beyond the pod's own runtime dirs",
             "host paths: writable bind mounts only under",
         ));
         if let Some(list) = &self.filesystem.readonly_host_paths {
-            enforced.push(summary(
+            report.enforce(summary(
                 list,
                 "host paths: no bind mounts at all beyond the pod's own runtime dirs",
                 "host paths: read-only bind mounts only under",
@@ -261,7 +258,7 @@ impl Policy {
     /// Device nodes beyond the standard set (`linux.devices`) and cgroup device rules that
     /// allow more than it (`linux.resources.devices`): allowed when listed in
     /// `filesystem.devices`; otherwise refused, or left out in clamp mode.
-    pub(crate) fn apply_devices(&self, spec: &mut Spec, enforced: &mut Vec<String>) -> Result<()> {
+    pub(crate) fn apply_devices(&self, spec: &mut Spec, report: &mut Report) -> Result<()> {
         let listed = |p: &Path| {
             STANDARD_DEVICES.iter().any(|d| Path::new(d) == p)
                 || self.filesystem.devices.iter().any(|d| Path::new(d) == p)
@@ -282,7 +279,7 @@ impl Policy {
                         format!("device {}", d.path().display()),
                         "leave the device out, or have the operator list it in filesystem.devices",
                         "left out",
-                        enforced,
+                        report,
                     )?;
                 }
                 linux.set_devices(Some(kept));
@@ -308,7 +305,7 @@ impl Policy {
                         cgroup_rule_text(&d),
                         "allow only the standard devices, or have the operator list the device in filesystem.devices",
                         "left out",
-                        enforced,
+                        report,
                     )?;
                 }
                 if let Some(r) = linux.resources_mut() {
@@ -316,7 +313,7 @@ impl Policy {
                 }
             }
         }
-        enforced.push(summary(
+        report.enforce(summary(
             &self.filesystem.devices,
             "devices: the standard set only",
             "devices: the standard set and",
@@ -437,15 +434,15 @@ mod tests {
         let mut c = clamp("agent-strict");
         c.filesystem.readonly_host_paths = Some(vec![]);
         let mut spec = with_mounts(vec![bind("/etc", "/host-etc", &["rbind", "ro"])], &[]);
-        let enforced = c.apply(&mut spec).unwrap();
+        let report = c.apply(&mut spec).unwrap();
         assert!(!spec
             .mounts()
             .iter()
             .flatten()
             .any(|m| m.destination() == Path::new("/host-etc")));
         assert!(
-            enforced.iter().any(|l| l.contains("(left out)")),
-            "{enforced:?}"
+            report.clamped.iter().any(|c| c.done.contains("left out")),
+            "{report:?}"
         );
     }
 
@@ -464,7 +461,7 @@ mod tests {
         let mut spec = with_mounts(vec![bind("/etc", "/host-etc", &["rbind", "rw"])], &[]);
         let mut p = clamp("agent-strict");
         p.filesystem.readonly_host_paths = Some(vec!["/etc".into()]);
-        let enforced = p.apply(&mut spec).unwrap();
+        let report = p.apply(&mut spec).unwrap();
         let m = spec
             .mounts()
             .as_ref()
@@ -478,10 +475,11 @@ mod tests {
             "{opts:?}"
         );
         assert!(
-            enforced
+            report
+                .clamped
                 .iter()
-                .any(|l| l.starts_with("clamped: mounts") && l.contains("made read-only")),
-            "{enforced:?}"
+                .any(|c| c.field == "mounts" && c.done.contains("made read-only")),
+            "{report:?}"
         );
     }
 
@@ -526,7 +524,7 @@ mod tests {
         );
 
         let mut spec = with_device("/dev/fuse", 10, 229);
-        let enforced = clamp("agent-strict").apply(&mut spec).unwrap();
+        let report = clamp("agent-strict").apply(&mut spec).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.devices().as_ref().unwrap().is_empty());
         let rules = linux
@@ -537,14 +535,7 @@ mod tests {
             .clone()
             .unwrap();
         assert!(rules.iter().all(standard_rule), "{rules:?}");
-        assert_eq!(
-            enforced
-                .iter()
-                .filter(|l| l.starts_with("clamped:"))
-                .count(),
-            2,
-            "{enforced:?}"
-        );
+        assert_eq!(report.clamped.len(), 2, "{report:?}");
 
         // Listed by the operator: kept, with its cgroup rule.
         let mut p = builtin("agent-strict").unwrap();

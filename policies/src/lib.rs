@@ -16,6 +16,7 @@ mod host_access;
 mod locate;
 mod model;
 mod pod_seccomp;
+mod report;
 mod seccomp;
 mod seccomp_tree;
 mod store;
@@ -29,6 +30,7 @@ pub use model::{
     set_namespace, Filesystem, Limits, Namespaces, OnExcess, Policy, ProcessRules, Tmpfs,
 };
 pub use pod_seccomp::compile_pod_profile;
+pub use report::{Clamp, Report};
 pub use seccomp::{is_syscall, native_arch, Seccomp, SeccompMode, SeccompProgram};
 pub use userns::{IdRange, UserNamespace, DEFAULT_RANGE_SIZE};
 

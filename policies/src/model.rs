@@ -9,6 +9,7 @@ use oci_spec::runtime::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::report::{Clamp, Report};
 use crate::seccomp::{native_arch, Seccomp, SeccompMode, SeccompProgram};
 use crate::userns::{IdRange, UserNamespace};
 use crate::{Error, Result};
@@ -359,19 +360,23 @@ impl Policy {
     }
 
     /// The container asks for more than the policy allows: refuse, or in clamp mode record
-    /// `clamped: <field> = <asked> (<done>)` in `enforced` and let the caller lower the spec.
+    /// the [`Clamp`] in `report` and let the caller lower the spec.
     pub(crate) fn excess(
         &self,
         field: &'static str,
         asked: impl Into<String>,
         hint: impl Into<String>,
         done: &str,
-        enforced: &mut Vec<String>,
+        report: &mut Report,
     ) -> Result<()> {
         match self.on_excess {
             OnExcess::Refuse => Err(self.refused(field, asked, hint)),
             OnExcess::Clamp => {
-                enforced.push(format!("clamped: {field} = {} ({done})", asked.into()));
+                report.clamped.push(Clamp {
+                    field,
+                    asked: asked.into(),
+                    done: done.to_owned(),
+                });
                 Ok(())
             }
         }
@@ -391,10 +396,10 @@ impl Policy {
         }
     }
 
-    /// Lower `spec` to this policy. Returns what was enforced, one line per rule, for
-    /// logs and `airlock policy explain`. A namespace the spec joins by path counts as the
+    /// Lower `spec` to this policy. Returns what was enforced and what was clamped (the
+    /// [`Report`] that logs and `airlock policy explain` show). A namespace the spec joins by path counts as the
     /// host's: use [`Policy::apply_on_node`] where the node can tell.
-    pub fn apply(&self, spec: &mut Spec) -> Result<Vec<String>> {
+    pub fn apply(&self, spec: &mut Spec) -> Result<Report> {
         self.apply_on_node(spec, &|_, _| true)
     }
 
@@ -405,7 +410,7 @@ impl Policy {
         &self,
         spec: &mut Spec,
         is_host_ns: &dyn Fn(LinuxNamespaceType, &Path) -> bool,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Report> {
         self.apply_in_pod(spec, is_host_ns, None)
     }
 
@@ -417,25 +422,25 @@ impl Policy {
         spec: &mut Spec,
         is_host_ns: &dyn Fn(LinuxNamespaceType, &Path) -> bool,
         userns: Option<IdRange>,
-    ) -> Result<Vec<String>> {
-        let mut enforced = Vec::new();
-        self.apply_namespaces(spec, is_host_ns, &mut enforced)?;
-        self.apply_user_namespace(spec, is_host_ns, userns, &mut enforced)?;
-        self.apply_process(spec, &mut enforced)?;
-        self.apply_host_mounts(spec, &mut enforced)?;
-        self.apply_devices(spec, &mut enforced)?;
-        self.apply_filesystem(spec, &mut enforced);
-        crate::harden::apply(self, spec, &mut enforced);
-        self.apply_limits(spec, &mut enforced);
-        enforced.push(self.seccomp_summary());
-        Ok(enforced)
+    ) -> Result<Report> {
+        let mut report = Report::new(&self.name);
+        self.apply_namespaces(spec, is_host_ns, &mut report)?;
+        self.apply_user_namespace(spec, is_host_ns, userns, &mut report)?;
+        self.apply_process(spec, &mut report)?;
+        self.apply_host_mounts(spec, &mut report)?;
+        self.apply_devices(spec, &mut report)?;
+        self.apply_filesystem(spec, &mut report);
+        crate::harden::apply(self, spec, &mut report);
+        self.apply_limits(spec, &mut report);
+        report.enforce(self.seccomp_summary());
+        Ok(report)
     }
 
     fn apply_namespaces(
         &self,
         spec: &mut Spec,
         is_host_ns: &dyn Fn(LinuxNamespaceType, &Path) -> bool,
-        enforced: &mut Vec<String>,
+        report: &mut Report,
     ) -> Result<()> {
         let private: HashSet<LinuxNamespaceType> = spec
             .linux()
@@ -456,16 +461,16 @@ impl Policy {
                     format!("host {name} namespace"),
                     format!("give the container its own {name} namespace"),
                     &format!("given its own {name} namespace"),
-                    enforced,
+                    report,
                 )?;
                 set_namespace(spec, typ, None);
             }
         }
-        enforced.push("namespaces: private pid, ipc, uts, network, mount".into());
+        report.enforce("namespaces: private pid, ipc, uts, network, mount");
         Ok(())
     }
 
-    fn apply_process(&self, spec: &mut Spec, enforced: &mut Vec<String>) -> Result<()> {
+    fn apply_process(&self, spec: &mut Spec, report: &mut Report) -> Result<()> {
         let allowed: HashSet<Capability> = self
             .process
             .capabilities
@@ -504,7 +509,7 @@ impl Policy {
                     format!("CAP_{c}"),
                     "drop the capability from the pod's securityContext",
                     "dropped",
-                    enforced,
+                    report,
                 )?;
             }
             let lower = |set: &Option<HashSet<Capability>>| {
@@ -518,7 +523,7 @@ impl Policy {
             caps.set_ambient(lower(caps.ambient()));
             process.set_capabilities(Some(caps));
         }
-        enforced.push(format!(
+        report.enforce(format!(
             "capabilities: {}",
             if self.process.capabilities.is_empty() {
                 "none".to_string()
@@ -528,17 +533,17 @@ impl Policy {
         ));
         if self.process.no_new_privileges {
             process.set_no_new_privileges(Some(true));
-            enforced.push("no_new_privs: on".into());
+            report.enforce("no_new_privs: on");
         }
         Ok(())
     }
 
-    fn apply_filesystem(&self, spec: &mut Spec, enforced: &mut Vec<String>) {
+    fn apply_filesystem(&self, spec: &mut Spec, report: &mut Report) {
         if self.filesystem.readonly_rootfs {
             if let Some(root) = spec.root_mut() {
                 root.set_readonly(Some(true));
             }
-            enforced.push("rootfs: read-only".into());
+            report.enforce("rootfs: read-only");
         }
         let mut mounts: Vec<Mount> = spec.mounts().clone().unwrap_or_default();
         for t in &self.filesystem.tmpfs {
@@ -562,7 +567,7 @@ impl Policy {
                 .build()
                 .expect("all fields set");
             mounts.push(m);
-            enforced.push(format!("tmpfs: {} (size {}, noexec)", t.path, t.size));
+            report.enforce(format!("tmpfs: {} (size {}, noexec)", t.path, t.size));
         }
         spec.set_mounts(Some(mounts));
         if let Some(linux) = spec.linux_mut() {
@@ -580,7 +585,7 @@ impl Policy {
                 }
             }
             linux.set_readonly_paths(Some(ro));
-            enforced.push("masked /proc and /sys paths: as runc, at least".into());
+            report.enforce("masked /proc and /sys paths: as runc, at least");
         }
     }
 
@@ -595,7 +600,7 @@ impl Policy {
         format!("seccomp: {what}, {} allowlist of {count} syscalls", s.base)
     }
 
-    fn apply_limits(&self, spec: &mut Spec, enforced: &mut Vec<String>) {
+    fn apply_limits(&self, spec: &mut Spec, report: &mut Report) {
         let Some(linux) = spec.linux_mut() else {
             return;
         };
@@ -615,7 +620,7 @@ impl Policy {
                     .build()
                     .expect("limit set"),
             ));
-            enforced.push(format!("pids.max: {limit}"));
+            report.enforce(format!("pids.max: {limit}"));
         }
         if let Some(memory) = self.limits.memory.as_deref().and_then(parse_size) {
             let mut m = (*resources.memory()).unwrap_or_default();
@@ -640,7 +645,7 @@ impl Policy {
                 if !unified.is_empty() {
                     resources.set_unified(Some(unified));
                 }
-                enforced.push(format!(
+                report.enforce(format!(
                     "memory.max: {} (default; the pod set none){}{}",
                     self.limits.memory.as_deref().unwrap_or_default(),
                     self.limits
@@ -656,7 +661,7 @@ impl Policy {
                 ));
                 resources.set_memory(Some(m));
             } else {
-                enforced.push("memory.max: the pod's own limit".into());
+                report.enforce("memory.max: the pod's own limit");
             }
         }
         if let Some(cpus) = self.limits.cpus {
@@ -666,9 +671,9 @@ impl Policy {
                 c.set_period(Some(PERIOD));
                 c.set_quota(Some((cpus * PERIOD as f64).round() as i64));
                 resources.set_cpu(Some(c));
-                enforced.push(format!("cpu.max: {cpus} CPUs (default; the pod set none)"));
+                report.enforce(format!("cpu.max: {cpus} CPUs (default; the pod set none)"));
             } else {
-                enforced.push("cpu.max: the pod's own quota".into());
+                report.enforce("cpu.max: the pod's own quota");
             }
         }
         if let Some(weight) = self.limits.io_weight {
@@ -676,9 +681,9 @@ impl Policy {
             if io.weight().is_none_or(|w| w == 0) {
                 io.set_weight(Some(weight));
                 resources.set_block_io(Some(io));
-                enforced.push(format!("io weight: {weight} (default; the pod set none)"));
+                report.enforce(format!("io weight: {weight} (default; the pod set none)"));
             } else {
-                enforced.push("io weight: the pod's own".into());
+                report.enforce("io weight: the pod's own");
             }
         }
         linux.set_resources(Some(resources));
@@ -741,7 +746,7 @@ mod tests {
     fn strict_drops_default_caps_and_sets_nnp() {
         let mut spec = default_spec();
         let p = builtin("agent-strict").unwrap();
-        let enforced = p.apply(&mut spec).unwrap();
+        let report = p.apply(&mut spec).unwrap();
         let caps = spec
             .process()
             .as_ref()
@@ -756,7 +761,10 @@ mod tests {
             Some(true)
         );
         assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
-        assert!(enforced.iter().any(|l| l.starts_with("pids.max: 512")));
+        assert!(report
+            .enforced
+            .iter()
+            .any(|l| l.starts_with("pids.max: 512")));
         let mounts = spec.mounts().as_ref().unwrap();
         assert!(mounts
             .iter()
@@ -908,8 +916,9 @@ mod tests {
                     [filesystem]\nreadonly_rootfs = true\n[limits]\nio_weight = 300\n";
         let p = Policy::parse(text, "io.toml").unwrap();
         let mut spec = default_spec();
-        let enforced = p.apply(&mut spec).unwrap();
-        assert!(enforced
+        let report = p.apply(&mut spec).unwrap();
+        assert!(report
+            .enforced
             .iter()
             .any(|l| l == "io weight: 300 (default; the pod set none)"));
         let r = spec.linux().as_ref().unwrap().resources().clone().unwrap();

@@ -10,6 +10,7 @@ use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder, LinuxNamespaceTyp
 use serde::{Deserialize, Serialize};
 
 use crate::model::Policy;
+use crate::report::Report;
 use crate::Result;
 
 /// Ids per pod range: enough for every uid a distribution image uses (`nobody` is 65534).
@@ -127,7 +128,7 @@ impl Policy {
         spec: &mut Spec,
         is_host_ns: &dyn Fn(LinuxNamespaceType, &Path) -> bool,
         range: Option<IdRange>,
-        enforced: &mut Vec<String>,
+        report: &mut Report,
     ) -> Result<()> {
         if !self.user_namespace.enabled {
             return Ok(());
@@ -141,7 +142,7 @@ impl Policy {
                         "leave out the user namespace path, or set hostUsers: false",
                     ));
                 }
-                enforced.push(format!(
+                report.enforce(format!(
                     "user namespace: joins the pod's ({})",
                     path.display()
                 ));
@@ -166,7 +167,7 @@ impl Policy {
                         ));
                     }
                 }
-                enforced.push("user namespace: the pod's own mappings (host id 0 unmapped)".into());
+                report.enforce("user namespace: the pod's own mappings (host id 0 unmapped)");
                 return Ok(());
             }
             SpecUserNs::None => {}
@@ -174,15 +175,14 @@ impl Policy {
         if let Some(t) = joined_namespace(spec) {
             // The runtime joins namespaces given by path (a CNI network namespace of a pod)
             // before it creates the user namespace, as root of the node's user namespace.
-            enforced.push(format!(
+            report.enforce(format!(
                 "user namespace: joins the {t:?} namespace it is given before creating its own"
             ));
         }
         let Some(r) = range else {
-            enforced.push(
+            report.enforce(
                 "user namespace: required, not applied here (no host id range given; the shim \
-                 allocates one per pod)"
-                    .into(),
+                 allocates one per pod)",
             );
             return Ok(());
         };
@@ -205,7 +205,7 @@ impl Policy {
         let linux = spec.linux_mut().get_or_insert_with(Default::default);
         linux.set_uid_mappings(Some(vec![map(r.host_uid)]));
         linux.set_gid_mappings(Some(vec![map(r.host_gid)]));
-        enforced.push(format!(
+        report.enforce(format!(
             "user namespace: container root is host uid {} gid {} ({} ids)",
             r.host_uid, r.host_gid, self.user_namespace.size
         ));
@@ -272,10 +272,13 @@ mod tests {
                 p.user_namespace_range_needed(&spec),
                 Some(DEFAULT_RANGE_SIZE)
             );
-            let enforced = p.apply_in_pod(&mut spec, &no_host, Some(R)).unwrap();
+            let report = p.apply_in_pod(&mut spec, &no_host, Some(R)).unwrap();
             assert!(
-                enforced.iter().any(|l| l.contains("host uid 1073741824")),
-                "{enforced:?}"
+                report
+                    .enforced
+                    .iter()
+                    .any(|l| l.contains("host uid 1073741824")),
+                "{report:?}"
             );
             let linux = spec.linux().as_ref().unwrap();
             assert!(userns_of(&spec).unwrap().path().is_none());
@@ -297,11 +300,14 @@ mod tests {
     #[test]
     fn without_a_range_nothing_is_mapped_and_the_summary_says_so() {
         let mut spec = Spec::default();
-        let enforced = builtin("agent-strict").unwrap().apply(&mut spec).unwrap();
+        let report = builtin("agent-strict").unwrap().apply(&mut spec).unwrap();
         assert!(userns_of(&spec).is_none());
         assert!(
-            enforced.iter().any(|l| l.contains("not applied here")),
-            "{enforced:?}"
+            report
+                .enforced
+                .iter()
+                .any(|l| l.contains("not applied here")),
+            "{report:?}"
         );
     }
 
@@ -376,17 +382,18 @@ mod tests {
             strict.user_namespace_range_needed(&spec),
             Some(DEFAULT_RANGE_SIZE)
         );
-        let enforced = strict.apply_in_pod(&mut spec, &no_host, Some(R)).unwrap();
+        let report = strict.apply_in_pod(&mut spec, &no_host, Some(R)).unwrap();
         assert!(userns_of(&spec).unwrap().path().is_none());
         assert!(
-            enforced
-                .iter()
-                .any(|l| l.contains("Network namespace it is given")),
-            "{enforced:?}"
+            report.enforces("Network namespace it is given"),
+            "{report:?}"
         );
         assert!(
-            enforced.iter().any(|l| l.contains("host uid 1073741824")),
-            "{enforced:?}"
+            report
+                .enforced
+                .iter()
+                .any(|l| l.contains("host uid 1073741824")),
+            "{report:?}"
         );
     }
 

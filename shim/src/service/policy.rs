@@ -68,9 +68,9 @@ impl TaskService {
             }
         };
         let t_range = t0.elapsed();
-        let mut enforced = policy.apply_in_pod(&mut spec, &is_node_namespace, range)?;
+        let mut report = policy.apply_in_pod(&mut spec, &is_node_namespace, range)?;
         if let Some(line) = drop_memfd_noexec_without_kernel_support(&mut spec) {
-            enforced.push(line);
+            report.enforce(line);
         }
         let t_apply = t0.elapsed();
         if let Some(netns) = crate::netns::foreign_network_namespace(&spec) {
@@ -111,7 +111,7 @@ impl TaskService {
                 }
             }
             if sysfs.is_some() || !sysctls.is_empty() {
-                enforced.push(format!(
+                report.enforce(format!(
                     "pod network namespace: /sys mounted for it by the shim{}",
                     if sysctls.is_empty() {
                         String::new()
@@ -127,15 +127,16 @@ impl TaskService {
                 );
             }
         }
-        for line in enforced.iter().filter(|l| l.starts_with("clamped:")) {
-            warn!(policy = %policy.name, "{line}: the container asked for more than its policy allows (on_excess = \"clamp\")");
+        for c in &report.clamped {
+            warn!(policy = %report.policy, field = c.field, asked = %c.asked, "clamped: {c}: the container asked for more than its policy allows (on_excess = \"clamp\")");
         }
         info!(
             policy = %policy.name,
             handler = %config.handler(spec.annotations().as_ref()),
             config = %config.file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
             config_us,
-            enforced = %enforced.join("; "),
+            enforced = %report.enforced.join("; "),
+            clamped = report.clamped.len(),
             "policy applied"
         );
         if let Some(r) = range {
