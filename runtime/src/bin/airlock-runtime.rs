@@ -449,6 +449,40 @@ mod tests {
         );
     }
 
+    /// runtime/README.md documents every command and every long flag the CLI takes, and the
+    /// zygote's own argument.
+    #[test]
+    fn the_readme_lists_every_command_and_flag() {
+        use clap::CommandFactory;
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("runtime/README.md");
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        let mut flags = |cmd: &clap::Command| {
+            for a in cmd.get_arguments() {
+                if let Some(long) = a.get_long() {
+                    if long != "help" && long != "version" && !readme.contains(&format!("--{long}"))
+                    {
+                        missing.push(format!("--{long} ({})", cmd.get_name()));
+                    }
+                }
+            }
+        };
+        flags(&cli);
+        for sub in cli.get_subcommands() {
+            flags(sub);
+        }
+        for sub in cli.get_subcommands() {
+            if !readme.contains(&format!("  {} ", sub.get_name())) {
+                missing.push(format!("command {}", sub.get_name()));
+            }
+        }
+        if !readme.contains(zygote::ARG) {
+            missing.push(zygote::ARG.to_owned());
+        }
+        assert!(missing.is_empty(), "runtime/README.md lacks: {missing:?}");
+    }
+
     #[test]
     fn parses_runc_like_commands() {
         let c = Cli::try_parse_from([
