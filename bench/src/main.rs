@@ -653,3 +653,23 @@ fn goals(results: &[SubjectResult], cri: &[CriResult], memory: &[MemoryResult]) 
         goal("shim RSS per pod, MiB", rss, 4.0),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/benchmark/cold-start.md is what airlock-bench wrote from the run in
+    /// cold-start.json next to it, not a hand-edited page (`airlock-bench render` rewrites it).
+    #[test]
+    fn the_documented_report_is_the_benchmarks_own() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmark");
+        let report: Report =
+            serde_json::from_slice(&std::fs::read(dir.join("cold-start.json")).unwrap()).unwrap();
+        let page = std::fs::read_to_string(dir.join("cold-start.md")).unwrap();
+        assert!(
+            page == report.markdown(),
+            "docs/benchmark/cold-start.md differs from the report of cold-start.json: run \
+             `airlock-bench render docs/benchmark/cold-start.json` instead of editing it"
+        );
+    }
+}
