@@ -45,10 +45,7 @@ impl TaskService {
 
     pub(super) async fn do_update(&self, req: UpdateTaskRequest) -> Result<()> {
         let c = self.get(&req.id).await?;
-        c.phase
-            .lock()
-            .await
-            .allows(Check::Update, Subject::Container(&c.id), c.pid())?;
+        c.allows(Check::Update).await?;
         let any = req
             .resources
             .as_ref()
@@ -164,10 +161,7 @@ impl TaskService {
                 r => r,
             };
         }
-        c.phase
-            .lock()
-            .await
-            .allows(Check::Signal, Subject::Container(&c.id), c.pid())?;
+        c.allows(Check::Signal).await?;
         let r = c.pidfd.signal(req.signal as i32);
         if r.is_ok() && req.signal == libc::SIGKILL as u32 && *c.phase.lock().await == Phase::Paused
         {

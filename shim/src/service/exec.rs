@@ -8,10 +8,7 @@ impl TaskService {
     pub(super) async fn do_exec(&self, req: ExecProcessRequest) -> Result<()> {
         let c = self.get(&req.id).await?;
         validate_id(&req.exec_id)?;
-        c.phase
-            .lock()
-            .await
-            .allows(Check::Exec, Subject::Container(&c.id), c.pid())?;
+        c.allows(Check::Exec).await?;
         let any = req
             .spec
             .as_ref()
@@ -83,10 +80,7 @@ impl TaskService {
                     exec: exec_id,
                 },
             )?;
-            c.phase
-                .lock()
-                .await
-                .allows(Check::StartExecIn, Subject::Container(&c.id), c.pid())?;
+            c.allows(Check::StartExecIn).await?;
             let (child, mut copier) = stdio::setup(&e.stdio, &c.bundle)?;
             let pid_file = c.bundle.join(format!("exec-{exec_id}.pid"));
             let log = c.bundle.join(format!("exec-{exec_id}.log"));

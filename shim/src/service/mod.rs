@@ -172,6 +172,14 @@ impl Container {
         Ok(self.cgroup.get_or_init(|| cg))
     }
 
+    /// Whether the container's phase lets `check` go on (see `lifecycle.rs`).
+    async fn allows(&self, check: Check) -> Result<()> {
+        self.phase
+            .lock()
+            .await
+            .allows(check, Subject::Container(&self.id), self.pid())
+    }
+
     async fn exec(&self, exec_id: &str) -> Result<Arc<Exec>> {
         self.execs
             .lock()
