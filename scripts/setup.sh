@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 log() { printf '\n== %s\n' "$*" >&2; }
 
 PKGS=(containerd runc crun runsc busybox-static libseccomp-dev protobuf-compiler
-      libelf-dev zlib1g-dev pkg-config iproute2 util-linux containernetworking-plugins)
+      libelf-dev zlib1g-dev pkg-config iproute2 util-linux containernetworking-plugins patch)
 # The cgroup v2 test node (integration/node/run.sh): QEMU, Debian's cloud kernel (booted as the
 # guest; cgroup v2 only), and libcap-ng for building virtiofsd.
 if [ "${AIRLOCK_SKIP_NODE:-0}" != 1 ]; then
@@ -49,5 +49,29 @@ fi
 # containerd 2.1 for the compatibility tests, unpacked privately (never installed).
 log "containerd 2.1 (private copy)"
 bash integration/scripts/fetch-containerd2.sh "${AIRLOCK_CONTAINERD2_DIR:-/var/cache/airlock-test/containerd2}"
+
+# The published crates that third_party/ patches, in cargo's registry cache, where
+# `cargo test -p airlock-cli --test third_party` rebuilds each tree from them
+# (third_party/README.md, "How the trees are made"). Name and version come from each tree.
+crates=()
+for manifest in third_party/*/Cargo.toml; do
+  crate=$(awk -F'"' '/^\[/ { p = ($0 == "[package]") } p && /^name = / { n = $2 }
+                     p && /^version = / { v = $2 } END { print n " " v }' "$manifest")
+  compgen -G "${CARGO_HOME:-$HOME/.cargo}/registry/cache/*/${crate% *}-${crate#* }.crate" \
+    >/dev/null || crates+=("$crate")
+done
+if [ "${#crates[@]}" -gt 0 ]; then
+  log "cargo fetch: published ${crates[*]}"
+  fetch_dir=$(mktemp -d)
+  printf '[package]\nname = "airlock-fetch-published"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\n' \
+    >"$fetch_dir/Cargo.toml"
+  for crate in "${crates[@]}"; do
+    printf '%s = "=%s"\n' "${crate% *}" "${crate#* }" >>"$fetch_dir/Cargo.toml"
+  done
+  mkdir "$fetch_dir/src" && touch "$fetch_dir/src/lib.rs"
+  cargo fetch --quiet --manifest-path "$fetch_dir/Cargo.toml" \
+    --target "$(rustc -vV | sed -n 's/^host: //p')"
+  rm -rf "$fetch_dir"
+fi
 
 bash scripts/build.sh
