@@ -230,6 +230,30 @@ pub fn find_leaks_all(ctd: &Containerd, ns: &str, ids: &[String]) -> Leaks {
 
 /// Polls until no leaks are found for `ids` (cleanup is asynchronous in places), or returns the
 /// last finding after `timeout`.
+/// What each leaked process is doing (state, parent, kernel wait channel and stack), so that
+/// a leak can be explained from the test's output.
+pub fn describe_processes(leaks: &Leaks) -> String {
+    let read = |pid: i32, f: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{f}"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|e| format!("({e})"))
+    };
+    leaks
+        .processes
+        .iter()
+        .filter(|(pid, _)| *pid > 0)
+        .map(|(pid, _)| {
+            format!(
+                "process {pid}: stat {}; wchan {}; stack:\n{}",
+                read(*pid, "stat"),
+                read(*pid, "wchan"),
+                read(*pid, "stack")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn wait_no_leaks(ctd: &Containerd, ns: &str, ids: &[String], timeout: Duration) -> Leaks {
     wait_no_leaks_except(ctd, ns, ids, timeout, |_| {})
 }

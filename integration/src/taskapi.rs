@@ -180,7 +180,12 @@ impl Case {
             return;
         }
         let l = leaks::wait_no_leaks(&self.ctd, &self.ns, &self.ids, Duration::from_secs(10));
-        assert!(l.is_empty(), "leaks in {}: {l:#?}", self.ns);
+        assert!(
+            l.is_empty(),
+            "leaks in {}: {l:#?}\n{}",
+            self.ns,
+            leaks::describe_processes(&l)
+        );
     }
 
     pub fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> proc_util::Output {

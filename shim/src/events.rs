@@ -7,6 +7,9 @@
 //! built on the Create path (TaskCreate is the first event). The type names are fixed by
 //! containerd's API, so each event type carries its own and the envelope is handed to the
 //! publisher's queue (same queue, same retries) already packed.
+//!
+//! The task core publishes through an [`EventSink`]: containerd's publisher in the shim, a
+//! recorder in the core's unit tests.
 
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::protos::events::task::{
@@ -21,6 +24,32 @@ use containerd_shim::protos::shim::events::ForwardRequest;
 use containerd_shim::protos::shim_async::Events;
 use containerd_shim::TtrpcContext;
 use tracing::warn;
+
+/// Where the task core's events go.
+#[async_trait::async_trait]
+pub trait EventSink: Send + Sync + 'static {
+    /// Queues one packed event; a failure is logged (a publisher retries on its own).
+    async fn forward(&self, envelope: Envelope);
+}
+
+#[async_trait::async_trait]
+impl EventSink for RemotePublisher {
+    async fn forward(&self, envelope: Envelope) {
+        let topic = envelope.topic.clone();
+        let ctx = TtrpcContext {
+            mh: Default::default(),
+            metadata: Default::default(),
+            timeout_nano: 0,
+        };
+        let req = ForwardRequest {
+            envelope: MessageField::some(envelope),
+            ..Default::default()
+        };
+        if let Err(e) = <RemotePublisher as Events>::forward(self, &ctx, req).await {
+            warn!(topic, "publish event failed: {e}");
+        }
+    }
+}
 
 /// A task event with the protobuf type name containerd decodes it by.
 pub trait TaskEvent: Message {
@@ -65,25 +94,9 @@ pub fn envelope<E: TaskEvent>(namespace: &str, topic: &str, event: &E) -> Envelo
     }
 }
 
-/// Queue `event` for containerd; a failure is logged (the publisher retries on its own).
-pub async fn publish<E: TaskEvent>(
-    publisher: &RemotePublisher,
-    namespace: &str,
-    topic: &str,
-    event: E,
-) {
-    let ctx = TtrpcContext {
-        mh: Default::default(),
-        metadata: Default::default(),
-        timeout_nano: 0,
-    };
-    let req = ForwardRequest {
-        envelope: MessageField::some(envelope(namespace, topic, &event)),
-        ..Default::default()
-    };
-    if let Err(e) = publisher.forward(&ctx, req).await {
-        warn!(topic, "publish event failed: {e}");
-    }
+/// Queues `event` for containerd.
+pub async fn publish<E: TaskEvent>(sink: &dyn EventSink, namespace: &str, topic: &str, event: E) {
+    sink.forward(envelope(namespace, topic, &event)).await
 }
 
 #[cfg(test)]

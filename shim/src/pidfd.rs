@@ -16,12 +16,7 @@ pub struct PidFd {
     pid: i32,
 }
 
-/// How a process ended, in containerd's terms (128 + signal for a killed process).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExitInfo {
-    pub status: u32,
-    pub at: SystemTime,
-}
+pub use crate::sandbox::ExitInfo;
 
 impl PidFd {
     /// Open a pidfd; must run inside the tokio runtime.
@@ -75,6 +70,21 @@ impl PidFd {
                 None => guard.clear_ready(),
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::sandbox::Process for PidFd {
+    fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    fn signal(&self, signal: i32) -> std::io::Result<()> {
+        PidFd::signal(self, signal)
+    }
+
+    async fn wait(&self) -> std::io::Result<ExitInfo> {
+        PidFd::wait(self).await
     }
 }
 

@@ -26,8 +26,9 @@ use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::{Config, DeleteResponse, Error as ShimError, Flags, StartOpts};
 use tracing::{info, warn};
 
+use crate::process::{unmount, ProcessSandbox};
 use crate::runtime::Runtime;
-use crate::service::{unmount, TaskService};
+use crate::service::TaskService;
 
 /// Annotation containerd's CRI sets on every container of a pod.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
@@ -164,14 +165,12 @@ impl Shim for AirlockShim {
                 )
             }
         };
-        let service = TaskService::new(
+        TaskService::new(
             self.namespace.clone(),
-            publisher,
+            Arc::new(publisher),
             self.exit.clone(),
-            runtime,
-        );
-        service.warm_config();
-        service
+            Arc::new(ProcessSandbox::new(self.namespace.clone(), runtime)),
+        )
     }
 }
 
@@ -487,7 +486,7 @@ fn clean_up_after(namespace: &str, id: &str, bundle: &Path) -> DeleteResponse {
     if crate::bind_sources::cleanup(bundle) {
         found.push("bind sources");
     }
-    let member = crate::service::userns_member(namespace, id);
+    let member = crate::process::userns_member(namespace, id);
     match release_userns_member(&crate::userns::RangeAllocator::default(), &member, bundle) {
         Ok(Some(host)) => {
             info!(host, "user namespace range released");

@@ -217,6 +217,14 @@ async fn end_terminal_input(console: &Arc<Console>, last: Option<u8>) {
 }
 
 impl Copier {
+    /// A copier whose one output copy is `output` (the task core's unit tests).
+    #[cfg(test)]
+    pub fn with_output(output: JoinHandle<()>) -> Copier {
+        let mut copier = Copier::default();
+        copier.outputs.push(output);
+        copier
+    }
+
     /// With a terminal: takes the pty master the runtime sent over the console socket and
     /// starts copying (stdin FIFO -> master, master -> stdout FIFO). Returns the console
     /// (for resizes); `None` without a terminal. Call once the runtime has returned.

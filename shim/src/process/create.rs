@@ -1,39 +1,30 @@
-//! Task.Create: the policy applied (`policy.rs`), the rootfs mounted, the runtime's create,
-//! and the container registered with its exit and OOM watchers.
+//! Create in the process sandbox: the policy applied (`prepare.rs`), the rootfs mounted, the
+//! runtime's create, and the init's pidfd, `lo` and console.
 
-use super::policy::Applied;
-use super::*;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-impl TaskService {
-    pub(super) async fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+use containerd_shim::api::CreateTaskRequest;
+use tracing::info;
+
+use super::container::ProcessContainer;
+use super::prepare::Applied;
+use super::{unmount, ProcessSandbox};
+use crate::error::{Error, Result};
+use crate::pidfd::PidFd;
+use crate::runtime::IdmapRootfs;
+use crate::sandbox::Created;
+use crate::stdio::{self, StdioPaths};
+
+/// How long a failed create waits for the init it killed.
+const REAP_LIMIT: Duration = Duration::from_secs(2);
+
+impl ProcessSandbox {
+    /// [`crate::sandbox::Sandbox::create`]; on error, the caller gives back the user namespace
+    /// range claim and the bind sources.
+    pub(super) async fn create_prepared(&self, req: &CreateTaskRequest) -> Result<Created> {
         let t0 = Instant::now();
-        debug!(bundle = %req.bundle, "create request");
-        validate_id(&req.id)?;
-        if self.containers.lock().await.contains_key(&req.id) {
-            return Err(Error::AlreadyExists(format!("container {}", req.id)));
-        }
-        if !req.checkpoint.is_empty() {
-            return Err(Error::InvalidArgument(
-                "restoring from a checkpoint is not supported by airlock".into(),
-            ));
-        }
-        let id = req.id.clone();
-        let bundle = PathBuf::from(&req.bundle);
-        let r = self.create_checked(req, t0).await;
-        if r.is_err() {
-            self.release_userns(&id).await;
-            bind_sources::cleanup(&bundle);
-        }
-        r
-    }
-
-    /// [`Self::do_create`] once the id is known to be new here: on error, the caller gives
-    /// back the user namespace range claim.
-    pub(super) async fn create_checked(
-        &self,
-        req: CreateTaskRequest,
-        t0: Instant,
-    ) -> Result<CreateTaskResponse> {
         let bundle = PathBuf::from(&req.bundle);
         // Runs while the policy is applied; the rootfs is mounted only after it is done.
         let stale_work = tokio::task::spawn_blocking({
@@ -149,7 +140,7 @@ impl TaskService {
                 drop(copier);
                 let _ = pidfd.signal(libc::SIGKILL);
                 let _ = self.runtime.delete(&req.id, true).await;
-                let _ = tokio::time::timeout(DRAIN_LIMIT, pidfd.wait()).await;
+                let _ = tokio::time::timeout(REAP_LIMIT, pidfd.wait()).await;
                 return Err(fail(e));
             }
         }
@@ -160,55 +151,15 @@ impl TaskService {
                 let _ = pidfd.signal(libc::SIGKILL);
                 let _ = self.runtime.delete(&req.id, true).await;
                 // The init is our child (we are its subreaper): reap it.
-                let _ = tokio::time::timeout(DRAIN_LIMIT, pidfd.wait()).await;
+                let _ = tokio::time::timeout(REAP_LIMIT, pidfd.wait()).await;
                 return Err(fail(e));
             }
         };
-        let (tx, rx) = watch::channel(None);
-        let container = Arc::new(Container {
-            id: req.id.clone(),
-            bundle: bundle.clone(),
-            stdio: paths,
-            pidfd: pidfd.clone(),
-            rootfs_mounted,
-            phase: Mutex::new(Phase::Created),
-            exited: rx,
-            copier: Arc::new(Mutex::new(copier)),
-            console,
-            execs: Mutex::new(HashMap::new()),
-            cgroup: std::sync::OnceLock::new(),
-            oom: Mutex::new(OomCounter::default()),
-            update_rules,
-            poststart_hooks,
-            cleanup: Mutex::new(Cleanup::NotStarted),
-        });
-        self.containers
+        let pid = pidfd.pid();
+        self.inits
             .lock()
-            .await
-            .insert(req.id.clone(), container.clone());
-        self.spawn_exit_watcher(container.clone(), tx);
-        self.spawn_oom_watcher(container.clone());
-
-        let pid = container.pid();
-        self.publish(
-            topics::TASK_CREATE_EVENT_TOPIC,
-            TaskCreate {
-                container_id: req.id.clone(),
-                bundle: req.bundle.clone(),
-                rootfs: req.rootfs.clone(),
-                io: MessageField::some(TaskIO {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                    ..Default::default()
-                }),
-                checkpoint: req.checkpoint.clone(),
-                pid,
-                ..Default::default()
-            },
-        )
-        .await;
+            .unwrap()
+            .insert(req.id.clone(), pid as u32);
         info!(
             pid,
             policy_us = t_policy.as_micros() as u64,
@@ -217,11 +168,35 @@ impl TaskService {
             total_us = t0.elapsed().as_micros() as u64,
             "container created"
         );
-        Ok(CreateTaskResponse {
-            pid,
-            ..Default::default()
+        Ok(Created {
+            container: Arc::new(ProcessContainer::new(
+                self,
+                &req.id,
+                bundle,
+                pid,
+                rootfs_mounted,
+                poststart_hooks,
+            )),
+            init: pidfd,
+            copier,
+            console,
+            update_rules,
         })
     }
+}
+
+/// The pid the runtime wrote to `path`.
+pub(super) async fn read_pid(path: &Path) -> Result<i32> {
+    let s = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| Error::io(format!("read pid file {}", path.display()), e))?;
+    s.trim().parse().map_err(|_| {
+        Error::Runtime(format!(
+            "pid file {} holds {:?}, not a pid",
+            path.display(),
+            s.trim()
+        ))
+    })
 }
 
 /// Lets the container's root (host gid `gid`) traverse the bundle dir to its rootfs, as
@@ -249,7 +224,7 @@ pub(super) fn open_bundle_to(bundle: &Path, gid: u32) -> Result<()> {
 /// for the device (the directory's block is discarded), on every create's start path. A
 /// directory that is not empty, or in use, stays for overlayfs, as before. Whether it removed
 /// one.
-pub(super) fn remove_stale_overlay_work(mounts: &[containerd_shim::protos::api::Mount]) -> bool {
+fn remove_stale_overlay_work(mounts: &[containerd_shim::protos::api::Mount]) -> bool {
     let [m] = mounts else {
         return false;
     };
@@ -264,7 +239,7 @@ pub(super) fn remove_stale_overlay_work(mounts: &[containerd_shim::protos::api::
 
 /// The mounts without containerd's `uidmap=`/`gidmap=` options, whether there were any, and
 /// the host gid of the container's root from `gidmap=`.
-pub(super) fn strip_idmap_options(
+fn strip_idmap_options(
     mounts: &[containerd_shim::protos::api::Mount],
 ) -> (Vec<containerd_shim::protos::api::Mount>, bool, Option<u32>) {
     let mut gid = None;

@@ -1,19 +1,17 @@
 //! The pod's user namespace: the range its containers share, and the mappings a pod brings.
 
-use super::*;
+use std::path::PathBuf;
+use std::time::Instant;
 
-impl TaskService {
-    /// Gives `id`'s claim on its pod's user namespace range back (no-op without one).
-    pub(super) async fn release_userns(&self, id: &str) {
-        let (a, member) = (self.userns.clone(), userns_member(&self.namespace, id));
-        match tokio::task::spawn_blocking(move || a.release(&member)).await {
-            Ok(Ok(Some(host))) => info!(host, "user namespace range released (last container)"),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => warn!("release user namespace range: {e}"),
-            Err(e) => warn!("release user namespace range: {e}"),
-        }
-    }
+use airlock_policies::IdRange;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use tracing::info;
 
+use super::prepare::is_node_namespace;
+use super::{userns_member, ProcessSandbox};
+use crate::error::{Error, Result};
+
+impl ProcessSandbox {
     /// The user namespace of this pod's sandbox, when `spec` has none of its own and joins
     /// namespaces of one of this shim's running containers by `/proc/<pid>/ns/...` (CRI's app
     /// containers join their sandbox's network, IPC and UTS namespaces that way) and that
@@ -41,11 +39,11 @@ impl TaskService {
             return None;
         }
         let ours = self
-            .containers
+            .inits
             .lock()
-            .await
+            .unwrap()
             .values()
-            .any(|c| pids.contains(&c.pid()));
+            .any(|pid| pids.contains(pid));
         let pid = pids[0];
         if !ours || pids.iter().any(|p| *p != pid) {
             return None;

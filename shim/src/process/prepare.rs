@@ -2,10 +2,19 @@
 //! with it (network namespace, bind sources, cgroup path, user namespace range, seccomp
 //! programs).
 
-use super::create::open_bundle_to;
-use super::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-impl TaskService {
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use tracing::{debug, info, warn};
+
+use super::create::open_bundle_to;
+use super::ProcessSandbox;
+use crate::bind_sources;
+use crate::error::{Error, Result};
+use crate::service::check_terminal;
+
+impl ProcessSandbox {
     /// Resolve the container's policy (node config from the runtime options' `ConfigPath` or
     /// the default path, cached per shim; handler default or pod annotation) and write it
     /// into the bundle's config.json; returns the files of the seccomp programs to install
@@ -307,6 +316,7 @@ pub(super) struct Applied {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn the_userns_range_annotation_is_ours_alone() {

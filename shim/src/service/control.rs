@@ -15,9 +15,9 @@ impl TaskService {
             };
             let next = phase.next(t, Subject::Container(&c.id))?;
             if pause {
-                self.runtime.pause(&c.id).await?;
+                c.sandbox.pause().await?;
             } else {
-                self.runtime.resume(&c.id).await?;
+                c.sandbox.resume().await?;
             }
             *phase = next;
         }
@@ -62,14 +62,8 @@ impl TaskService {
                 ))
             })?;
         c.update_rules.check(&resources)?;
-        let file = c.bundle.join("update-resources.json");
-        tokio::fs::write(&file, &any.value)
-            .await
-            .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
         c.start_settled().await;
-        let r = self.runtime.update(&c.id, &file).await;
-        let _ = tokio::fs::remove_file(&file).await;
-        r
+        c.sandbox.update(&resources).await
     }
 
     pub(super) async fn do_close_io(&self, req: CloseIORequest) -> Result<()> {
@@ -130,7 +124,7 @@ impl TaskService {
         let c = self.get(&req.id).await?;
         if !req.exec_id.is_empty() {
             let e = c.exec(&req.exec_id).await?;
-            let Some(p) = e.pidfd.get().filter(|_| e.exited.borrow().is_none()) else {
+            let Some(p) = e.started.get().filter(|_| e.exited.borrow().is_none()) else {
                 return Err(Error::NotFound(format!(
                     "process of exec {} in {}: not running",
                     e.id, c.id
@@ -153,7 +147,7 @@ impl TaskService {
                 return Ok(());
             }
             c.start_settled().await;
-            return match self.runtime.kill(&c.id, req.signal, true).await {
+            return match c.sandbox.kill_all(req.signal).await {
                 Err(e) if matches!(c.cleanup_outcome().await, Some(Ok(_))) => {
                     debug!(id = %c.id, "kill --all raced the exit's cleanup, which found no process left: {e}");
                     Ok(())
@@ -162,11 +156,11 @@ impl TaskService {
             };
         }
         c.allows(Check::Signal).await?;
-        let r = c.pidfd.signal(req.signal as i32);
+        let r = c.init.signal(req.signal as i32);
         if r.is_ok() && req.signal == libc::SIGKILL as u32 && *c.phase.lock().await == Phase::Paused
         {
             // A frozen process dies only once thawed (runc does the same).
-            if let Err(e) = self.runtime.resume(&c.id).await {
+            if let Err(e) = c.sandbox.resume().await {
                 warn!(id = %c.id, "thaw after SIGKILL of a paused container: {e}");
             }
         }

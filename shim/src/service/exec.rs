@@ -22,7 +22,6 @@ impl TaskService {
         process.set_terminal(Some(req.terminal));
         let init = read_init_process(&c.bundle).await?;
         confine_exec(&mut process, &init);
-        let spec = c.bundle.join(format!("exec-{}.json", req.exec_id));
         let mut execs = c.execs.lock().await;
         if execs.contains_key(&req.exec_id) {
             return Err(Error::AlreadyExists(format!(
@@ -30,24 +29,19 @@ impl TaskService {
                 req.exec_id, c.id
             )));
         }
-        let raw = serde_json::to_vec(&process)
-            .map_err(|e| Error::InvalidArgument(format!("cannot serialise exec spec: {e}")))?;
-        tokio::fs::write(&spec, raw)
-            .await
-            .map_err(|e| Error::io(format!("write {}", spec.display()), e))?;
         let (tx, rx) = watch::channel(None);
         execs.insert(
             req.exec_id.clone(),
             Arc::new(Exec {
                 id: req.exec_id.clone(),
-                spec,
+                process,
                 stdio: StdioPaths {
                     stdin: req.stdin.clone(),
                     stdout: req.stdout.clone(),
                     stderr: req.stderr.clone(),
                     terminal: req.terminal,
                 },
-                pidfd: std::sync::OnceLock::new(),
+                started: std::sync::OnceLock::new(),
                 phase: Mutex::new(Phase::Created),
                 exited_tx: tx,
                 exited: rx,
@@ -73,7 +67,7 @@ impl TaskService {
         let t0 = Instant::now();
         {
             let mut phase = e.phase.lock().await;
-            let started = phase.next(
+            let running = phase.next(
                 Transition::Start,
                 Subject::Exec {
                     container: &c.id,
@@ -81,38 +75,13 @@ impl TaskService {
                 },
             )?;
             c.allows(Check::StartExecIn).await?;
-            let (child, mut copier) = stdio::setup(&e.stdio, &c.bundle)?;
-            let pid_file = c.bundle.join(format!("exec-{exec_id}.pid"));
-            let log = c.bundle.join(format!("exec-{exec_id}.log"));
-            let r = self
-                .runtime
-                .exec(&c.id, &e.spec, &pid_file, &log, child)
-                .await;
-            if let Err(err) = r {
-                let _ = tokio::fs::remove_file(&pid_file).await;
-                return Err(err);
+            let started = c.sandbox.exec(exec_id, &e.process, &e.stdio).await?;
+            if let Some(console) = started.console {
+                let _ = e.console.set(console);
             }
-            let pid = read_pid(&pid_file).await;
-            let _ = tokio::fs::remove_file(&pid_file).await;
-            let pid = pid?;
-            let pidfd = Arc::new(
-                PidFd::open(pid).map_err(|err| Error::io(format!("open pidfd of {pid}"), err))?,
-            );
-            match copier.connect_console().await {
-                Ok(Some(console)) => {
-                    let _ = e.console.set(console);
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    let _ = pidfd.signal(libc::SIGKILL);
-                    // Our child now (we are its subreaper): reap it.
-                    let _ = tokio::time::timeout(DRAIN_LIMIT, pidfd.wait()).await;
-                    return Err(err);
-                }
-            }
-            let _ = e.pidfd.set(pidfd);
-            *e.copier.lock().await = copier;
-            *phase = started;
+            let _ = e.started.set(started.process);
+            *e.copier.lock().await = started.copier;
+            *phase = running;
         }
         self.spawn_exec_watcher(c.clone(), e.clone());
         let pid = e.pid();
@@ -136,28 +105,25 @@ impl TaskService {
     }
 
     pub(super) fn spawn_exec_watcher(&self, c: Arc<Container>, e: Arc<Exec>) {
-        let publisher = self.publisher.clone();
+        let events = self.events.clone();
         let namespace = self.namespace.clone();
         tokio::spawn(async move {
-            let Some(pidfd) = e.pidfd.get().cloned() else {
+            let Some(process) = e.started.get().cloned() else {
                 return;
             };
-            let exit = pidfd.wait().await.unwrap_or_else(|err| {
+            let exit = process.wait().await.unwrap_or_else(|err| {
                 warn!(id = %c.id, exec_id = %e.id, "waiting for the exec failed: {err}");
-                ExitInfo {
-                    status: 255,
-                    at: SystemTime::now(),
-                }
+                ExitInfo::lost()
             });
             e.copier.lock().await.drain(DRAIN_LIMIT).await;
             *e.phase.lock().await = Phase::Stopped(exit);
             let _ = e.exited_tx.send(Some(exit));
             info!(id = %c.id, exec_id = %e.id, status = exit.status, "exec exited");
             publish(
-                &publisher,
+                &*events,
                 &namespace,
                 topics::TASK_EXIT_EVENT_TOPIC,
-                task_exit(&c.id, &e.id, pidfd.pid() as u32, exit),
+                task_exit(&c.id, &e.id, process.pid(), exit),
             )
             .await;
         });
@@ -177,7 +143,6 @@ impl TaskService {
             at: SystemTime::now(),
         });
         e.copier.lock().await.abort_stdin();
-        let _ = tokio::fs::remove_file(&e.spec).await;
         c.execs.lock().await.remove(exec_id);
         Ok(DeleteResponse {
             pid: e.pid(),
@@ -239,7 +204,7 @@ pub(super) fn confine_exec(
 
 /// The task request and the process spec must agree on the terminal (containerd sets both;
 /// the runtime would refuse a mismatch less clearly).
-pub(super) fn check_terminal(spec: Option<bool>, requested: bool, what: &str) -> Result<()> {
+pub(crate) fn check_terminal(spec: Option<bool>, requested: bool, what: &str) -> Result<()> {
     let spec = spec.unwrap_or(false);
     if spec == requested {
         return Ok(());

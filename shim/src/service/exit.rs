@@ -4,30 +4,23 @@
 use super::*;
 
 impl TaskService {
-    /// Publishes TaskOOM for each OOM kill in the container's cgroup while it runs, woken by
-    /// the kernel (see `oom.rs`).
+    /// Publishes TaskOOM for each OOM kill in the container while it runs, woken by the
+    /// sandbox (the kernel's notification in the process sandbox, see `oom.rs`).
     pub(super) fn spawn_oom_watcher(&self, c: Arc<Container>) {
-        let publisher = self.publisher.clone();
+        let events = self.events.clone();
         let namespace = self.namespace.clone();
         tokio::spawn(async move {
-            let Some(source) = c.cgroup().ok().and_then(OomSource::of) else {
-                return;
-            };
-            let mut notifier = match source.notifications() {
-                Ok(n) => n,
-                Err(e) => {
-                    warn!(id = %c.id, "cannot watch the container's memory cgroup for OOM kills: {e}");
-                    return;
-                }
-            };
             let mut exited = c.exited.clone();
             loop {
                 tokio::select! {
-                    r = notifier.next() => {
-                        if r.is_err() {
+                    r = c.sandbox.oom_notice() => {
+                        if let Err(e) = r {
+                            if e.kind() != std::io::ErrorKind::Unsupported {
+                                warn!(id = %c.id, "cannot watch the container's memory for OOM kills: {e}");
+                            }
                             return;
                         }
-                        publish_oom(&publisher, &namespace, &c, &source).await;
+                        publish_oom(&*events, &namespace, &c).await;
                     }
                     _ = exited.changed() => return,
                 }
@@ -40,41 +33,35 @@ impl TaskService {
         c: Arc<Container>,
         tx: watch::Sender<Option<ExitInfo>>,
     ) {
-        let publisher = self.publisher.clone();
+        let events = self.events.clone();
         let namespace = self.namespace.clone();
-        let runtime = self.runtime.clone();
         tokio::spawn(async move {
-            let exit = match c.pidfd.wait().await {
+            let exit = match c.init.wait().await {
                 Ok(e) => e,
                 Err(e) => {
                     warn!(id = %c.id, "waiting for the container's init failed: {e}");
-                    ExitInfo {
-                        status: 255,
-                        at: SystemTime::now(),
-                    }
+                    ExitInfo::lost()
                 }
             };
             // Execs die with the init's pid namespace; report their exits before the init's
             // (as runc's shim does). Without a private pid namespace, kill them.
             let execs: Vec<_> = c.execs.lock().await.values().cloned().collect();
             for e in &execs {
-                if let Some(p) = e.pidfd.get() {
+                if let Some(p) = e.started.get() {
                     if e.exited.borrow().is_none() {
                         let _ = p.signal(libc::SIGKILL);
                     }
                 }
             }
             for e in &execs {
-                if e.pidfd.get().is_some() {
+                if e.started.get().is_some() {
                     let _ = tokio::time::timeout(DRAIN_LIMIT, wait_watch(&e.exited)).await;
                 }
             }
             c.copier.lock().await.drain(DRAIN_LIMIT).await;
             // An OOM kill that ended the init is reported before its exit (TaskOOM, then
             // TaskExit), also when the watcher has not seen the notification yet.
-            if let Some(source) = c.cgroup.get().and_then(OomSource::of) {
-                publish_oom(&publisher, &namespace, &c, &source).await;
-            }
+            publish_oom(&*events, &namespace, &c).await;
             // Nothing of the container runs any more: its cgroup, state and rootfs mount can
             // go now, while containerd and its client learn of the exit, instead of on the
             // Delete that follows. Not before a Start that is still at work has finished (it
@@ -82,13 +69,13 @@ impl TaskService {
             // that exits at once would otherwise have its state removed under that write.
             let mut phase = c.phase.lock().await;
             *c.cleanup.lock().await =
-                Cleanup::Running(tokio::spawn(Self::clean_up_stopped(runtime, c.clone())));
+                Cleanup::Running(tokio::spawn(Self::clean_up_stopped(c.clone())));
             *phase = Phase::Stopped(exit);
             drop(phase);
             let _ = tx.send(Some(exit));
             info!(id = %c.id, pid = c.pid(), status = exit.status, "container exited");
             publish(
-                &publisher,
+                &*events,
                 &namespace,
                 topics::TASK_EXIT_EVENT_TOPIC,
                 task_exit(&c.id, &c.id, c.pid(), exit),
@@ -101,30 +88,10 @@ impl TaskService {
         wait_watch(&c.exited).await
     }
 
-    /// Removes what a container whose processes have all exited leaves behind: its cgroup and
-    /// runtime state ([`Runtime::delete_stopped`]), its rootfs mount and its bind sources. The
-    /// unmount (~1 ms, the overlay syncs its upper filesystem) runs on a blocking thread, off
-    /// the shim's event loop. Safe to repeat.
-    pub(super) async fn clean_up_stopped(
-        runtime: Runtime,
-        c: Arc<Container>,
-    ) -> Result<CleanupTimes> {
-        let t0 = Instant::now();
-        runtime.delete_stopped(&c.id).await?;
-        let state_us = t0.elapsed().as_micros() as u64;
-        let t1 = Instant::now();
-        let owned = c.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if owned.rootfs_mounted {
-                unmount(&owned.bundle.join("rootfs"));
-            }
-            bind_sources::cleanup(&owned.bundle);
-        })
-        .await;
-        Ok(CleanupTimes {
-            state_us,
-            unmount_us: t1.elapsed().as_micros() as u64,
-        })
+    /// Removes what a container whose processes have all exited leaves behind (in its
+    /// sandbox: state, cgroup, rootfs mount). Safe to repeat.
+    pub(super) async fn clean_up_stopped(c: Arc<Container>) -> Result<CleanupTimes> {
+        c.sandbox.clean_up_stopped().await
     }
 
     pub(super) async fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
@@ -136,7 +103,7 @@ impl TaskService {
         phase.allows(Check::Delete, Subject::Container(&c.id), c.pid())?;
         if phase == Phase::Created {
             // Never started: end the waiting init first, so its exit is reported in order.
-            let _ = c.pidfd.signal(libc::SIGKILL);
+            let _ = c.init.signal(libc::SIGKILL);
         }
         let exit = Self::wait_exit(&c).await;
         let t0 = Instant::now();
@@ -148,11 +115,11 @@ impl TaskService {
                 if let Some(Err(e)) = outcome {
                     debug!(id = %c.id, "cleanup after exit failed, retrying: {e}");
                 }
-                Self::clean_up_stopped(self.runtime.clone(), c.clone()).await?
+                Self::clean_up_stopped(c.clone()).await?
             }
         };
         let waited = t0.elapsed();
-        self.release_userns(&c.id).await;
+        c.sandbox.release().await;
         c.copier.lock().await.abort_stdin();
         self.containers.lock().await.remove(&c.id);
         crate::orphans::forget(Path::new(crate::orphans::DIR), &self.namespace, &c.id);
@@ -192,27 +159,21 @@ pub(super) async fn wait_watch(rx: &watch::Receiver<Option<ExitInfo>>) -> ExitIn
         }
         if rx.changed().await.is_err() {
             // The watcher is gone without a result; report what a killed process reports.
-            return ExitInfo {
-                status: 255,
-                at: SystemTime::now(),
-            };
+            return ExitInfo::lost();
         }
     }
 }
 
-/// Publishes one TaskOOM if the container's cgroup counted OOM kills not yet reported.
-pub(super) async fn publish_oom(
-    publisher: &RemotePublisher,
-    namespace: &str,
-    c: &Container,
-    source: &OomSource,
-) {
+/// Publishes one TaskOOM if the sandbox counted OOM kills not yet reported.
+pub(super) async fn publish_oom(events: &dyn EventSink, namespace: &str, c: &Container) {
     let counter = c.oom.lock().await;
-    let kills = source.kills();
+    let Some(kills) = c.sandbox.oom_kills() else {
+        return;
+    };
     if counter.catch_up(kills) {
         warn!(id = %c.id, kills, "OOM kill in the container's cgroup");
         publish(
-            publisher,
+            events,
             namespace,
             topics::TASK_OOM_EVENT_TOPIC,
             TaskOOM {

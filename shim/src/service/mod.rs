@@ -1,18 +1,18 @@
-//! The containerd Task service: translates Task API calls into `airlock-runtime` steps.
+//! The task core: containerd's Task API over a [`Sandbox`] (`sandbox/mod.rs`).
 //!
 //! This file holds the service, its containers and execs, and the Task API's entry points;
 //! each request's work is in one module beside it:
 //!
 //! | module | requests |
 //! | --- | --- |
-//! | `create.rs` | Create: rootfs mount, the runtime's create, the container registered |
-//! | `policy.rs` | the policy applied to the spec, and the node-side edits at Create |
-//! | `pod.rs` | the pod's user namespace range and its own mappings |
+//! | `create.rs` | Create: the sandbox's create, the container registered, its watchers |
 //! | `exec.rs` | Exec, and Start and Delete of an exec |
 //! | `exit.rs` | exit and OOM watchers, cleanup after the exit, Delete |
 //! | `control.rs` | Pause, Resume, Update, CloseIO, ResizePty, Kill |
 //!
-//! Which request a process's phase allows is decided in `lifecycle.rs`.
+//! Which request a process's phase allows is decided in `lifecycle.rs`. The process sandbox
+//! (`process/`) runs the containers on this host; `tests.rs` drives this core against a stub
+//! sandbox.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,6 @@ use containerd_shim::api::{
     StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest,
     WaitRequest, WaitResponse,
 };
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
@@ -37,35 +36,28 @@ use containerd_shim::protos::protobuf::{EnumOrUnknown, MessageField};
 use containerd_shim::protos::topics;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::Spec;
 use tokio::sync::{watch, Mutex};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::bind_sources;
-use crate::cgroup::Cgroup;
 use crate::console::Console;
 use crate::error::{Error, Result};
-use crate::events::{publish, TaskEvent};
+use crate::events::{publish, EventSink, TaskEvent};
 use crate::lifecycle::{Check, Phase, Subject, Transition};
-use crate::oom::{OomCounter, OomSource};
-use crate::pidfd::{ExitInfo, PidFd};
-use crate::runtime::{IdmapRootfs, Runtime};
-use crate::seccomp_cache::SeccompCache;
-use crate::stdio::{self, Copier, StdioPaths};
+use crate::oom::OomCounter;
+use crate::sandbox::{CleanupTimes, ExitInfo, Process, Sandbox, SandboxContainer};
+use crate::stdio::{Copier, StdioPaths};
 use crate::trim::IdleTrim;
-use crate::userns::RangeAllocator;
-use airlock_policies::IdRange;
 
 mod control;
 mod create;
 mod exec;
 mod exit;
-mod pod;
-mod policy;
+#[cfg(test)]
+mod tests;
 
-use exec::check_terminal;
+pub(crate) use exec::check_terminal;
 use exit::wait_watch;
-use policy::is_node_namespace;
 
 /// How long an exit waits for the container's output to be copied out.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -73,10 +65,10 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// An extra process started in a container (`ctr task exec`).
 struct Exec {
     id: String,
-    /// The OCI Process JSON handed to the runtime.
-    spec: PathBuf,
+    /// The OCI process, confined to the init's privileges.
+    process: oci_spec::runtime::Process,
     stdio: StdioPaths,
-    pidfd: std::sync::OnceLock<Arc<PidFd>>,
+    started: std::sync::OnceLock<Arc<dyn Process>>,
     phase: Mutex<Phase>,
     exited_tx: watch::Sender<Option<ExitInfo>>,
     exited: watch::Receiver<Option<ExitInfo>>,
@@ -87,7 +79,7 @@ struct Exec {
 
 impl Exec {
     fn pid(&self) -> u32 {
-        self.pidfd.get().map(|p| p.pid() as u32).unwrap_or(0)
+        self.started.get().map(|p| p.pid()).unwrap_or(0)
     }
 }
 
@@ -95,23 +87,20 @@ struct Container {
     id: String,
     bundle: PathBuf,
     stdio: StdioPaths,
-    pidfd: Arc<PidFd>,
-    rootfs_mounted: bool,
+    init: Arc<dyn Process>,
+    /// The container in its sandbox.
+    sandbox: Arc<dyn SandboxContainer>,
     phase: Mutex<Phase>,
     exited: watch::Receiver<Option<ExitInfo>>,
     copier: Arc<Mutex<Copier>>,
     /// The pty master of an init created with a terminal.
     console: Option<Arc<Console>>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
-    /// Found on first use (the OOM watcher, Pids, Stats), never on the start path.
-    cgroup: std::sync::OnceLock<Cgroup>,
     /// OOM kills reported; held while a TaskOOM is being published, so the exit path
     /// publishes TaskExit only after it.
     oom: Mutex<OomCounter>,
     /// The policy's ceilings, checked on every Task.Update.
     update_rules: airlock_policies::UpdateRules,
-    /// See [`Applied::poststart_hooks`].
-    poststart_hooks: bool,
     /// The removal of the cgroup, state and rootfs mount that the exit watcher starts as soon
     /// as the init has exited; Delete waits for it (see [`TaskService::clean_up_stopped`]).
     cleanup: Mutex<Cleanup>,
@@ -123,13 +112,6 @@ enum Cleanup {
     Running(tokio::task::JoinHandle<Result<CleanupTimes>>),
     /// Its outcome (an error as text: Delete retries it, so that the caller gets it).
     Done(std::result::Result<CleanupTimes, String>),
-}
-
-/// How long the parts of a stopped container's cleanup took, in microseconds.
-#[derive(Debug, Clone, Copy)]
-struct CleanupTimes {
-    state_us: u64,
-    unmount_us: u64,
 }
 
 impl Container {
@@ -156,20 +138,7 @@ impl Container {
     }
 
     fn pid(&self) -> u32 {
-        self.pidfd.pid() as u32
-    }
-
-    fn cgroup(&self) -> Result<&Cgroup> {
-        if let Some(c) = self.cgroup.get() {
-            return Ok(c);
-        }
-        let cg = Cgroup::of_pid(self.pidfd.pid()).map_err(|_| {
-            Error::FailedPrecondition(format!(
-                "container {} has exited; its cgroup is gone",
-                self.id
-            ))
-        })?;
-        Ok(self.cgroup.get_or_init(|| cg))
+        self.init.pid()
     }
 
     /// Whether the container's phase lets `check` go on (see `lifecycle.rs`).
@@ -193,20 +162,12 @@ impl Container {
 /// One shim serves all containers of one pod.
 pub struct TaskService {
     namespace: String,
-    publisher: Arc<RemotePublisher>,
+    events: Arc<dyn EventSink>,
     exit: Arc<ExitSignal>,
-    runtime: Runtime,
-    config: Arc<crate::config::ConfigCache>,
+    sandbox: Arc<dyn Sandbox>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
-    /// Seccomp programs, compiled once per node (see seccomp_cache.rs).
-    seccomp: SeccompCache,
-    /// The node's per-pod user namespace ranges.
-    userns: RangeAllocator,
     /// Returns what a burst of requests freed to the kernel once the shim is idle.
     trim: IdleTrim,
-    /// The sysfs mounted for a pod network namespace (by its identity), for its later
-    /// containers to bind.
-    pod_sysfs: std::sync::Mutex<HashMap<(u64, u64), PathBuf>>,
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {
@@ -221,36 +182,23 @@ fn timestamp(t: SystemTime) -> Timestamp {
 impl TaskService {
     pub fn new(
         namespace: String,
-        publisher: RemotePublisher,
+        events: Arc<dyn EventSink>,
         exit: Arc<ExitSignal>,
-        runtime: Runtime,
+        sandbox: Arc<dyn Sandbox>,
     ) -> Self {
+        sandbox.warm_up();
         TaskService {
             namespace,
-            publisher: Arc::new(publisher),
+            events,
             exit,
-            runtime,
-            config: Default::default(),
+            sandbox,
             containers: Mutex::new(HashMap::new()),
-            seccomp: SeccompCache::new(crate::seccomp_cache::DEFAULT_DIR),
-            userns: RangeAllocator::default(),
             trim: IdleTrim::default(),
-            pod_sysfs: Default::default(),
         }
     }
 
-    /// Loads the node config (the default path, which is also what the containerd drop-in
-    /// names) on a blocking thread, so that the pod's first Create, 2-4 ms away when a shim
-    /// starts, finds it parsed (0.25 ms of a create). Errors are left for the Create to report.
-    pub fn warm_config(&self) {
-        let cache = self.config.clone();
-        tokio::task::spawn_blocking(move || {
-            let _ = cache.get(None);
-        });
-    }
-
     async fn publish<E: TaskEvent>(&self, topic: &str, event: E) {
-        publish(&self.publisher, &self.namespace, topic, event).await
+        publish(&*self.events, &self.namespace, topic, event).await
     }
 
     async fn get(&self, id: &str) -> Result<Arc<Container>> {
@@ -265,19 +213,6 @@ impl TaskService {
 
 fn validate_id(id: &str) -> Result<()> {
     airlock_contract::validate_id(id).map_err(|e| Error::InvalidArgument(e.to_string()))
-}
-
-async fn read_pid(path: &Path) -> Result<i32> {
-    let s = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|e| Error::io(format!("read pid file {}", path.display()), e))?;
-    s.trim().parse().map_err(|_| {
-        Error::Runtime(format!(
-            "pid file {} holds {:?}, not a pid",
-            path.display(),
-            s.trim()
-        ))
-    })
 }
 
 fn state_response(
@@ -304,29 +239,6 @@ fn state_response(
     }
     resp.status = EnumOrUnknown::new(phase.status());
     resp
-}
-
-/// Lazily unmount the container's rootfs (it may still be busy for a moment): every mount
-/// stacked there (an idmapped overlay sits on the one the shim mounted, see
-/// `runtime/src/idmap.rs`; so does an idmapped clone the runtime could not remove in a crash).
-/// Whether anything was mounted there.
-pub fn unmount(target: &Path) -> bool {
-    let mut unmounted = false;
-    for _ in 0..4 {
-        if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
-            if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
-                warn!("unmount {}: {e}", target.display());
-            }
-            break;
-        }
-        unmounted = true;
-    }
-    unmounted
-}
-
-/// How a container is named among the users of a pod's user namespace range.
-pub fn userns_member(namespace: &str, id: &str) -> String {
-    format!("{namespace}/{id}")
 }
 
 #[async_trait]
@@ -360,7 +272,7 @@ impl Task for TaskService {
             {
                 let mut phase = c.phase.lock().await;
                 let started = phase.next(Transition::Start, Subject::Container(&c.id))?;
-                self.runtime.start(&c.id, c.poststart_hooks).await?;
+                c.sandbox.start().await?;
                 *phase = started;
             }
             self.publish(
@@ -442,7 +354,7 @@ impl Task for TaskService {
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
         let _idle = self.trim.busy();
         let c = self.get(&req.id).await?;
-        let stats = c.cgroup()?.metrics()?;
+        let stats = c.sandbox.stats()?;
         Ok(StatsResponse {
             stats: MessageField::some(stats),
             ..Default::default()
@@ -478,7 +390,7 @@ impl Task for TaskService {
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         let c = self.get(&req.id).await?;
-        let pids = c.cgroup()?.procs()?;
+        let pids = c.sandbox.pids()?;
         Ok(PidsResponse {
             processes: pids
                 .into_iter()
@@ -515,25 +427,5 @@ impl Task for TaskService {
             self.exit.signal();
         }
         Ok(Empty::default())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids() {
-        assert!(validate_id("abc-1_2.3").is_ok());
-        assert!(validate_id("").is_err());
-        assert!(validate_id("../x").is_err());
-        assert!(validate_id("a/b").is_err());
-    }
-
-    #[test]
-    fn timestamps() {
-        let t = SystemTime::UNIX_EPOCH + Duration::new(5, 7);
-        let ts = timestamp(t);
-        assert_eq!((ts.seconds, ts.nanos), (5, 7));
     }
 }
