@@ -103,10 +103,19 @@ fn write(path: &Path, text: impl AsRef<[u8]>, mode: u32, dry: bool) -> Result<()
     }
     // Write beside and rename: a running containerd or shim never reads half a file, and a
     // busy binary (ETXTBSY) is replaced rather than overwritten.
-    let tmp = path.with_extension("airlock-tmp");
-    std::fs::write(&tmp, text.as_ref()).map_err(io(&tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".airlock-tmp")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
+    std::io::Write::write_all(&mut tmp, text.as_ref()).map_err(io(dir))?;
+    // Exactly `mode`, whatever the umask took off at creation.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io(dir))?;
+    tmp.persist(path).map_err(|e| io(path)(e.error))?;
+    Ok(())
 }
 
 /// Run the install.

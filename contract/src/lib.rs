@@ -2,9 +2,13 @@
 //!
 //! - **Container ids**: one rule ([`validate_id`]), checked by the shim before it does
 //!   anything for a request and by the runtime before it creates anything.
+//! - **The runtime's command line** ([`cli`]): one definition, written by the shim and parsed
+//!   by the runtime.
 //! - **The kind of a failure**: the runtime exits with the code of an [`ErrorKind`] and prints
 //!   its one-line message on stderr; the shim reads the kind back from the exit code, so a
 //!   NotFound of the runtime reaches containerd as NotFound, not as Unknown.
+
+pub mod cli;
 
 /// Why a container id is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

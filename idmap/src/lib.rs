@@ -4,13 +4,15 @@
 //! (`mount_setattr(MOUNT_ATTR_IDMAP)`), then attached somewhere (`move_mount`) or used as a
 //! `/proc/self/fd/N` path. No I/O beyond these syscalls; no forking (the caller brings the user
 //! namespace fd).
+//!
+//! `open_tree` and `move_mount` go through rustix; `mount_setattr` is a plain syscall, as rustix
+//! has no binding for it.
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
 /// Which syscall failed, for the caller's message.
 #[derive(Debug)]
@@ -27,11 +29,12 @@ impl Failed {
     }
 }
 
-fn cstr(p: &Path) -> Result<CString, Failed> {
-    CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| Failed {
-        step: "path",
-        error: io::Error::from(io::ErrorKind::InvalidInput),
-    })
+/// A rustix failure of `step`.
+fn failed(step: &'static str) -> impl FnOnce(rustix::io::Errno) -> Failed {
+    move |e| Failed {
+        step,
+        error: e.into(),
+    }
 }
 
 fn last(step: &'static str) -> Failed {
@@ -53,21 +56,12 @@ pub fn idmapped_tree_ro(source: &Path, userns: &OwnedFd) -> Result<OwnedFd, Fail
 }
 
 fn tree(source: &Path, userns: &OwnedFd, extra: u64) -> Result<OwnedFd, Failed> {
-    let path = cstr(source)?;
-    // SAFETY: open_tree with a valid C string; returns a new fd or -1.
-    let tree = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    if tree < 0 {
-        return Err(last("open_tree"));
-    }
-    // SAFETY: open_tree returned a fresh fd that nothing else owns.
-    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let tree = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        source,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(failed("open_tree"))?;
     let attr = libc::mount_attr {
         attr_set: libc::MOUNT_ATTR_IDMAP | extra,
         attr_clr: 0,
@@ -93,22 +87,14 @@ fn tree(source: &Path, userns: &OwnedFd, extra: u64) -> Result<OwnedFd, Failed> 
 
 /// Attaches a detached tree at `target` (an existing file or directory).
 pub fn attach(tree: &OwnedFd, target: &Path) -> Result<(), Failed> {
-    let path = cstr(target)?;
-    // SAFETY: moves the detached tree (fd) onto a valid path.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(last("move_mount"));
-    }
-    Ok(())
+    rustix::mount::move_mount(
+        tree,
+        c"",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(failed("move_mount"))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use airlock_integration::{leaks, shared, test_rt as rt, unique_id as uid, Runtim
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(45);
-/// The allocator's first range (shim/src/userns.rs `BASE`) and range size.
+/// The allocator's first range (shim/src/process/userns.rs `BASE`) and range size.
 const BASE: u64 = 1 << 30;
 const SIZE: u64 = 65536;
 

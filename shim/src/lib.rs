@@ -13,8 +13,6 @@
 //! `waitpid(-1)` reaper is disabled), and copies stdio between pipes (or a pty master) and
 //! containerd's FIFOs.
 
-pub mod bind_sources;
-pub mod cgroup;
 pub mod config;
 pub mod console;
 pub mod error;
@@ -22,20 +20,13 @@ pub mod events;
 pub mod info;
 pub mod lifecycle;
 pub mod logging;
-pub mod netns;
-pub mod oom;
 pub mod orphans;
-pub mod pidfd;
 pub mod process;
-pub mod runtime;
 pub mod sandbox;
-pub mod seccomp_cache;
 pub mod service;
-pub mod setup_limit;
 pub mod shim;
 pub mod stdio;
 pub mod trim;
-pub mod userns;
 
 pub use shim::AirlockShim;
 

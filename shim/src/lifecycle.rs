@@ -18,7 +18,7 @@ use std::fmt;
 use containerd_shim::protos::types::task::Status;
 
 use crate::error::{Error, Result};
-use crate::pidfd::ExitInfo;
+use crate::process::pidfd::ExitInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

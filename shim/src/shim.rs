@@ -26,8 +26,8 @@ use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::{Config, DeleteResponse, Error as ShimError, Flags, StartOpts};
 use tracing::{info, warn};
 
+use crate::process::runtime::Runtime;
 use crate::process::{unmount, ProcessSandbox};
-use crate::runtime::Runtime;
 use crate::service::TaskService;
 
 /// Annotation containerd's CRI sets on every container of a pod.
@@ -160,8 +160,8 @@ impl Shim for AirlockShim {
                 // Every create will fail with this message; keep serving so it reaches the user.
                 warn!("{e}");
                 Runtime::new(
-                    PathBuf::from(crate::runtime::RUNTIME_BINARY),
-                    crate::runtime::state_root(&self.namespace),
+                    PathBuf::from(crate::process::runtime::RUNTIME_BINARY),
+                    crate::process::runtime::state_root(&self.namespace),
                 )
             }
         };
@@ -473,21 +473,27 @@ fn shim_cgroup_from_stdin() -> containerd_shim::Result<Option<String>> {
 fn clean_up_after(namespace: &str, id: &str, bundle: &Path) -> DeleteResponse {
     let mut found = Vec::new();
     match Runtime::locate(namespace) {
-        Ok(runtime) => match runtime.delete_blocking(id) {
-            Ok(true) => found.push("runtime state and cgroup"),
-            Ok(false) => {}
-            Err(e) => warn!(%id, "runtime delete: {e}"),
-        },
+        Ok(runtime) => {
+            match wait_for_create(&runtime, id).and_then(|()| runtime.delete_blocking(id)) {
+                Ok(true) => found.push("runtime state and cgroup"),
+                Ok(false) => {}
+                Err(e) => warn!(%id, "runtime delete: {e}"),
+            }
+        }
         Err(e) => warn!(%id, "{e}"),
     }
     if unmount(&bundle.join("rootfs")) {
         found.push("rootfs mount");
     }
-    if crate::bind_sources::cleanup(bundle) {
+    if crate::process::bind_sources::cleanup(bundle) {
         found.push("bind sources");
     }
     let member = crate::process::userns_member(namespace, id);
-    match release_userns_member(&crate::userns::RangeAllocator::default(), &member, bundle) {
+    match release_userns_member(
+        &crate::process::userns::RangeAllocator::default(),
+        &member,
+        bundle,
+    ) {
         Ok(Some(host)) => {
             info!(host, "user namespace range released");
             found.push("user namespace range");
@@ -524,6 +530,27 @@ fn clean_up_after(namespace: &str, id: &str, bundle: &Path) -> DeleteResponse {
     }
 }
 
+/// How long `shim delete` waits for a create that the dead shim's runtime still runs.
+const CREATE_IN_FLIGHT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until no runtime is creating container `id` (a shim killed during Create leaves its
+/// runtime at work; see `airlock_state::create_lock`), so that the delete finds the state that
+/// create leaves, and removes it.
+fn wait_for_create(runtime: &Runtime, id: &str) -> crate::error::Result<()> {
+    let t0 = std::time::Instant::now();
+    if !airlock_state::create_lock::wait(runtime.root(), id, CREATE_IN_FLIGHT_LIMIT) {
+        return Err(crate::error::Error::DeadlineExceeded(format!(
+            "a runtime still creates container {id} after {} s; delete it again later",
+            CREATE_IN_FLIGHT_LIMIT.as_secs()
+        )));
+    }
+    let waited = t0.elapsed();
+    if waited > std::time::Duration::from_millis(5) {
+        info!(%id, waited_ms = waited.as_millis() as u64, "waited for the create in flight");
+    }
+    Ok(())
+}
+
 /// Releases `member`'s claim on its user namespace range. containerd runs `shim delete` after
 /// every container's delete, when the shim that served it has usually released it already:
 /// with few pods every range file is read (as [`RangeAllocator::release`] does without a
@@ -531,14 +558,14 @@ fn clean_up_after(namespace: &str, id: &str, bundle: &Path) -> DeleteResponse {
 /// delete path does not read one file per pod on a busy node. A spec without it (a shim that
 /// died before writing it) gets the full search.
 ///
-/// [`RangeAllocator::release`]: crate::userns::RangeAllocator::release
-/// [`HOST_ANNOTATION`]: crate::userns::HOST_ANNOTATION
+/// [`RangeAllocator::release`]: crate::process::userns::RangeAllocator::release
+/// [`HOST_ANNOTATION`]: crate::process::userns::HOST_ANNOTATION
 fn release_userns_member(
-    allocator: &crate::userns::RangeAllocator,
+    allocator: &crate::process::userns::RangeAllocator,
     member: &str,
     bundle: &Path,
-) -> crate::userns::Result<Option<u32>> {
-    if allocator.count() > crate::userns::FEW_RANGES {
+) -> crate::process::userns::Result<Option<u32>> {
+    if allocator.count() > crate::process::userns::FEW_RANGES {
         // Only the annotations: serde skips the rest of the spec unparsed.
         #[derive(serde::Deserialize)]
         struct Annotations {
@@ -547,7 +574,7 @@ fn release_userns_member(
         let host = std::fs::read(bundle.join("config.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<Annotations>(&b).ok())
-            .and_then(|s| crate::userns::host_from_annotations(s.annotations.as_ref()));
+            .and_then(|s| crate::process::userns::host_from_annotations(s.annotations.as_ref()));
         if let Some(host) = host {
             return allocator.release_in(member, host);
         }
@@ -598,7 +625,7 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         let spec = serde_json::json!({
             "ociVersion": "1.0.2",
-            "annotations": { crate::userns::HOST_ANNOTATION: host.to_string() },
+            "annotations": { crate::process::userns::HOST_ANNOTATION: host.to_string() },
         });
         std::fs::write(b.path().join("config.json"), spec.to_string()).unwrap();
         b
@@ -606,7 +633,7 @@ mod tests {
 
     #[test]
     fn shim_delete_reads_the_named_range_only_on_a_node_with_many_pods() {
-        use crate::userns::{RangeAllocator, FEW_RANGES, SLOT_SIZE};
+        use crate::process::userns::{RangeAllocator, FEW_RANGES, SLOT_SIZE};
         let d = tempfile::tempdir().unwrap();
         let a = RangeAllocator::new(d.path());
         let mine = a.acquire("ns/pod0", "ns/c0", SLOT_SIZE).unwrap();

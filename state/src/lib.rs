@@ -16,6 +16,7 @@
 
 pub mod blkio;
 pub mod cgroups;
+pub mod create_lock;
 pub mod fdpass;
 pub mod mountinfo;
 pub mod zygote;

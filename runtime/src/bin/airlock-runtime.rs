@@ -9,143 +9,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_runtime::{parse_signal, CreateOptions, ProcessRuntime, DEFAULT_ROOT};
+use airlock_contract::cli::{Command, Invocation, LogFormat};
+use airlock_runtime::{parse_signal, CreateOptions, ProcessRuntime};
 use airlock_state::zygote;
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::prelude::*;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "airlock-runtime",
-    version,
-    about = "Airlock's OCI runtime (process backend)"
-)]
-struct Cli {
-    /// State root; container state lives in <root>/<id>/.
-    #[arg(long, global = true, default_value = DEFAULT_ROOT)]
-    root: PathBuf,
-    /// Log file (appended). Default: stderr, which is also the container's stderr, so there
-    /// only airlock warnings and the final error line are written.
-    #[arg(long, global = true)]
-    log: Option<PathBuf>,
-    #[arg(long = "log-format", global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Log at debug level (per-phase timings of create). AIRLOCK_LOG overrides the filter.
-    #[arg(long, global = true)]
-    debug: bool,
-    /// Level of the --log file (default: info, or debug with --debug). The shim asks for
-    /// `error` unless it logs at debug itself: it reads the file only for the error of a
-    /// failed step, and writing the phase timings of every create costs time on the start
-    /// path. AIRLOCK_LOG overrides it.
-    #[arg(long = "log-level", global = true, value_enum)]
-    log_level: Option<LogLevel>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
-}
-
-impl LogLevel {
-    fn directive(self) -> &'static str {
-        match self {
-            LogLevel::Error => "error",
-            LogLevel::Warn => "warn",
-            LogLevel::Info => "info",
-            LogLevel::Debug => "debug",
-            LogLevel::Trace => "trace",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Create a container paused before exec; its stdio are this process's fds 0/1/2.
-    Create {
-        #[arg(long, short)]
-        bundle: PathBuf,
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        /// A seccomp program (array of struct sock_filter, host byte order) installed just
-        /// before the workload's exec, and kept for exec processes. Repeatable: all are
-        /// installed, in order.
-        #[arg(long)]
-        seccomp: Vec<PathBuf>,
-        /// Idmap the rootfs to the container's new user namespace (linux.uidMappings and
-        /// gidMappings), so its files belong to the container's root without a chown.
-        #[arg(long = "idmap-rootfs")]
-        idmap_rootfs: bool,
-        /// The rootfs is not mounted yet: mount this overlay at it (its mount options, as
-        /// containerd gives them: lowerdir=...,upperdir=...,workdir=...), over idmapped clones
-        /// of its lower layers. One overlay instead of a plain one with the idmapped one on
-        /// top. Needs --idmap-rootfs.
-        #[arg(long = "rootfs-overlay", requires = "idmap_rootfs")]
-        rootfs_overlay: Option<String>,
-        /// A listening unix socket; required exactly when process.terminal is true. The init's
-        /// stdio becomes a new pty's slave (its controlling terminal) and the pty's master is
-        /// sent over the socket (SCM_RIGHTS), as runc does.
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        id: String,
-    },
-    /// Let the container's init exec the workload.
-    Start { id: String },
-    /// Send a signal (number or name, default TERM) to the init, or with --all to every
-    /// process in the container's cgroup.
-    Kill {
-        #[arg(long, short)]
-        all: bool,
-        id: String,
-        #[arg(default_value = "TERM")]
-        signal: String,
-    },
-    /// Remove the container's state, cgroup and created cgroup parents.
-    Delete {
-        #[arg(long, short)]
-        force: bool,
-        id: String,
-    },
-    /// Print the OCI state JSON.
-    State { id: String },
-    /// Freeze every process of the container (cgroup freezer).
-    Pause { id: String },
-    /// Thaw a paused container.
-    Resume { id: String },
-    /// Change the resource limits of a container: an OCI LinuxResources JSON read from
-    /// --resources FILE, or from stdin when FILE is `-` or missing.
-    Update {
-        #[arg(long, short)]
-        resources: Option<PathBuf>,
-        id: String,
-    },
-    /// Run an extra process (an OCI Process JSON) in the running container, detached.
-    Exec {
-        #[arg(long, short)]
-        process: PathBuf,
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        /// As for create: required exactly when the process has terminal: true.
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        id: String,
-    },
-}
+/// The command line, defined once for the shim that writes it and this parser
+/// (`airlock_contract::cli`).
+type Cli = Invocation;
 
 /// `AIRLOCK_LOG` (directives such as `debug` or `off,airlock_runtime=warn`), else `default`.
 /// Target/level directives only (`Targets`, not `EnvFilter`, whose regex engine would make up
@@ -178,7 +54,7 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
             (
                 BoxMakeWriter::new(Arc::new(file)),
                 filter(match (cli.log_level, cli.debug) {
-                    (Some(level), _) => level.directive(),
+                    (Some(level), _) => level.name(),
                     (None, true) => "debug",
                     (None, false) => "info",
                 }),
@@ -269,50 +145,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Cli {
-    /// Every path argument, in the order given on the command line's grammar (`-` for
-    /// update's stdin is not a path).
-    fn path_args(&mut self) -> Vec<&mut PathBuf> {
-        let mut paths: Vec<&mut PathBuf> = vec![&mut self.root];
-        paths.extend(self.log.iter_mut());
-        match &mut self.command {
-            Command::Create {
-                bundle,
-                pid_file,
-                seccomp,
-                console_socket,
-                ..
-            } => {
-                paths.push(bundle);
-                paths.extend(pid_file.iter_mut());
-                paths.extend(seccomp.iter_mut());
-                paths.extend(console_socket.iter_mut());
-            }
-            Command::Exec {
-                process,
-                pid_file,
-                console_socket,
-                ..
-            } => {
-                paths.push(process);
-                paths.extend(pid_file.iter_mut());
-                paths.extend(console_socket.iter_mut());
-            }
-            Command::Update {
-                resources: Some(r), ..
-            } if r.as_path() != std::path::Path::new("-") => paths.push(r),
-            _ => {}
+/// Every path argument, in the order given on the command line's grammar (`-` for update's
+/// stdin is not a path).
+fn path_args(cli: &mut Cli) -> Vec<&mut PathBuf> {
+    let mut paths: Vec<&mut PathBuf> = vec![&mut cli.root];
+    paths.extend(cli.log.iter_mut());
+    match &mut cli.command {
+        Command::Create {
+            bundle,
+            pid_file,
+            seccomp,
+            console_socket,
+            ..
+        } => {
+            paths.push(bundle);
+            paths.extend(pid_file.iter_mut());
+            paths.extend(seccomp.iter_mut());
+            paths.extend(console_socket.iter_mut());
         }
-        paths
+        Command::Exec {
+            process,
+            pid_file,
+            console_socket,
+            ..
+        } => {
+            paths.push(process);
+            paths.extend(pid_file.iter_mut());
+            paths.extend(console_socket.iter_mut());
+        }
+        Command::Update {
+            resources: Some(r), ..
+        } if r.as_path() != std::path::Path::new("-") => paths.push(r),
+        _ => {}
     }
+    paths
+}
 
-    /// Makes every path argument absolute (against the caller's working directory).
-    fn absolutize(&mut self) -> std::io::Result<()> {
-        for p in self.path_args() {
-            *p = std::path::absolute(&*p)?;
-        }
-        Ok(())
+/// Makes every path argument absolute (against the caller's working directory).
+fn absolutize(cli: &mut Cli) -> std::io::Result<()> {
+    for p in path_args(cli) {
+        *p = std::path::absolute(&*p)?;
     }
+    Ok(())
 }
 
 /// Runs from `/` with absolute paths. The caller's directory is often one the container's
@@ -322,8 +196,7 @@ impl Cli {
 /// then takes openat2 for unsupported and resolves every mount destination in userspace, each
 /// step checked through /proc: measured ~3,700 syscalls in the init instead of a few hundred.
 fn leave_callers_directory(cli: &mut Cli) -> anyhow::Result<()> {
-    cli.absolutize()
-        .context("cannot make the path arguments absolute")?;
+    absolutize(cli).context("cannot make the path arguments absolute")?;
     std::env::set_current_dir("/").context("cannot change to /")
 }
 
@@ -425,9 +298,9 @@ mod tests {
             "c1",
         ])
         .unwrap();
-        c.absolutize().unwrap();
+        absolutize(&mut c).unwrap();
         let cwd = std::env::current_dir().unwrap();
-        let got: Vec<PathBuf> = c.path_args().into_iter().map(|p| p.clone()).collect();
+        let got: Vec<PathBuf> = path_args(&mut c).into_iter().map(|p| p.clone()).collect();
         // `.` may stay a component: `cwd/.` is the same directory.
         let bundle = std::path::absolute(".").unwrap();
         assert_eq!(
@@ -443,7 +316,7 @@ mod tests {
         );
         assert!(got.iter().all(|p| p.is_absolute() && p.starts_with("/")));
         let mut u = Cli::try_parse_from(["airlock-runtime", "update", "-r", "-", "c1"]).unwrap();
-        u.absolutize().unwrap();
+        absolutize(&mut u).unwrap();
         assert!(
             matches!(u.command, Command::Update { resources: Some(r), .. } if r.as_os_str() == "-")
         );
@@ -533,7 +406,7 @@ mod tests {
     #[test]
     fn defaults_and_flags() {
         let c = Cli::try_parse_from(["airlock-runtime", "kill", "--all", "c1", "KILL"]).unwrap();
-        assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(c.root, PathBuf::from(airlock_contract::cli::DEFAULT_ROOT));
         assert!(
             matches!(c.command, Command::Kill { all: true, ref signal, .. } if signal == "KILL")
         );

@@ -37,7 +37,7 @@ use airlock_state::cgroups::{parent_registry, CgroupRecord};
 use airlock_state::RECORD_FILE;
 
 /// Default state root (the shim passes `/run/airlock/<containerd-namespace>`).
-pub const DEFAULT_ROOT: &str = "/run/airlock/default";
+pub use airlock_contract::cli::DEFAULT_ROOT;
 
 /// The container's seccomp programs, kept in its state dir for exec processes:
 /// `seccomp-0.bpf`, `seccomp-1.bpf`, ... in install order.
@@ -174,6 +174,14 @@ impl ProcessRuntime {
             b
         };
 
+        // Held until this create returns, or this process ends: a cleanup after a shim that
+        // died meanwhile waits for it (airlock_state::create_lock).
+        let _creating = airlock_state::create_lock::lock(&self.root, id).map_err(|source| {
+            RuntimeError::StateRoot {
+                root: self.root.clone(),
+                source,
+            }
+        })?;
         let dir = self.container_dir(id);
         if dir.exists() {
             return Err(RuntimeError::AlreadyExists {
@@ -181,10 +189,6 @@ impl ProcessRuntime {
                 root: self.root.clone(),
             });
         }
-        std::fs::create_dir_all(&self.root).map_err(|source| RuntimeError::StateRoot {
-            root: self.root.clone(),
-            source,
-        })?;
 
         let terminal = bundle
             .spec

@@ -12,14 +12,14 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 
 use super::create::read_pid;
 use super::{release_userns, unmount, ProcessSandbox};
-use crate::cgroup::Cgroup;
 use crate::error::{Error, Result};
-use crate::oom::{Notifier, OomSource};
-use crate::pidfd::PidFd;
-use crate::runtime::Runtime;
+use crate::process::cgroup::Cgroup;
+use crate::process::oom::{Notifier, OomSource};
+use crate::process::pidfd::PidFd;
+use crate::process::runtime::Runtime;
+use crate::process::userns::RangeAllocator;
 use crate::sandbox::{CleanupTimes, SandboxContainer, Started};
 use crate::stdio::{self, StdioPaths};
-use crate::userns::RangeAllocator;
 
 /// How long a failed exec waits for the process it killed.
 const REAP_LIMIT: Duration = Duration::from_secs(2);
@@ -197,7 +197,7 @@ impl SandboxContainer for ProcessContainer {
             if mounted {
                 unmount(&bundle.join("rootfs"));
             }
-            crate::bind_sources::cleanup(&bundle);
+            crate::process::bind_sources::cleanup(&bundle);
         })
         .await;
         Ok(CleanupTimes {

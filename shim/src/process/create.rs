@@ -12,8 +12,8 @@ use super::container::ProcessContainer;
 use super::prepare::Applied;
 use super::{unmount, ProcessSandbox};
 use crate::error::{Error, Result};
-use crate::pidfd::PidFd;
-use crate::runtime::IdmapRootfs;
+use crate::process::pidfd::PidFd;
+use crate::process::runtime::IdmapRootfs;
 use crate::sandbox::Created;
 use crate::stdio::{self, StdioPaths};
 
@@ -132,7 +132,7 @@ impl ProcessSandbox {
         };
         if new_netns {
             let pid = pidfd.pid();
-            let up = tokio::task::spawn_blocking(move || crate::netns::loopback_up(pid))
+            let up = tokio::task::spawn_blocking(move || crate::process::netns::loopback_up(pid))
                 .await
                 .map_err(|e| Error::Runtime(format!("loopback thread: {e}")))
                 .and_then(|r| r);

@@ -8,6 +8,14 @@
 //! | `pod.rs` | the pod's user namespace range and its own mappings |
 //! | `create.rs` | rootfs mount, the runtime's create, the init's pidfd and console |
 //! | `container.rs` | one container's operations: start, exec, signals, pause, update, stats, cleanup |
+//! | `runtime.rs` | `airlock-runtime` as the shim drives it (its command line: `airlock_contract::cli`), and the zygote |
+//! | `setup_limit.rs` | the time limit of an exec's setup, and the kill of a held one |
+//! | `pidfd.rs` | a container process as the core's `Process`: pidfd, signal, exit status |
+//! | `cgroup.rs`, `oom.rs` | the container's cgroup: stats, pids, OOM kills and their notices |
+//! | `userns.rs` | the node's registry of per-pod host id ranges |
+//! | `netns.rs` | a pod network namespace made outside the container's user namespace (sysfs, sysctls, `lo`) |
+//! | `bind_sources.rs` | bind sources the container's root cannot reach, bound into the bundle |
+//! | `seccomp_cache.rs` | the node's cache of compiled seccomp programs |
 //!
 //! The seccomp filters are compiled in `prepare.rs` (through the node's cache,
 //! `seccomp_cache.rs`) and installed by the runtime (`runtime/src/executor.rs`).
@@ -21,15 +29,24 @@ use containerd_shim::api::CreateTaskRequest;
 use tracing::{info, warn};
 
 use crate::error::Result;
-use crate::runtime::Runtime;
+use crate::process::runtime::Runtime;
+use crate::process::seccomp_cache::SeccompCache;
+use crate::process::userns::RangeAllocator;
 use crate::sandbox::{Created, Sandbox};
-use crate::seccomp_cache::SeccompCache;
-use crate::userns::RangeAllocator;
 
+pub mod bind_sources;
+pub mod cgroup;
 mod container;
 mod create;
+pub mod netns;
+pub mod oom;
+pub mod pidfd;
 mod pod;
 mod prepare;
+pub mod runtime;
+pub mod seccomp_cache;
+pub mod setup_limit;
+pub mod userns;
 
 pub use container::ProcessContainer;
 
@@ -56,7 +73,7 @@ impl ProcessSandbox {
             namespace,
             runtime,
             config: Default::default(),
-            seccomp: SeccompCache::new(crate::seccomp_cache::DEFAULT_DIR),
+            seccomp: SeccompCache::new(crate::process::seccomp_cache::DEFAULT_DIR),
             userns: RangeAllocator::default(),
             pod_sysfs: Default::default(),
             inits: Default::default(),
@@ -80,7 +97,7 @@ impl Sandbox for ProcessSandbox {
         let r = self.create_prepared(req).await;
         if r.is_err() {
             release_userns(&self.userns, &self.namespace, &req.id).await;
-            crate::bind_sources::cleanup(Path::new(&req.bundle));
+            crate::process::bind_sources::cleanup(Path::new(&req.bundle));
         }
         r
     }

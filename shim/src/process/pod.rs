@@ -90,10 +90,11 @@ impl ProcessSandbox {
 
     /// Checks the pod's own uid/gid mappings (`ctr run --uidmap`, CRI `hostUsers: false`) and
     /// registers them node-wide, so no two pods share host ids and none covers the node's
-    /// users or Airlock's pool ([`crate::userns::pod_supplied_ranges`]). Released with the
+    /// users or Airlock's pool ([`crate::process::userns::pod_supplied_ranges`]). Released with the
     /// container, like a pool range.
     pub(super) async fn claim_pod_mappings(&self, spec: &Spec, id: &str) -> Result<()> {
-        let ranges = crate::userns::pod_supplied_ranges(spec).map_err(Error::InvalidArgument)?;
+        let ranges =
+            crate::process::userns::pod_supplied_ranges(spec).map_err(Error::InvalidArgument)?;
         if ranges.is_empty() {
             return Ok(());
         }

@@ -10,8 +10,8 @@ use tracing::{debug, info, warn};
 
 use super::create::open_bundle_to;
 use super::ProcessSandbox;
-use crate::bind_sources;
 use crate::error::{Error, Result};
+use crate::process::bind_sources;
 use crate::service::check_terminal;
 
 impl ProcessSandbox {
@@ -82,21 +82,21 @@ impl ProcessSandbox {
             report.enforce(line);
         }
         let t_apply = t0.elapsed();
-        if let Some(netns) = crate::netns::foreign_network_namespace(&spec) {
+        if let Some(netns) = crate::process::netns::foreign_network_namespace(&spec) {
             // A pod network namespace made outside the container's user namespace: the shim
             // mounts its sysfs and writes its sysctls (see netns.rs).
             let t = Instant::now();
-            let sysfs = crate::netns::sysfs_path(bundle);
-            let sysfs = crate::netns::bind_sysfs_from(&mut spec, &sysfs).then_some(sysfs);
-            let sysctls = crate::netns::take_net_sysctls(&mut spec);
-            let identity = crate::netns::identity(&netns);
+            let sysfs = crate::process::netns::sysfs_path(bundle);
+            let sysfs = crate::process::netns::bind_sysfs_from(&mut spec, &sysfs).then_some(sysfs);
+            let sysctls = crate::process::netns::take_net_sysctls(&mut spec);
+            let identity = crate::process::netns::identity(&netns);
             // A later container of the pod, with no sysctls to write: bind the sysfs mounted
             // for an earlier one (it fails once that container is deleted).
             let prepared = match (&sysfs, sysctls.is_empty(), identity) {
                 (Some(target), true, Some(key)) => {
                     let earlier = self.pod_sysfs.lock().unwrap().get(&key).cloned();
                     earlier.is_some_and(|source| {
-                        crate::netns::bind_prepared(&source, target)
+                        crate::process::netns::bind_prepared(&source, target)
                             .inspect_err(|e| debug!("mount a new sysfs: {e}"))
                             .is_ok()
                     })
@@ -106,13 +106,13 @@ impl ProcessSandbox {
             if !prepared && (sysfs.is_some() || !sysctls.is_empty()) {
                 let (n, f, set) = (netns.clone(), sysfs.clone(), sysctls.clone());
                 let r = tokio::task::spawn_blocking(move || {
-                    crate::netns::prepare_in(&n, f.as_deref(), &set)
+                    crate::process::netns::prepare_in(&n, f.as_deref(), &set)
                 })
                 .await
                 .map_err(|e| Error::Runtime(format!("network namespace thread: {e}")))
                 .and_then(|r| r);
                 if let Err(e) = r {
-                    crate::bind_sources::cleanup(bundle);
+                    crate::process::bind_sources::cleanup(bundle);
                     return Err(e);
                 }
                 if let (Some(path), Some(key)) = (&sysfs, identity) {
@@ -213,7 +213,7 @@ impl ProcessSandbox {
                 .as_ref()
                 .and_then(|h| h.poststart().as_ref())
                 .is_some_and(|h| !h.is_empty()),
-            new_netns: crate::netns::namespace_path(&spec, LinuxNamespaceType::Network)
+            new_netns: crate::process::netns::namespace_path(&spec, LinuxNamespaceType::Network)
                 == Some(None),
             pod_sandbox: spec
                 .annotations()
@@ -264,10 +264,10 @@ pub(super) fn drop_memfd_noexec_without_kernel_support(spec: &mut Spec) -> Optio
 }
 
 /// Records the start of the container's user namespace range in its spec
-/// ([`crate::userns::HOST_ANNOTATION`], read by `shim delete`), or removes the annotation when
+/// ([`crate::process::userns::HOST_ANNOTATION`], read by `shim delete`), or removes the annotation when
 /// the container has no range of ours (a pod's own value is never trusted).
 pub(super) fn record_userns_range(spec: &mut Spec, host: Option<u32>) {
-    let key = crate::userns::HOST_ANNOTATION;
+    let key = crate::process::userns::HOST_ANNOTATION;
     let had = spec
         .annotations()
         .as_ref()
@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn the_userns_range_annotation_is_ours_alone() {
-        let key = crate::userns::HOST_ANNOTATION;
+        let key = crate::process::userns::HOST_ANNOTATION;
         let mut spec = Spec::default();
         spec.set_annotations(None);
         record_userns_range(&mut spec, None);

@@ -2,10 +2,11 @@
 //! gone, and Task.Delete of a container.
 
 use super::*;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 impl TaskService {
     /// Publishes TaskOOM for each OOM kill in the container while it runs, woken by the
-    /// sandbox (the kernel's notification in the process sandbox, see `oom.rs`).
+    /// sandbox (the kernel's notification in the process sandbox, see `process/oom.rs`).
     pub(super) fn spawn_oom_watcher(&self, c: Arc<Container>) {
         let events = self.events.clone();
         let namespace = self.namespace.clone();
@@ -194,5 +195,43 @@ pub(super) fn task_exit(container: &str, id: &str, pid: u32, exit: ExitInfo) -> 
         exit_status: exit.status,
         exited_at: MessageField::some(timestamp(exit.at)),
         ..Default::default()
+    }
+}
+
+/// OOM kills already reported for a container.
+#[derive(Debug, Default)]
+pub struct OomCounter {
+    reported: AtomicU64,
+}
+
+impl OomCounter {
+    /// Starts counting from `kills` (those happened before the container existed).
+    #[cfg(test)]
+    pub fn starting_at(kills: u64) -> Self {
+        OomCounter {
+            reported: AtomicU64::new(kills),
+        }
+    }
+
+    /// Records `kills`; true if that is more than was reported (publish one TaskOOM).
+    pub fn catch_up(&self, kills: u64) -> bool {
+        self.reported.fetch_max(kills, Ordering::AcqRel) < kills
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kill_is_reported_once() {
+        let c = OomCounter::starting_at(2);
+        assert!(!c.catch_up(2), "kills before the container are not its own");
+        assert!(c.catch_up(3));
+        assert!(
+            !c.catch_up(3),
+            "the exit path and the watcher must not both report it"
+        );
+        assert!(c.catch_up(5));
     }
 }

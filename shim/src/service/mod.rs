@@ -44,7 +44,6 @@ use crate::console::Console;
 use crate::error::{Error, Result};
 use crate::events::{publish, EventSink, TaskEvent};
 use crate::lifecycle::{Check, Phase, Subject, Transition};
-use crate::oom::OomCounter;
 use crate::sandbox::{CleanupTimes, ExitInfo, Process, Sandbox, SandboxContainer};
 use crate::stdio::{Copier, StdioPaths};
 use crate::trim::IdleTrim;
@@ -57,7 +56,7 @@ mod exit;
 mod tests;
 
 pub(crate) use exec::check_terminal;
-use exit::wait_watch;
+use exit::{wait_watch, OomCounter};
 
 /// How long an exit waits for the container's output to be copied out.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -171,12 +170,7 @@ pub struct TaskService {
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-        ..Default::default()
-    }
+    containerd_shim::util::convert_to_timestamp(Some(t.into()))
 }
 
 impl TaskService {

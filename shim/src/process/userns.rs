@@ -19,7 +19,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -282,9 +282,16 @@ impl RangeAllocator {
                 .write_all(&bytes)
                 .map_err(self.io(format!("write {}", path.display())));
         }
-        let tmp = self.dir.join(format!(".{host}.tmp"));
-        std::fs::write(&tmp, &bytes).map_err(self.io(format!("write {}", tmp.display())))?;
-        std::fs::rename(&tmp, &path).map_err(self.io(format!("replace {}", path.display())))
+        let replace = self.io(format!("replace {}", path.display()));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{host}"))
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(&self.dir)
+            .map_err(self.io(format!("write beside {}", path.display())))?;
+        tmp.write_all(&bytes)
+            .map_err(self.io(format!("write beside {}", path.display())))?;
+        tmp.persist(&path).map_err(|e| replace(e.error))?;
+        Ok(())
     }
 
     /// The first host id of `pod`'s range, allocating it when the pod has none; records
@@ -714,7 +721,7 @@ mod tests {
             let child = std::process::Command::new(exe)
                 .args([
                     "--exact",
-                    "userns::tests::child_allocates",
+                    "process::userns::tests::child_allocates",
                     "--nocapture",
                     "--ignored",
                 ])

@@ -74,7 +74,7 @@ fn root_gid(spec: &Spec) -> Option<u32> {
 /// Rebinds the bind sources of a user-namespaced `spec` that its root cannot reach into the
 /// bundle, rewriting the spec. On error, what was bound is unmounted again.
 pub fn expose(spec: &mut Spec, bundle: &Path) -> std::io::Result<usize> {
-    let Some(userns) = crate::netns::namespace_path(spec, LinuxNamespaceType::User) else {
+    let Some(userns) = crate::process::netns::namespace_path(spec, LinuxNamespaceType::User) else {
         return Ok(0);
     };
     let gid = root_gid(spec);

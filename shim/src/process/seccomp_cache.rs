@@ -15,9 +15,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-#[cfg(test)]
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -139,10 +137,7 @@ impl SeccompCache {
         h.update(self.build.as_deref().unwrap_or("").as_bytes());
         h.update([0]);
         h.update(key.as_bytes());
-        h.finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
+        hex::encode(h.finalize())
     }
 
     fn file(&self, hash: &str, i: usize) -> PathBuf {
@@ -204,29 +199,19 @@ fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Written under a temporary name that must not exist yet (no link followed) and renamed.
+/// Written under a fresh temporary name beside `path` (created exclusively, mode 0600) and
+/// renamed over it: a reader sees the old file or the whole new one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let what = |e| Error::io(format!("write {}", path.display()), e);
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let open = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&tmp)
-    };
-    let mut f = match open() {
-        // Left by a shim of the same pid that died mid-write.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::remove_file(&tmp).map_err(what)?;
-            open().map_err(what)?
-        }
-        r => r.map_err(what)?,
-    };
-    f.write_all(bytes).map_err(what)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(what)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(what)?;
+    tmp.write_all(bytes).map_err(what)?;
+    tmp.persist(path).map_err(|e| what(e.error))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,9 +3,16 @@
 //! The shim is a child subreaper: container inits are reparented to it once the runtime
 //! binary exits. Each init is waited for through its own pidfd (`waitid(P_PIDFD)`), never
 //! a global `waitpid(-1)` that could take another waiter's status.
+//!
+//! `pidfd_open` and `waitid(P_PIDFD)` go through rustix. The signal stays a plain
+//! `pidfd_send_signal` syscall: rustix's `Signal` has no value for signal 0 (the existence
+//! check `kill -0` sends) and takes real-time signals only through an unsafe constructor, and
+//! the Task API passes any signal number on.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::SystemTime;
+
+use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 
 use tokio::io::unix::AsyncFd;
 
@@ -21,13 +28,8 @@ pub use crate::sandbox::ExitInfo;
 impl PidFd {
     /// Open a pidfd; must run inside the tokio runtime.
     pub fn open(pid: i32) -> std::io::Result<PidFd> {
-        // SAFETY: plain syscall with integer arguments.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the kernel returned a fresh fd that we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let target = Pid::from_raw(pid).ok_or(std::io::ErrorKind::InvalidInput)?;
+        let fd = rustix::process::pidfd_open(target, PidfdFlags::empty())?;
         // SAFETY: OwnedFd owns the pidfd and returns it from as_raw_fd until dropped.
         let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)?;
@@ -60,7 +62,7 @@ impl PidFd {
     pub async fn wait(&self) -> std::io::Result<ExitInfo> {
         loop {
             let mut guard = self.fd.readable().await?;
-            match waitid_nohang(self.fd.get_ref().as_raw_fd())? {
+            match waitid_nohang(self.fd.get_ref())? {
                 Some(status) => {
                     return Ok(ExitInfo {
                         status,
@@ -88,30 +90,20 @@ impl crate::sandbox::Process for PidFd {
     }
 }
 
-fn waitid_nohang(fd: RawFd) -> std::io::Result<Option<u32>> {
-    // SAFETY: zeroed siginfo is a valid out-parameter for waitid.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: fd is a pidfd we own; info is a valid pointer.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PIDFD,
-            fd as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: waitid filled info (si_pid is 0 when nothing has exited yet).
-    let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
-    if pid == 0 {
-        return Ok(None);
-    }
-    Ok(Some(match code {
-        libc::CLD_EXITED => status as u32,
-        _ => 128 + status as u32,
-    }))
+/// The exit status of the pidfd's process if it has exited (reaping it), in containerd's
+/// terms: the exit code, or 128 + the signal that ended it.
+fn waitid_nohang(fd: &OwnedFd) -> std::io::Result<Option<u32>> {
+    let status = rustix::process::waitid(
+        WaitId::PidFd(fd.as_fd()),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    )?;
+    Ok(
+        status.map(|s| match (s.exit_status(), s.terminating_signal()) {
+            (Some(code), _) => code as u32,
+            (None, Some(signal)) => 128 + signal as u32,
+            (None, None) => 255,
+        }),
+    )
 }
 
 #[cfg(test)]

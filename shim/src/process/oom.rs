@@ -6,18 +6,17 @@
 //! `memory.events` (v2), an eventfd registered through `cgroup.event_control` for
 //! `memory.oom_control` (v1). No polling: an idle container costs one parked task and one fd.
 //!
-//! The exit path reads the counter once more before it publishes TaskExit ([`OomCounter::
-//! catch_up`]), so a kill that ended the init is always reported before its exit, whichever
-//! runs first. [`OomCounter`] makes each kill reported once.
+//! The task core's exit path reads the counter once more before it publishes TaskExit
+//! (`OomCounter::catch_up` in `service/exit.rs`), so a kill that ended the init is always
+//! reported before its exit, whichever runs first, and each kill once.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::unix::AsyncFd;
 
-use crate::cgroup::Cgroup;
+use crate::process::cgroup::Cgroup;
 
 /// Where a container's OOM kills are counted.
 #[derive(Debug, Clone)]
@@ -124,26 +123,6 @@ fn parse_oom_kill(text: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// OOM kills already reported for a container.
-#[derive(Debug, Default)]
-pub struct OomCounter {
-    reported: AtomicU64,
-}
-
-impl OomCounter {
-    /// Starts counting from `kills` (those happened before the container existed).
-    pub fn starting_at(kills: u64) -> Self {
-        OomCounter {
-            reported: AtomicU64::new(kills),
-        }
-    }
-
-    /// Records `kills`; true if that is more than was reported (publish one TaskOOM).
-    pub fn catch_up(&self, kills: u64) -> bool {
-        self.reported.fetch_max(kills, Ordering::AcqRel) < kills
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,17 +134,5 @@ mod tests {
         let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n";
         assert_eq!(parse_oom_kill(v1), Some(4));
         assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\n"), None);
-    }
-
-    #[test]
-    fn each_kill_is_reported_once() {
-        let c = OomCounter::starting_at(2);
-        assert!(!c.catch_up(2), "kills before the container are not its own");
-        assert!(c.catch_up(3));
-        assert!(
-            !c.catch_up(3),
-            "the exit path and the watcher must not both report it"
-        );
-        assert!(c.catch_up(5));
     }
 }

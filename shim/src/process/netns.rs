@@ -108,7 +108,7 @@ pub fn bind_prepared(source: &Path, target: &Path) -> Result<()> {
 
 /// Where the shim mounts the pod network namespace's sysfs for a container.
 pub fn sysfs_path(bundle: &Path) -> PathBuf {
-    bundle.join(crate::bind_sources::DIR).join("sysfs")
+    bundle.join(crate::process::bind_sources::DIR).join("sysfs")
 }
 
 /// Points `spec`'s `sysfs` mounts at a read-only bind of `source` (a sysfs the shim mounted).
@@ -392,8 +392,8 @@ mod tests {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        crate::bind_sources::cleanup(d2.path());
-        crate::bind_sources::cleanup(d.path());
+        crate::process::bind_sources::cleanup(d2.path());
+        crate::process::bind_sources::cleanup(d.path());
         assert_eq!(nics, ["lo"], "a new network namespace has only loopback");
         assert_eq!(fs.filesystem_type(), nix::sys::statfs::SYSFS_MAGIC);
         assert_eq!(nics_again, nics, "the bind shows the same namespace");

@@ -22,9 +22,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::error::{Error, Result};
-use crate::setup_limit::EXEC_SETUP_LIMIT;
+use crate::process::setup_limit::EXEC_SETUP_LIMIT;
 use crate::stdio::ChildStdio;
-use airlock_contract::ErrorKind;
+use airlock_contract::{cli, ErrorKind};
 
 pub const RUNTIME_BINARY: &str = "airlock-runtime";
 
@@ -148,18 +148,22 @@ impl Runtime {
         &self.root
     }
 
-    fn command(&self, log: Option<&Path>) -> Command {
-        let mut cmd = Command::new(&self.binary);
-        cmd.arg("--root").arg(&self.root);
+    /// The runtime running `command` (its command line: `airlock_contract::cli`), with JSON
+    /// logs to `log` when given.
+    fn command(&self, log: Option<&Path>, command: cli::Command) -> Command {
+        let mut run = cli::Invocation::new(&self.root, command);
         if let Some(log) = log {
-            cmd.arg("--log").arg(log).arg("--log-format").arg("json");
+            run.log = Some(log.to_owned());
+            run.log_format = cli::LogFormat::Json;
             // The file is read only for a failed step's error, or, at debug, for the runtime's
             // phase timings (`run_with_stdio`); writing those for every step costs start time.
             if !tracing::enabled!(tracing::Level::DEBUG) {
-                cmd.arg("--log-level").arg("error");
+                run.log_level = Some(cli::LogLevel::Error);
             }
         }
-        cmd.stdin(Stdio::null())
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(run.to_args())
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(false);
@@ -208,28 +212,21 @@ impl Runtime {
     ) -> Result<()> {
         // The runtime's own stderr is the container's stderr, so its error goes to a log file.
         let log = bundle.join("airlock-runtime.log");
-        let mut cmd = self.command(Some(&log));
-        cmd.arg("create")
-            .arg("--bundle")
-            .arg(bundle)
-            .arg("--pid-file")
-            .arg(pid_file);
-        for program in seccomp {
-            cmd.arg("--seccomp").arg(program);
-        }
-        match idmap {
-            IdmapRootfs::No => {}
-            IdmapRootfs::Mounted => {
-                cmd.arg("--idmap-rootfs");
-            }
-            IdmapRootfs::Overlay(options) => {
-                cmd.arg("--idmap-rootfs")
-                    .arg("--rootfs-overlay")
-                    .arg(options);
-            }
-        }
-        console_socket_arg(&mut cmd, &stdio);
-        cmd.arg(id);
+        let (idmap_rootfs, rootfs_overlay) = match idmap {
+            IdmapRootfs::No => (false, None),
+            IdmapRootfs::Mounted => (true, None),
+            IdmapRootfs::Overlay(options) => (true, Some(options.to_owned())),
+        };
+        let create = cli::Command::Create {
+            bundle: bundle.to_owned(),
+            pid_file: Some(pid_file.to_owned()),
+            seccomp: seccomp.to_vec(),
+            idmap_rootfs,
+            rootfs_overlay,
+            console_socket: stdio.console_socket.clone(),
+            id: id.to_owned(),
+        };
+        let cmd = self.command(Some(&log), create);
         self.run_with_stdio(cmd, stdio, &log, "create", &AtomicU32::new(0))
             .await
     }
@@ -244,14 +241,13 @@ impl Runtime {
         log: &Path,
         stdio: ChildStdio,
     ) -> Result<()> {
-        let mut cmd = self.command(Some(log));
-        cmd.arg("exec")
-            .arg("--process")
-            .arg(process)
-            .arg("--pid-file")
-            .arg(pid_file);
-        console_socket_arg(&mut cmd, &stdio);
-        cmd.arg(id);
+        let exec = cli::Command::Exec {
+            process: process.to_owned(),
+            pid_file: Some(pid_file.to_owned()),
+            console_socket: stdio.console_socket.clone(),
+            id: id.to_owned(),
+        };
+        let cmd = self.command(Some(log), exec);
         let running = AtomicU32::new(0);
         let step = self.run_with_stdio(cmd, stdio, log, "exec", &running);
         match tokio::time::timeout(EXEC_SETUP_LIMIT, step).await {
@@ -261,7 +257,7 @@ impl Runtime {
                 // process it started are killed and reaped; nothing of the exec runs.
                 let pid = running.load(Ordering::Relaxed) as i32;
                 let killed = if pid > 0 {
-                    tokio::task::spawn_blocking(move || crate::setup_limit::kill_tree(pid))
+                    tokio::task::spawn_blocking(move || crate::process::setup_limit::kill_tree(pid))
                         .await
                         .unwrap_or_default()
                 } else {
@@ -363,22 +359,22 @@ impl Runtime {
     }
 
     pub async fn pause(&self, id: &str) -> Result<()> {
-        let mut cmd = self.command(None);
-        cmd.arg("pause").arg(id);
+        let cmd = self.command(None, cli::Command::Pause { id: id.to_owned() });
         self.run(cmd, "pause").await
     }
 
     pub async fn resume(&self, id: &str) -> Result<()> {
-        let mut cmd = self.command(None);
-        cmd.arg("resume").arg(id);
+        let cmd = self.command(None, cli::Command::Resume { id: id.to_owned() });
         self.run(cmd, "resume").await
     }
 
     /// Apply an OCI LinuxResources JSON file to the container's cgroup.
     pub async fn update(&self, id: &str, resources: &Path) -> Result<()> {
-        let mut cmd = self.command(None);
-        cmd.arg("update").arg("--resources").arg(resources).arg(id);
-        self.run(cmd, "update").await
+        let update = cli::Command::Update {
+            resources: Some(resources.to_owned()),
+            id: id.to_owned(),
+        };
+        self.run(self.command(None, update), "update").await
     }
 
     /// Let a created container's init exec its workload.
@@ -393,8 +389,7 @@ impl Runtime {
         let dir = self.root.join(id);
         let socket = dir.join(airlock_state::NOTIFY_SOCKET);
         if poststart_hooks || socket.as_os_str().len() >= SUN_PATH_MAX {
-            let mut cmd = self.command(None);
-            cmd.arg("start").arg(id);
+            let cmd = self.command(None, cli::Command::Start { id: id.to_owned() });
             return self.run(cmd, "start").await;
         }
         let t = Instant::now();
@@ -427,13 +422,12 @@ impl Runtime {
     }
 
     pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
-        let mut cmd = self.command(None);
-        cmd.arg("kill");
-        if all {
-            cmd.arg("--all");
-        }
-        cmd.arg(id).arg(signal.to_string());
-        self.run(cmd, "kill").await
+        let kill = cli::Command::Kill {
+            all,
+            id: id.to_owned(),
+            signal: signal.to_string(),
+        };
+        self.run(self.command(None, kill), "kill").await
     }
 
     /// Remove everything of the container; with `force`, kill what is still running.
@@ -487,13 +481,11 @@ impl Runtime {
         if force && !self.root.join(id).exists() {
             return None;
         }
-        let mut cmd = self.command(None);
-        cmd.arg("delete");
-        if force {
-            cmd.arg("--force");
-        }
-        cmd.arg(id);
-        Some(cmd)
+        let delete = cli::Command::Delete {
+            force,
+            id: id.to_owned(),
+        };
+        Some(self.command(None, delete))
     }
 }
 
@@ -509,12 +501,6 @@ pub enum IdmapRootfs<'a> {
 }
 
 /// With a terminal, the runtime sends the pty master over this socket (its stdio is unused).
-fn console_socket_arg(cmd: &mut Command, stdio: &ChildStdio) {
-    if let Some(socket) = &stdio.console_socket {
-        cmd.arg("--console-socket").arg(socket);
-    }
-}
-
 /// The cgroup hierarchies libcgroups makes a container's cgroup in, read once per shim (none if
 /// mountinfo cannot be read: every delete then goes to the runtime).
 fn cgroup_hierarchies() -> &'static [PathBuf] {
