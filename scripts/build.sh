@@ -7,6 +7,8 @@
 #   features and caches with CPUID, one instruction at a time, and each CPUID traps to the
 #   hypervisor on a virtual machine. On this machine a glibc shim costs 0.65 ms of CPU to
 #   start and print its version, and a musl shim 0.19 ms (`perf stat -r 200 ... -v`).
+# - airlock-agent (the microVM guest's PID 1) is linked with musl too: less than half the glibc
+#   binary's size (0.57 MB against 1.38 MB), which the guest's kernel unpacks at every boot.
 # - Everything else is linked with glibc, static-pie (.cargo/config.toml). airlock-runtime
 #   needs libbpf (C, for cgroup v2 device filters), and Debian has no musl build of its libelf.
 #
@@ -26,11 +28,13 @@ log "cargo build --release ($triple: runtime, tools, and a glibc shim)"
 cargo build --release --workspace --bins
 
 shim=$tdir/$triple/release/containerd-shim-airlock-v2
+agent=$tdir/$triple/release/airlock-agent
 if rustup target list --installed 2>/dev/null | grep -qx "$musl" ||
   { log "rustup target add $musl"; rustup target add "$musl"; }; then
-  log "cargo build --release -p airlock-shim ($musl)"
-  cargo build --release -p airlock-shim --bins --target "$musl"
+  log "cargo build --release -p airlock-shim -p airlock-agent ($musl)"
+  cargo build --release -p airlock-shim -p airlock-agent --bins --target "$musl"
   shim=$tdir/$musl/release/containerd-shim-airlock-v2
+  agent=$tdir/$musl/release/airlock-agent
 else
   echo "warning: no $musl target; shipping the glibc shim (slower to start)" >&2
 fi
@@ -38,6 +42,7 @@ fi
 mkdir -p "$out"
 # Every binary of the workspace (the executables cargo put at the top of the profile dir).
 find "$tdir/$triple/release" -maxdepth 1 -type f -executable \
-  ! -name containerd-shim-airlock-v2 -exec install -m 0755 {} "$out/" \;
+  ! -name containerd-shim-airlock-v2 ! -name airlock-agent -exec install -m 0755 {} "$out/" \;
 install -m 0755 "$shim" "$out/containerd-shim-airlock-v2"
+install -m 0755 "$agent" "$out/airlock-agent"
 log "binaries in $out: $(cd "$out" && echo *)"

@@ -6,13 +6,11 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
+# The microVM mode and the cgroup v2 test node (integration/node/run.sh) boot Debian's cloud
+# kernel under QEMU; libcap-ng is for building virtiofsd.
 PKGS=(containerd runc crun runsc busybox-static libseccomp-dev protobuf-compiler
-      libelf-dev zlib1g-dev pkg-config iproute2 util-linux containernetworking-plugins patch)
-# The cgroup v2 test node (integration/node/run.sh): QEMU, Debian's cloud kernel (booted as the
-# guest; cgroup v2 only), and libcap-ng for building virtiofsd.
-if [ "${AIRLOCK_SKIP_NODE:-0}" != 1 ]; then
-  PKGS+=(qemu-system-x86 linux-image-cloud-amd64 libcap-ng-dev)
-fi
+      libelf-dev zlib1g-dev pkg-config iproute2 util-linux containernetworking-plugins patch
+      qemu-system-x86 linux-image-cloud-amd64 libcap-ng-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,26 +21,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-if [ "${AIRLOCK_SKIP_NODE:-0}" != 1 ]; then
-  export PATH="$PATH:$HOME/.cargo/bin:/usr/libexec"
-  # virtme-ng (`vng`) boots the node with the host's root shared read-only over virtio-fs.
-  if ! command -v vng >/dev/null; then
-    log "pip: installing virtme-ng"
-    python3 -m pip --version >/dev/null 2>&1 ||
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pip
-    python3 -m pip install -q virtme-ng ||
-      python3 -m pip install -q --break-system-packages virtme-ng
-  fi
-  # Debian 12's QEMU no longer ships virtiofsd and there is no virtiofsd package in bookworm
-  # (later Debian releases have one): take it from apt when the archive has it, else crates.io.
-  if ! command -v virtiofsd >/dev/null; then
-    if apt-cache show virtiofsd >/dev/null 2>&1; then
-      log "apt: installing virtiofsd"
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends virtiofsd
-    else
-      log "cargo install virtiofsd (about 2-3 min on 2 cores)"
-      cargo install --locked virtiofsd
-    fi
+export PATH="$PATH:$HOME/.cargo/bin:/usr/libexec"
+# virtme-ng (`vng`) boots the cgroup v2 node with the host's root shared read-only over virtio-fs.
+if [ "${AIRLOCK_SKIP_NODE:-0}" != 1 ] && ! command -v vng >/dev/null; then
+  log "pip: installing virtme-ng"
+  python3 -m pip --version >/dev/null 2>&1 ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pip
+  python3 -m pip install -q virtme-ng ||
+    python3 -m pip install -q --break-system-packages virtme-ng
+fi
+# virtiofsd shares a container's rootfs with its VM (and the host's root with the node).
+# Debian 12's QEMU no longer ships it and there is no virtiofsd package in bookworm (later
+# Debian releases have one): take it from apt when the archive has it, else crates.io.
+if ! command -v virtiofsd >/dev/null; then
+  if apt-cache show virtiofsd >/dev/null 2>&1; then
+    log "apt: installing virtiofsd"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends virtiofsd
+  else
+    log "cargo install virtiofsd (about 2-3 min on 2 cores)"
+    cargo install --locked virtiofsd
   fi
 fi
 

@@ -100,10 +100,6 @@ impl Probe {
             .ok()
             .map(|s| s.trim().to_string())
     }
-
-    fn exists(&self, p: &str) -> bool {
-        self.root.join(p.trim_start_matches('/')).exists()
-    }
 }
 
 pub fn find_in(path: &[PathBuf], name: &str) -> Option<PathBuf> {
@@ -345,31 +341,38 @@ fn idmap(p: &Probe) -> Check {
     }
 }
 
+/// Which accelerator the microVM mode runs on here, and why not hardware KVM.
 fn kvm(p: &Probe) -> Check {
-    let dev = p.exists("/dev/kvm");
-    let hw = ["kvm_intel", "kvm_amd"]
-        .into_iter()
-        .find(|m| p.exists(&format!("/sys/module/{m}")));
-    let pvm = p.exists("/sys/module/kvm_pvm");
-    match (dev, hw, pvm) {
-        (true, Some(m), _) => Check::new("kvm (airlock-vm)", Status::Ok, format!("hardware KVM ({m})"), ""),
-        (true, None, true) => Check::new(
-            "kvm (airlock-vm)",
+    const NAME: &str = "kvm (airlock-vm)";
+    let host = airlock_vm::accel::Host::probe_at(&p.root);
+    // The node config's choice; a config that does not load is reported by its own check.
+    let choice = std::fs::read_to_string(&p.airlock_config)
+        .ok()
+        .and_then(|t| airlock_policies::Config::parse(&t, "").ok())
+        .map(|c| c.vm.accelerator)
+        .unwrap_or_default();
+    let why = match host.hardware_kvm() {
+        Ok(()) => {
+            let module = host.hardware_module.unwrap_or_default();
+            return Check::new(NAME, Status::Ok, format!("hardware KVM ({module})"), "");
+        }
+        Err(why) => match host.other_module.as_deref() {
+            Some("kvm_pvm") => format!("PVM host: {why}"),
+            _ => why,
+        },
+    };
+    match airlock_vm::accel::select(choice, &host) {
+        Ok(accel) => Check::new(
+            NAME,
             Status::Warn,
-            "PVM (kvm_pvm): stock guest kernels do not boot",
-            "airlock-vm needs hardware KVM (kvm_intel/kvm_amd) or a PVM guest kernel; airlock (process) is unaffected",
+            format!("no hardware KVM ({why}); airlock-vm pods run emulated ({accel}), as [vm] accelerator allows"),
+            "emulation boots a guest in seconds; for hardware speed run VM pods on a node with VT-x or AMD-V and kvm_intel or kvm_amd",
         ),
-        (true, None, false) => Check::new(
-            "kvm (airlock-vm)",
+        Err(_) => Check::new(
+            NAME,
             Status::Warn,
-            "/dev/kvm present, backend unknown",
-            "check `lsmod | grep kvm`",
-        ),
-        (false, _, _) => Check::new(
-            "kvm (airlock-vm)",
-            Status::Warn,
-            "no /dev/kvm",
-            "airlock-vm needs KVM (modprobe kvm_intel or kvm_amd); airlock (process) is unaffected",
+            format!("no hardware KVM ({why}); airlock-vm pods are refused ([vm] accelerator = \"kvm\")"),
+            "run VM pods on a node with hardware KVM, or allow emulation with [vm] accelerator = \"auto\" in the node config (much slower); airlock (process) is unaffected",
         ),
     }
 }
@@ -525,6 +528,7 @@ pub(crate) mod tests {
             ),
             ("/dev/kvm", ""),
             ("/sys/module/kvm_intel/x", ""),
+            ("/proc/cpuinfo", "processor : 0\nflags : fpu vmx sse2\n"),
             ("/bin/containerd-shim-airlock-v2", ""),
             ("/bin/airlock-runtime", ""),
         ]);
@@ -560,7 +564,9 @@ pub(crate) mod tests {
         assert!(c.iter().any(|c| c.found.contains("hybrid")));
         assert_eq!(status(&c, "user namespaces"), Status::Warn);
         assert_eq!(status(&c, "kvm (airlock-vm)"), Status::Warn);
-        assert!(c.iter().any(|c| c.found.contains("PVM")));
+        assert!(c.iter().any(|c| c.found.contains("PVM host")
+            && c.found.contains("kvm_pvm")
+            && c.found.contains("airlock-vm pods are refused")));
         assert_eq!(status(&c, "seccomp"), Status::Warn);
         assert_eq!(status(&c, "containerd-shim-airlock-v2"), Status::Missing);
         let text = c

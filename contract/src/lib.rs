@@ -50,8 +50,14 @@ pub fn validate_id(id: &str) -> Result<(), InvalidId> {
     Ok(())
 }
 
-/// The kind of a failed runtime command, carried by its exit code.
+/// The kind of a failed runtime command, carried by its exit code (and by the microVM
+/// agent's error responses, as a snake_case name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum ErrorKind {
     /// Anything else (exit code 1, or a code this contract does not define).
     Unknown,

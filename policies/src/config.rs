@@ -8,6 +8,9 @@
 //! default_policy = "agent-strict"
 //! [handlers.airlock-vm]
 //! default_policy = "agent-strict"
+//!
+//! [vm]                                     # the microVM mode (see `VmConfig`)
+//! accelerator = "kvm"
 //! ```
 //!
 //! Every field is optional; a missing file at the default path means these defaults. Unknown
@@ -18,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::vm_config::{AcceleratorChoice, VmConfig, DEFAULT_VM_DIR};
 use crate::{locate, Error, PolicySet, Result, DEFAULT_POLICY};
 
 /// Default config file path.
@@ -41,6 +45,9 @@ pub struct Config {
     pub default_handler: String,
     #[serde(default = "default_handlers")]
     pub handlers: BTreeMap<String, Handler>,
+    /// How the microVM mode boots a pod's VM.
+    #[serde(default)]
+    pub vm: VmConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -78,6 +85,7 @@ impl Default for Config {
             policies_dir: default_policies_dir(),
             default_handler: default_handler(),
             handlers: default_handlers(),
+            vm: VmConfig::default(),
         }
     }
 }
@@ -109,6 +117,9 @@ impl Config {
                     config.policies_dir.display()
                 ),
             ));
+        }
+        if let Err((field, message)) = config.vm.check() {
+            return Err(config_error(text, file, field, None, message));
         }
         Ok(config)
     }
@@ -331,5 +342,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("absolute") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn the_vm_table_defaults_to_hardware_kvm_and_checks_its_values() {
+        let c = Config::parse("", "c.toml").unwrap();
+        assert_eq!(c.vm.accelerator, AcceleratorChoice::Kvm);
+        assert_eq!(c.vm.memory_mib, 256);
+        let c = Config::parse("[vm]\naccelerator = \"auto\"\nvcpus = 2\n", "c.toml").unwrap();
+        assert_eq!((c.vm.accelerator, c.vm.vcpus), (AcceleratorChoice::Auto, 2));
+        for (text, want) in [
+            ("[vm]\naccelerator = \"hvf\"\n", "unknown variant `hvf`"),
+            (
+                "[vm]\nkernel = \"vmlinuz\"\n",
+                "line 2: vm.kernel: vmlinuz must be an absolute path",
+            ),
+            (
+                "[vm]\n\nmemory_mib = 16\n",
+                "line 3: vm.memory_mib: 16 is not between 64",
+            ),
+            ("[vm]\nvcpu = 1\n", "unknown field `vcpu`"),
+        ] {
+            let e = Config::parse(text, "c.toml").unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("c.toml"), "{text:?}: {e}");
+        }
     }
 }

@@ -23,6 +23,7 @@ mod store;
 pub mod syscalls;
 mod update;
 mod userns;
+mod vm_config;
 
 pub use config::{Config, Loaded};
 pub use locate::line_of;

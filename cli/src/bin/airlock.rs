@@ -34,6 +34,9 @@ enum Cmd {
         #[arg(long, default_value = install::CONTAINERD_CONFIG)]
         containerd_config: PathBuf,
     },
+    /// The microVM mode's guest (handler airlock-vm).
+    #[command(subcommand)]
+    Vm(VmCmd),
     /// Install binaries, /etc/airlock and the containerd drop-in, then run doctor.
     Install {
         /// Staging root (like DESTDIR): files go under it, contents name the final paths.
@@ -51,6 +54,25 @@ enum Cmd {
         /// Print what would be done; change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Build the guest's initramfs: the static airlock-agent and the kernel modules it needs.
+    Build {
+        /// The guest kernel image (default: `[vm] kernel` of the config).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// The kernel modules' root; the kernel's release names the directory under it.
+        #[arg(long, default_value = "/lib/modules")]
+        modules: PathBuf,
+        /// The static airlock-agent (default: the one beside this airlock).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// The initramfs to write (default: `[vm] initramfs` of the config).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -114,6 +136,35 @@ fn run() -> Result<ExitCode> {
             let probe = doctor::Probe::host(containerd_config, cli.config);
             Ok(report_doctor(&probe))
         }
+        Cmd::Vm(VmCmd::Build {
+            kernel,
+            modules,
+            agent,
+            out,
+        }) => {
+            let vm = config::load(&cli.config, Path::new(DEFAULT_CONFIG_PATH))?
+                .config
+                .vm;
+            let kernel = kernel.unwrap_or(vm.kernel);
+            let out = out.unwrap_or(vm.initramfs);
+            let agent = match agent {
+                Some(a) => a,
+                None => beside_this_binary()?.join("airlock-agent"),
+            };
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("create {}", dir.display()))?;
+            }
+            let s = airlock_vm::initramfs::build(&kernel, &modules, &agent, &out)?;
+            println!(
+                "initramfs {}: {} bytes for kernel {}; modules in load order: {}",
+                out.display(),
+                s.bytes,
+                s.release,
+                s.modules.join(" ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Install {
             prefix,
             containerd_config,
@@ -123,11 +174,7 @@ fn run() -> Result<ExitCode> {
         } => {
             let source_dir = match from {
                 Some(d) => d,
-                None => std::env::current_exe()
-                    .context("locate the airlock binary")?
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default(),
+                None => beside_this_binary()?,
             };
             let probe = doctor::Probe::host(containerd_config.clone(), cli.config.clone());
             let containerd = match containerd_version {
@@ -153,6 +200,15 @@ fn run() -> Result<ExitCode> {
             Ok(report_doctor(&probe))
         }
     }
+}
+
+/// The directory of this `airlock` binary (the other binaries ship beside it).
+fn beside_this_binary() -> Result<PathBuf> {
+    Ok(std::env::current_exe()
+        .context("locate the airlock binary")?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default())
 }
 
 fn detect_containerd(bin: Option<&Path>) -> Result<ContainerdVersion> {

@@ -1,0 +1,235 @@
+//! `airlock-agent` as the guest's PID 1: mount the kernel's file systems, load the modules
+//! the initramfs carries, open the control port and serve the shim's requests.
+//!
+//! Nothing here can be told to the agent except through [`crate::protocol`]: it reads no
+//! environment and no kernel command line.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use airlock_contract::ErrorKind;
+use rustix::fs::{FileType, Mode};
+use rustix::mount::MountFlags;
+
+#[cfg(doc)]
+use crate::modules::ModuleDep;
+use crate::protocol::{self, Ready, Request, Response, PORT_NAME, VERSION};
+
+/// Where the initramfs keeps the modules and their trimmed `modules.dep`.
+pub const MODULES_DIR: &str = "/lib/modules";
+/// How long the agent waits for its control port to show up before it powers off.
+const PORT_WAIT: Duration = Duration::from_secs(30);
+
+/// Milliseconds since the guest kernel booted.
+pub fn boottime_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
+}
+
+fn log(msg: &str) {
+    // PID 1's stderr is the kernel console (the VM's serial log on the host).
+    let _ = writeln!(io::stderr(), "airlock-agent: {msg}");
+}
+
+fn mount(src: &str, target: &str, fstype: &str, flags: MountFlags, data: &str) -> io::Result<()> {
+    fs::create_dir_all(target)?;
+    let data = CString::new(data).map_err(|_| io::ErrorKind::InvalidInput)?;
+    rustix::mount::mount(src, target, fstype, flags, Some(data.as_c_str()))?;
+    Ok(())
+}
+
+/// Mounts /proc, /sys and /dev.
+pub fn mount_kernel_filesystems() -> io::Result<()> {
+    let hardened = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    mount("proc", "/proc", "proc", hardened, "")?;
+    mount("sysfs", "/sys", "sysfs", hardened, "")?;
+    mount(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MountFlags::NOSUID,
+        "mode=0755",
+    )?;
+    Ok(())
+}
+
+/// Loads every module of `dir/modules.dep` in the order it lists them (the initramfs
+/// builder writes it in load order: [`ModuleDep::render`]); a module already loaded is fine.
+pub fn load_modules(dir: &Path) -> io::Result<()> {
+    let dep = fs::read_to_string(dir.join("modules.dep"))?;
+    let files = dep
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(f, _)| f.trim().to_string()));
+    for file in files {
+        let path = dir.join(&file);
+        let f = File::open(&path)?;
+        match rustix::system::finit_module(&f, c"", 0) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("loading kernel module {}: {e}", path.display()),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Finds the virtio-serial port named `name` and opens it (its device node made from sysfs,
+/// so it does not depend on devtmpfs naming).
+pub fn open_port(name: &str, wait: Duration) -> io::Result<File> {
+    let start = Instant::now();
+    loop {
+        if let Ok(ports) = fs::read_dir("/sys/class/virtio-ports") {
+            for port in ports.flatten() {
+                let p = port.path();
+                if fs::read_to_string(p.join("name"))
+                    .unwrap_or_default()
+                    .trim()
+                    != name
+                {
+                    continue;
+                }
+                let dev = fs::read_to_string(p.join("dev"))?;
+                let (major, minor) = dev
+                    .trim()
+                    .split_once(':')
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                    .ok_or_else(|| io::Error::other(format!("bad dev number {dev:?}")))?;
+                let node = format!("/dev/{name}");
+                match rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    node.as_str(),
+                    FileType::CharacterDevice,
+                    Mode::from_raw_mode(0o600),
+                    rustix::fs::makedev(major, minor),
+                ) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                return OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(&node);
+            }
+        }
+        if start.elapsed() > wait {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no virtio-serial port named {name}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn answer(req: &Request) -> Response {
+    match req {
+        Request::Ping => Response::Pong {
+            uptime_ms: boottime_ms(),
+        },
+        Request::Mount {
+            tag,
+            target,
+            read_only,
+        } => {
+            let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+            if *read_only {
+                flags |= MountFlags::RDONLY;
+            }
+            match mount(tag, target, "virtiofs", flags, "") {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::Error {
+                    kind: match e.kind() {
+                        io::ErrorKind::NotFound => ErrorKind::NotFound,
+                        io::ErrorKind::InvalidInput => ErrorKind::InvalidArgument,
+                        _ => ErrorKind::Unknown,
+                    },
+                    message: format!("mounting virtio-fs share {tag} at {target}: {e}"),
+                },
+            }
+        }
+        Request::Shutdown => Response::Ok,
+    }
+}
+
+fn power_off() -> ! {
+    rustix::fs::sync();
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::PowerOff);
+    // Only PID 1 may reboot; outside a guest there is nothing to power off.
+    std::process::exit(1)
+}
+
+/// The agent's life: set up, say [`Ready`], serve until told to shut down or until the host
+/// closes the port, then power the guest off.
+pub fn run() -> ! {
+    let init_ms = boottime_ms();
+    if let Err(e) = mount_kernel_filesystems() {
+        log(&format!("mounting /proc, /sys, /dev: {e}"));
+        power_off();
+    }
+    if let Err(e) = load_modules(Path::new(MODULES_DIR)) {
+        log(&e.to_string());
+        power_off();
+    }
+    let modules_ms = boottime_ms();
+    let port = match open_port(PORT_NAME, PORT_WAIT) {
+        Ok(p) => p,
+        Err(e) => {
+            log(&format!("control port: {e}"));
+            power_off();
+        }
+    };
+    let ready = Ready {
+        version: VERSION,
+        init_ms,
+        modules_ms,
+        port_ms: boottime_ms(),
+    };
+    let (mut r, mut w) = match port.try_clone() {
+        Ok(w) => (port, w),
+        Err(e) => {
+            log(&format!("control port: {e}"));
+            power_off();
+        }
+    };
+    // The port's writes wait until the host side is connected, so Ready is never lost.
+    if let Err(e) = protocol::write_frame(&mut w, &ready) {
+        log(&e.to_string());
+        power_off();
+    }
+    loop {
+        let req: Request = match protocol::read_frame(&mut r) {
+            Ok(req) => req,
+            Err(protocol::Error::Decode(e)) => {
+                let bad = Response::Error {
+                    kind: ErrorKind::InvalidArgument,
+                    message: format!("not a request this agent knows: {e}"),
+                };
+                if protocol::write_frame(&mut w, &bad).is_err() {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => {
+                log(&e.to_string());
+                break;
+            }
+        };
+        let resp = answer(&req);
+        if protocol::write_frame(&mut w, &resp).is_err() {
+            break;
+        }
+        if req == Request::Shutdown {
+            break;
+        }
+    }
+    power_off()
+}

@@ -1,0 +1,216 @@
+//! The host side of Airlock's microVM mode (handler `airlock-vm`).
+//!
+//! - [`accel`]: hardware KVM or emulation, as the node config allows; fail closed.
+//! - [`initramfs`]: the guest's initramfs (the static agent and its kernel modules).
+//! - [`vmm`]: the VMM trait and QEMU's `microvm` backend.
+//! - [`Vm`]: one booted VM: its VMM process and the control channel to its agent.
+
+pub mod accel;
+pub mod initramfs;
+pub mod vmm;
+
+use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use airlock_agent::protocol::{self, Ready, Request, Response, VERSION};
+
+pub use accel::Accelerator;
+pub use vmm::{Qemu, Share, VmSpec, Vmm};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Accel(#[from] accel::Error),
+    #[error(transparent)]
+    Vmm(#[from] vmm::Error),
+    #[error("binding the VM's control socket {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+    #[error(
+        "starting the VMM {binary}: {source}; is it installed (`[vm] qemu` in the node config)?"
+    )]
+    Spawn { binary: PathBuf, source: io::Error },
+    #[error("the VMM exited ({status}) before its guest's agent was ready; it said: {said}")]
+    Exited { status: ExitStatus, said: String },
+    #[error(
+        "the guest's agent was not ready within {after:?}; the guest console's last lines: {console}"
+    )]
+    NotReady { after: Duration, console: String },
+    #[error("the guest's agent speaks protocol version {0}, this shim {VERSION}: rebuild the initramfs (`airlock vm build`) with this release's agent")]
+    Version(u32),
+    #[error(transparent)]
+    Protocol(#[from] protocol::Error),
+    #[error("the VM's control channel: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How long the parts of a boot took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootTimes {
+    /// From starting the VMM to reading the agent's [`Ready`].
+    pub to_ready: Duration,
+    /// The agent's own times in the guest.
+    pub ready: Ready,
+}
+
+/// A booted VM. Dropping it kills its VMM (and so the guest) and reaps it.
+#[derive(Debug)]
+pub struct Vm {
+    child: Child,
+    channel: UnixStream,
+    pub accelerator: Accelerator,
+    pub times: BootTimes,
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..].join(" | ")
+}
+
+impl Vm {
+    /// Boots `spec` with `vmm` and waits up to `timeout` for its agent's [`Ready`]. The VMM's
+    /// own messages go to `vmm_log`. On error the VMM is gone.
+    pub fn boot(vmm: &dyn Vmm, spec: &VmSpec, vmm_log: &Path, timeout: Duration) -> Result<Vm> {
+        let _span =
+            tracing::info_span!("vm_boot", vmm = vmm.name(), accel = %spec.accelerator).entered();
+        let listener = UnixListener::bind(&spec.control_socket).map_err(|source| Error::Bind {
+            path: spec.control_socket.clone(),
+            source,
+        })?;
+        listener.set_nonblocking(true)?;
+        let mut cmd = vmm.command(spec)?;
+        let log = std::fs::File::create(vmm_log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let start = Instant::now();
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+            binary: PathBuf::from(cmd.get_program()),
+            source,
+        })?;
+        let result = Self::wait_ready(&listener, &mut child, spec, vmm_log, start, timeout);
+        let _ = std::fs::remove_file(&spec.control_socket);
+        match result {
+            Ok((channel, ready)) => {
+                let to_ready = start.elapsed();
+                tracing::info!(?to_ready, "guest agent ready");
+                Ok(Vm {
+                    child,
+                    channel,
+                    accelerator: spec.accelerator,
+                    times: BootTimes { to_ready, ready },
+                })
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    fn wait_ready(
+        listener: &UnixListener,
+        child: &mut Child,
+        spec: &VmSpec,
+        vmm_log: &Path,
+        start: Instant,
+        timeout: Duration,
+    ) -> Result<(UnixStream, Ready)> {
+        let not_ready = || Error::NotReady {
+            after: timeout,
+            console: tail(&spec.console_log, 5),
+        };
+        let stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(status) = child.try_wait()? {
+                return Err(Error::Exited {
+                    status,
+                    said: tail(vmm_log, 5),
+                });
+            }
+            if start.elapsed() > timeout {
+                return Err(not_ready());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        stream.set_nonblocking(false)?;
+        let left = timeout.saturating_sub(start.elapsed());
+        stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        let ready: Ready = match protocol::read_frame(&mut &stream) {
+            Ok(r) => r,
+            Err(protocol::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(not_ready())
+            }
+            Err(protocol::Error::Closed) => {
+                let status = child.wait()?;
+                return Err(Error::Exited {
+                    status,
+                    said: format!(
+                        "{}; console: {}",
+                        tail(vmm_log, 3),
+                        tail(&spec.console_log, 5)
+                    ),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if ready.version != VERSION {
+            return Err(Error::Version(ready.version));
+        }
+        stream.set_read_timeout(None)?;
+        Ok((stream, ready))
+    }
+
+    /// The VMM's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `req` and reads its answer, waiting at most `timeout`.
+    pub fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response> {
+        self.channel.set_read_timeout(Some(timeout))?;
+        protocol::write_frame(&mut &self.channel, req)?;
+        Ok(protocol::read_frame(&mut &self.channel)?)
+    }
+
+    /// Asks the agent to power the guest off and waits up to `timeout` for the VMM to exit;
+    /// kills it after that.
+    pub fn shutdown(mut self, timeout: Duration) -> Result<ExitStatus> {
+        let start = Instant::now();
+        let _ = self.call(&Request::Shutdown, timeout);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                return Ok(self.child.wait()?);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
