@@ -215,8 +215,29 @@ fn policy_annotation(v: Version) {
         let s = spec(&ctd, &ns, &default, &write_root, |v| {
             annotate(v, "airlock.dev/policy", "agent-default")
         });
-        let r = c.run(&ns, &default, Runtime::Airlock, s, T).await.unwrap();
-        assert_eq!(r.exit_status, 0, "agent-default has a writable rootfs");
+        c.create(&ns, &default, Runtime::Airlock, s).await.unwrap();
+        // The shim's typed report of what the policy enforced, beside the spec in the bundle.
+        let file = ctd
+            .state()
+            .join("io.containerd.runtime.v2.task")
+            .join(&ns)
+            .join(&default)
+            .join(airlock_policies::REPORT_FILE);
+        let report: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(report["policy"], "agent-default", "{report}");
+        let enforced = report["enforced"].as_array().unwrap();
+        assert!(
+            enforced
+                .iter()
+                .any(|r| r.as_str().unwrap().contains("seccomp")),
+            "{report}"
+        );
+        assert_eq!(report["clamped"], json!([]), "{report}");
+        c.start(&ns, &default).await.unwrap();
+        let (status, _) = c.wait(&ns, &default, T).await.unwrap();
+        c.delete_task(&ns, &default).await.unwrap();
+        c.delete_container(&ns, &default).await.unwrap();
+        assert_eq!(status, 0, "agent-default has a writable rootfs");
 
         let s = spec(&ctd, &ns, &unknown, &["true"], |v| {
             annotate(v, "airlock.dev/policy", "no-such-policy")

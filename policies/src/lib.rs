@@ -31,7 +31,7 @@ pub use model::{
     set_namespace, Filesystem, Limits, Namespaces, OnExcess, Policy, ProcessRules, Tmpfs,
 };
 pub use pod_seccomp::compile_pod_profile;
-pub use report::{Clamp, Report};
+pub use report::{Clamp, Report, REPORT_FILE};
 pub use seccomp::{is_syscall, native_arch, Seccomp, SeccompMode, SeccompProgram};
 pub use userns::{IdRange, UserNamespace, DEFAULT_RANGE_SIZE};
 

@@ -2,12 +2,19 @@
 //! it lowered because the spec asked for more than the policy allows (clamp mode). A refusal
 //! is the error [`crate::Error::Refused`] instead (the field, what was asked, the fix).
 //!
-//! The shim's log line, `airlock policy explain` and the demo read this, not log text.
+//! The shim's log line, its copy in the bundle (`REPORT_FILE`, which the demo reads),
+//! and `airlock policy explain` come from this, not from log text.
 
 use std::fmt;
 
+use serde::Serialize;
+
+/// The file in a container's bundle where the shim writes the [`Report`] of its create, as
+/// JSON.
+pub const REPORT_FILE: &str = "airlock-policy.json";
+
 /// One field lowered to the policy (`on_excess = "clamp"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Clamp {
     /// The spec's field, e.g. `linux.namespaces` or `mounts`.
     pub field: &'static str,
@@ -24,7 +31,7 @@ impl fmt::Display for Clamp {
 }
 
 /// What a policy enforced on one spec.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Report {
     /// The policy's name.
     pub policy: String,

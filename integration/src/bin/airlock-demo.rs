@@ -50,8 +50,14 @@ fn probe(ctd: &Containerd, ns: &str, rt: Runtime, id: &str) -> Result<Vec<(Strin
         .collect())
 }
 
-/// The container's pids limit, read from its cgroup on the host while it runs.
-fn pids_max(ctd: &Containerd, ns: &str, rt: Runtime, id: &str) -> Result<String> {
+/// The container's pids limit, read from its cgroup on the host while it runs, and the
+/// shim's report of what the policy enforced (from the bundle; none under runc).
+fn pids_max(
+    ctd: &Containerd,
+    ns: &str,
+    rt: Runtime,
+    id: &str,
+) -> Result<(String, Option<serde_json::Value>)> {
     let mut args = vec!["run", "-d"];
     let rt_args = rt.ctr_args();
     args.extend(rt_args.iter().map(String::as_str));
@@ -72,6 +78,15 @@ fn pids_max(ctd: &Containerd, ns: &str, rt: Runtime, id: &str) -> Result<String>
         .find_map(|p| std::fs::read_to_string(p).ok())
         .map(|v| v.trim().to_string())
         .unwrap_or_else(|| "no pids cgroup found".to_string());
+    let report = std::fs::read(
+        ctd.state()
+            .join("io.containerd.runtime.v2.task")
+            .join(ns)
+            .join(id)
+            .join(airlock_policies::REPORT_FILE),
+    )
+    .ok()
+    .and_then(|raw| serde_json::from_slice(&raw).ok());
     ctd.ctr_ok(Some(ns), &["tasks", "kill", "-s", "KILL", id])?;
     for _ in 0..100 {
         if ctd.ctr(Some(ns), &["tasks", "rm", id])?.code == Some(0) {
@@ -80,7 +95,7 @@ fn pids_max(ctd: &Containerd, ns: &str, rt: Runtime, id: &str) -> Result<String>
         std::thread::sleep(Duration::from_millis(50));
     }
     ctd.ctr_ok(Some(ns), &["containers", "rm", id])?;
-    Ok(value)
+    Ok((value, report))
 }
 
 fn main() -> Result<()> {
@@ -102,13 +117,11 @@ fn main() -> Result<()> {
 
     let mut airlock = probe(&ctd, &ns, Runtime::Airlock, "agent-1")?;
     let mut runc = probe(&ctd, &ns, Runtime::Runc, "runc-1")?;
-    airlock.push((
-        "pids.max (host side)".into(),
-        pids_max(&ctd, &ns, Runtime::Airlock, "agent-2")?,
-    ));
+    let (pids, report) = pids_max(&ctd, &ns, Runtime::Airlock, "agent-2")?;
+    airlock.push(("pids.max (host side)".into(), pids));
     runc.push((
         "pids.max (host side)".into(),
-        pids_max(&ctd, &ns, Runtime::Runc, "runc-2")?,
+        pids_max(&ctd, &ns, Runtime::Runc, "runc-2")?.0,
     ));
 
     println!("An agent container (busybox) through containerd: what the sandbox enforced\n");
@@ -132,11 +145,21 @@ fn main() -> Result<()> {
             .unwrap_or("?");
         println!("| {k:w$} | {v:w2$} | {r}");
     }
-    let policy_line = ctd.log_grep("policy applied");
-    if let Some(line) = policy_line.lines().last() {
+    let report = report.context(
+        "the shim wrote no policy report into the container's bundle (airlock-policy.json)",
+    )?;
+    println!(
+        "\nwhat the shim reported for it (policy {}, from the bundle's {}):",
+        report["policy"].as_str().unwrap_or("?"),
+        airlock_policies::REPORT_FILE
+    );
+    for rule in report["enforced"].as_array().into_iter().flatten() {
+        println!("  - {}", rule.as_str().unwrap_or_default());
+    }
+    for c in report["clamped"].as_array().into_iter().flatten() {
         println!(
-            "\nfrom the shim's log (containerd's log):\n  {}",
-            line.trim()
+            "  - clamped: {} = {} ({})",
+            c["field"], c["asked"], c["done"]
         );
     }
     Ok(())

@@ -191,9 +191,24 @@ impl ProcessSandbox {
         let t_seccomp = t0.elapsed();
         let out = serde_json::to_vec(&spec)
             .map_err(|e| Error::InvalidArgument(format!("cannot serialise the OCI spec: {e}")))?;
-        tokio::fs::write(&path, out)
-            .await
-            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+        // The report beside the spec, for readers outside the shim (the demo), in the same
+        // trip to the blocking pool as the spec.
+        let report_file = bundle.join(airlock_policies::REPORT_FILE);
+        let report_json = serde_json::to_vec_pretty(&report).unwrap_or_default();
+        let spec_file = path.clone();
+        let reported = tokio::task::spawn_blocking(move || {
+            std::fs::write(&spec_file, out)?;
+            Ok::<_, std::io::Error>(
+                std::fs::write(&report_file, report_json)
+                    .map_err(|e| format!("write the policy report {}: {e}", report_file.display())),
+            )
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("spec writer thread: {e}")))?
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+        if let Err(e) = reported {
+            warn!("{e}");
+        }
         let us = |d: Duration| d.as_micros() as u64;
         debug!(
             read_us = us(t_read),
