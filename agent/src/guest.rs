@@ -9,6 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use airlock_contract::ErrorKind;
@@ -17,7 +18,8 @@ use rustix::mount::MountFlags;
 
 #[cfg(doc)]
 use crate::modules::ModuleDep;
-use crate::protocol::{self, Ready, Request, Response, PORT_NAME, VERSION};
+use crate::processes::{Processes, Send};
+use crate::protocol::{self, Call, FromAgent, Ready, Request, Response, PORT_NAME, VERSION};
 
 /// Where the initramfs keeps the modules and their trimmed `modules.dep`.
 pub const MODULES_DIR: &str = "/lib/modules";
@@ -130,7 +132,25 @@ pub fn open_port(name: &str, wait: Duration) -> io::Result<File> {
     }
 }
 
-fn answer(req: &Request) -> Response {
+fn mount_share(tag: &str, target: &str, read_only: bool) -> Response {
+    let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+    if read_only {
+        flags |= MountFlags::RDONLY;
+    }
+    match mount(tag, target, "virtiofs", flags, "") {
+        Ok(()) => Response::Ok,
+        Err(e) => Response::Error {
+            kind: match e.kind() {
+                io::ErrorKind::NotFound => ErrorKind::NotFound,
+                io::ErrorKind::InvalidInput => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Unknown,
+            },
+            message: format!("mounting virtio-fs share {tag} at {target}: {e}"),
+        },
+    }
+}
+
+fn answer(req: &Request, processes: &Processes, send: &Send) -> Response {
     match req {
         Request::Ping => Response::Pong {
             uptime_ms: boottime_ms(),
@@ -139,23 +159,15 @@ fn answer(req: &Request) -> Response {
             tag,
             target,
             read_only,
-        } => {
-            let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
-            if *read_only {
-                flags |= MountFlags::RDONLY;
-            }
-            match mount(tag, target, "virtiofs", flags, "") {
-                Ok(()) => Response::Ok,
-                Err(e) => Response::Error {
-                    kind: match e.kind() {
-                        io::ErrorKind::NotFound => ErrorKind::NotFound,
-                        io::ErrorKind::InvalidInput => ErrorKind::InvalidArgument,
-                        _ => ErrorKind::Unknown,
-                    },
-                    message: format!("mounting virtio-fs share {tag} at {target}: {e}"),
-                },
-            }
-        }
+        } => mount_share(tag, target, *read_only),
+        Request::Run {
+            process,
+            args,
+            env,
+            root,
+            cwd,
+        } => processes.run(process, args, env, root, cwd, send.clone()),
+        Request::Signal { process, signal } => processes.signal(process, *signal),
         Request::Shutdown => Response::Ok,
     }
 }
@@ -205,17 +217,19 @@ pub fn run() -> ! {
         log(&e.to_string());
         power_off();
     }
+    // Replies and the processes' output and exits share the port, one whole frame at a time.
+    let writer = Mutex::new(w);
+    let send: Send = Arc::new(move |msg: &FromAgent| {
+        if let Err(e) = protocol::write_frame(&mut *writer.lock().unwrap(), msg) {
+            log(&format!("control port: {e}"));
+        }
+    });
+    let processes = Processes::default();
     loop {
-        let req: Request = match protocol::read_frame(&mut r) {
-            Ok(req) => req,
+        let call: Call = match protocol::read_frame(&mut r) {
+            Ok(call) => call,
             Err(protocol::Error::Decode(e)) => {
-                let bad = Response::Error {
-                    kind: ErrorKind::InvalidArgument,
-                    message: format!("not a request this agent knows: {e}"),
-                };
-                if protocol::write_frame(&mut w, &bad).is_err() {
-                    break;
-                }
+                log(&format!("not a call this agent knows: {e}"));
                 continue;
             }
             Err(e) => {
@@ -223,11 +237,12 @@ pub fn run() -> ! {
                 break;
             }
         };
-        let resp = answer(&req);
-        if protocol::write_frame(&mut w, &resp).is_err() {
-            break;
-        }
-        if req == Request::Shutdown {
+        let response = answer(&call.request, &processes, &send);
+        send(&FromAgent::Reply {
+            id: call.id,
+            response,
+        });
+        if call.request == Request::Shutdown {
             break;
         }
     }

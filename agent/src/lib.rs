@@ -10,4 +10,5 @@
 
 pub mod guest;
 pub mod modules;
+pub mod processes;
 pub mod protocol;

@@ -4,8 +4,10 @@
 //! machine's kernel has no `/dev/vhost-vsock`). Each frame is a little-endian `u32` length
 //! followed by that many bytes of JSON; a frame over [`MAX_FRAME`] is refused, so neither
 //! side can be made to allocate without bound. The agent sends [`Ready`] first, once its
-//! port is open; after that the host sends [`Request`]s and reads one [`Response`] each, in
-//! order.
+//! port is open. After that the host sends [`Call`]s, and the agent sends [`FromAgent`]
+//! messages: one [`FromAgent::Reply`] per call (carrying the call's id, in any order), and,
+//! unasked, the output and the exit of the processes it runs. A process's
+//! [`FromAgent::Exited`] comes after all of its output.
 
 use std::io::{self, Read, Write};
 
@@ -15,7 +17,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// The name of the control port (QEMU's `virtserialport,name=`).
 pub const PORT_NAME: &str = "airlock.ctl";
 /// The protocol's version: the agent's [`Ready`] carries it, and the host refuses another.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The most output bytes one [`FromAgent::Output`] carries.
+pub const OUTPUT_CHUNK: usize = 32 * 1024;
 /// The largest frame either side reads.
 pub const MAX_FRAME: u32 = 1 << 20;
 
@@ -31,6 +35,14 @@ pub struct Ready {
     pub port_ms: u64,
 }
 
+/// A request and the id its reply carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Call {
+    pub id: u64,
+    pub request: Request,
+}
+
 /// What the host asks of the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -43,6 +55,19 @@ pub enum Request {
         target: String,
         read_only: bool,
     },
+    /// Starts a process named `process` (unique among the agent's running processes) with
+    /// `root` as its root directory and `cwd` as its working directory in it; answered by
+    /// [`Response::Started`], then its output and exit come as [`FromAgent`] messages.
+    Run {
+        process: String,
+        args: Vec<String>,
+        /// `NAME=value` entries: the process's whole environment.
+        env: Vec<String>,
+        root: String,
+        cwd: String,
+    },
+    /// Sends `signal` to a running process.
+    Signal { process: String, signal: i32 },
     /// Syncs and powers the guest off; answered before it does.
     Shutdown,
 }
@@ -56,10 +81,56 @@ pub enum Response {
         /// Guest time (CLOCK_BOOTTIME) in milliseconds.
         uptime_ms: u64,
     },
+    Started {
+        /// The process's pid in the guest.
+        pid: u32,
+    },
     Error {
         kind: ErrorKind,
         message: String,
     },
+}
+
+/// Which output of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// What the agent sends after [`Ready`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FromAgent {
+    /// The answer to the call with this id.
+    Reply { id: u64, response: Response },
+    /// Output of a process, at most [`OUTPUT_CHUNK`] bytes.
+    Output {
+        process: String,
+        stream: Stream,
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+    /// A process ended: its exit code, or 128 + the signal that killed it (containerd's
+    /// convention). After all its output.
+    Exited { process: String, status: u32 },
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(data))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +199,29 @@ mod tests {
             read_only: true,
         });
         round_trip(Request::Shutdown);
+        round_trip(Call {
+            id: 9,
+            request: Request::Run {
+                process: "init".into(),
+                args: vec!["/bin/sh".into()],
+                env: vec!["PATH=/bin".into()],
+                root: "/run/c/rootfs".into(),
+                cwd: "/".into(),
+            },
+        });
+        round_trip(FromAgent::Output {
+            process: "init".into(),
+            stream: Stream::Stderr,
+            data: vec![0, 255, b'\n'],
+        });
+        round_trip(FromAgent::Exited {
+            process: "init".into(),
+            status: 137,
+        });
+        round_trip(FromAgent::Reply {
+            id: 9,
+            response: Response::Started { pid: 42 },
+        });
         round_trip(Response::Pong { uptime_ms: 7 });
         round_trip(Response::Error {
             kind: ErrorKind::NotFound,

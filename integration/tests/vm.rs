@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use airlock_agent::protocol::{Request, Response};
+use airlock_agent::protocol::{FromAgent, Request, Response, Stream};
 use airlock_contract::ErrorKind;
 use airlock_integration::airlock_bin_dir;
 use airlock_policies::config::AcceleratorChoice;
@@ -122,7 +122,7 @@ fn the_guest_boots_to_its_agent_and_powers_off_when_told() {
     let d = tempfile::tempdir().unwrap();
     let spec = spec(d.path(), vec![]);
     let qemu = Qemu::new(tool("qemu-system-x86_64"));
-    let mut vm = Vm::boot(&qemu, &spec, &d.path().join("qemu.log"), BOOT).unwrap_or_else(|e| {
+    let vm = Vm::boot(&qemu, &spec, &d.path().join("qemu.log"), BOOT).unwrap_or_else(|e| {
         panic!(
             "boot: {e}\nconsole: {}",
             std::fs::read_to_string(d.path().join("console.log")).unwrap_or_default()
@@ -168,11 +168,57 @@ fn the_guest_boots_to_its_agent_and_powers_off_when_told() {
     assert!(!alive(pid));
 }
 
+/// Runs `args` in the guest as `name` with `root` as its root; its stdout, stderr and status.
+fn run_in_guest(
+    vm: &Vm,
+    events: &std::sync::mpsc::Receiver<FromAgent>,
+    name: &str,
+    args: &[&str],
+) -> (String, String, u32) {
+    let started = vm
+        .call(
+            &Request::Run {
+                process: name.into(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                env: vec!["PATH=/bin".into()],
+                root: "/run/rootfs".into(),
+                cwd: "/".into(),
+            },
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert!(matches!(started, Response::Started { .. }), "{started:?}");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    loop {
+        match events.recv_timeout(Duration::from_secs(60)).unwrap() {
+            FromAgent::Output {
+                process,
+                stream,
+                data,
+            } if process == name => match stream {
+                Stream::Stdout => out.extend(data),
+                Stream::Stderr => err.extend(data),
+            },
+            FromAgent::Exited { process, status } if process == name => {
+                return (
+                    String::from_utf8_lossy(&out).into_owned(),
+                    String::from_utf8_lossy(&err).into_owned(),
+                    status,
+                )
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 #[test]
-fn a_virtio_fs_share_mounts_in_the_guest_and_a_dropped_vm_leaves_no_process() {
+fn processes_run_on_a_read_only_virtio_fs_root_and_a_dropped_vm_leaves_no_process() {
     let d = tempfile::tempdir().unwrap();
     let shared = d.path().join("rootfs");
+    std::fs::create_dir_all(shared.join("bin")).unwrap();
     std::fs::create_dir_all(shared.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", shared.join("bin/busybox"))
+        .expect("busybox-static (scripts/setup.sh installs it)");
     std::fs::write(shared.join("etc/hostname"), "guest\n").unwrap();
     let socket = d.path().join("fs.sock");
     let mut virtiofsd = Command::new(tool("virtiofsd"))
@@ -212,6 +258,7 @@ fn a_virtio_fs_share_mounts_in_the_guest_and_a_dropped_vm_leaves_no_process() {
         "with a virtio-fs share: VMM start to agent ready {:?}",
         vm.times.to_ready
     );
+    let events = vm.take_events().unwrap();
     let mounted = vm.call(
         &Request::Mount {
             tag: "rootfs".into(),
@@ -220,6 +267,60 @@ fn a_virtio_fs_share_mounts_in_the_guest_and_a_dropped_vm_leaves_no_process() {
         },
         Duration::from_secs(30),
     );
+    let checks = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_eq!(mounted.unwrap(), Response::Ok);
+        let t = Instant::now();
+        let (out, err, status) = run_in_guest(
+            &vm,
+            &events,
+            "hello",
+            &[
+                "/bin/busybox",
+                "sh",
+                "-c",
+                "/bin/busybox cat /etc/hostname; echo $PATH >&2; exit 7",
+            ],
+        );
+        println!("a process run to its exit in the guest: {:?}", t.elapsed());
+        assert_eq!(
+            (out.as_str(), err.as_str(), status),
+            ("guest\n", "/bin\n", 7)
+        );
+        let (_, err, status) =
+            run_in_guest(&vm, &events, "write", &["/bin/busybox", "touch", "/x"]);
+        assert_ne!(status, 0);
+        assert!(err.contains("Read-only file system"), "{err}");
+        // A long-running process, ended by a signal sent by name.
+        let started = vm
+            .call(
+                &Request::Run {
+                    process: "sleeper".into(),
+                    args: vec!["/bin/busybox".into(), "sleep".into(), "600".into()],
+                    env: vec![],
+                    root: "/run/rootfs".into(),
+                    cwd: "/".into(),
+                },
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        assert!(matches!(started, Response::Started { .. }), "{started:?}");
+        let signalled = vm
+            .call(
+                &Request::Signal {
+                    process: "sleeper".into(),
+                    signal: libc::SIGKILL,
+                },
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        assert_eq!(signalled, Response::Ok);
+        match events.recv_timeout(Duration::from_secs(60)).unwrap() {
+            FromAgent::Exited { process, status } => {
+                assert_eq!((process.as_str(), status), ("sleeper", 128 + 9))
+            }
+            other => panic!("{other:?}"),
+        }
+    }));
     let pid = vm.pid();
     drop(vm);
     assert!(!alive(pid), "a dropped VM's VMM is gone");
@@ -237,7 +338,9 @@ fn a_virtio_fs_share_mounts_in_the_guest_and_a_dropped_vm_leaves_no_process() {
         let _ = virtiofsd.kill();
         let _ = virtiofsd.wait();
     }
-    assert_eq!(mounted.unwrap(), Response::Ok);
+    if let Err(p) = checks {
+        std::panic::resume_unwind(p);
+    }
     assert!(ended.is_some(), "virtiofsd did not end after its VMM");
 }
 

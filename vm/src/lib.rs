@@ -9,13 +9,17 @@ pub mod accel;
 pub mod initramfs;
 pub mod vmm;
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use airlock_agent::protocol::{self, Ready, Request, Response, VERSION};
+use airlock_agent::protocol::{self, Call, FromAgent, Ready, Request, Response, VERSION};
 
 pub use accel::Accelerator;
 pub use vmm::{Qemu, Share, VmSpec, Vmm};
@@ -42,6 +46,10 @@ pub enum Error {
     Version(u32),
     #[error(transparent)]
     Protocol(#[from] protocol::Error),
+    #[error("the guest's agent did not answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("the VM's control channel is closed (the guest stopped or its agent ended)")]
+    Closed,
     #[error("the VM's control channel: {0}")]
     Io(#[from] io::Error),
 }
@@ -57,13 +65,43 @@ pub struct BootTimes {
     pub ready: Ready,
 }
 
+type Pending = Arc<Mutex<Option<HashMap<u64, mpsc::Sender<Response>>>>>;
+
 /// A booted VM. Dropping it kills its VMM (and so the guest) and reaps it.
 #[derive(Debug)]
 pub struct Vm {
     child: Child,
     channel: UnixStream,
+    next_id: AtomicU64,
+    /// Callers waiting for a reply, by call id; `None` once the channel is closed.
+    pending: Pending,
+    events: Option<mpsc::Receiver<FromAgent>>,
+    reader: Option<JoinHandle<()>>,
     pub accelerator: Accelerator,
     pub times: BootTimes,
+}
+
+/// Reads the agent's messages: each reply to its caller, everything else to `events`.
+fn read_agent(mut from: UnixStream, pending: Pending, events: mpsc::Sender<FromAgent>) {
+    loop {
+        match protocol::read_frame::<_, FromAgent>(&mut from) {
+            Ok(FromAgent::Reply { id, response }) => {
+                let waiter = pending.lock().unwrap().as_mut().and_then(|p| p.remove(&id));
+                if let Some(w) = waiter {
+                    let _ = w.send(response);
+                }
+            }
+            Ok(other) => {
+                let _ = events.send(other);
+            }
+            Err(e) => {
+                tracing::debug!("the VM's control channel ended: {e}");
+                break;
+            }
+        }
+    }
+    // Callers still waiting learn that no reply will come.
+    pending.lock().unwrap().take();
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -99,9 +137,25 @@ impl Vm {
             Ok((channel, ready)) => {
                 let to_ready = start.elapsed();
                 tracing::info!(?to_ready, "guest agent ready");
+                let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+                let (tx, events) = mpsc::channel();
+                let reading = match channel.try_clone() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(e.into());
+                    }
+                };
+                let p = pending.clone();
+                let reader = std::thread::spawn(move || read_agent(reading, p, tx));
                 Ok(Vm {
                     child,
                     channel,
+                    next_id: AtomicU64::new(1),
+                    pending,
+                    events: Some(events),
+                    reader: Some(reader),
                     accelerator: spec.accelerator,
                     times: BootTimes { to_ready, ready },
                 })
@@ -181,11 +235,41 @@ impl Vm {
         self.child.id()
     }
 
-    /// Sends `req` and reads its answer, waiting at most `timeout`.
-    pub fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response> {
-        self.channel.set_read_timeout(Some(timeout))?;
-        protocol::write_frame(&mut &self.channel, req)?;
-        Ok(protocol::read_frame(&mut &self.channel)?)
+    /// Sends `req` and waits at most `timeout` for its answer. Calls may come from several
+    /// threads at once; each gets its own reply.
+    pub fn call(&self, req: &Request, timeout: Duration) -> Result<Response> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        match self.pending.lock().unwrap().as_mut() {
+            Some(p) => p.insert(id, tx),
+            None => return Err(Error::Closed),
+        };
+        let call = Call {
+            id,
+            request: req.clone(),
+        };
+        if let Err(e) = protocol::write_frame(&mut &self.channel, &call) {
+            if let Some(p) = self.pending.lock().unwrap().as_mut() {
+                p.remove(&id);
+            }
+            return Err(e.into());
+        }
+        match rx.recv_timeout(timeout) {
+            Ok(r) => Ok(r),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(p) = self.pending.lock().unwrap().as_mut() {
+                    p.remove(&id);
+                }
+                Err(Error::NoAnswer(timeout))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Closed),
+        }
+    }
+
+    /// The agent's unasked messages (processes' output and exits), in the order it sent them;
+    /// once (the caller owns the stream).
+    pub fn take_events(&mut self) -> Option<mpsc::Receiver<FromAgent>> {
+        self.events.take()
     }
 
     /// Asks the agent to power the guest off and waits up to `timeout` for the VMM to exit;
@@ -211,6 +295,11 @@ impl Drop for Vm {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        // The VMM's end closes the channel; the reader ends with it.
+        let _ = self.channel.shutdown(std::net::Shutdown::Both);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
         }
     }
 }
