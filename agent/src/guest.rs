@@ -224,7 +224,7 @@ pub fn run() -> ! {
             log(&format!("control port: {e}"));
         }
     });
-    let processes = Processes::default();
+    let processes = Processes::get();
     loop {
         let call: Call = match protocol::read_frame(&mut r) {
             Ok(call) => call,
@@ -237,7 +237,7 @@ pub fn run() -> ! {
                 break;
             }
         };
-        let response = answer(&call.request, &processes, &send);
+        let response = answer(&call.request, processes, &send);
         send(&FromAgent::Reply {
             id: call.id,
             response,

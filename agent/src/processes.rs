@@ -1,29 +1,42 @@
 //! The processes the agent runs for the host: started in a root directory of their own, their
 //! output and exit sent as [`FromAgent`] messages, signalled by name.
 //!
-//! A process's waiter learns of its exit with `waitid(WNOWAIT)` and only then, holding the
-//! table's lock, forgets its name and reaps it: a signal sent by name goes to the process or
-//! finds no such name, never to a pid that was reused.
+//! The agent is the guest's PID 1, so every process orphaned in the guest becomes its child.
+//! One reaper thread reaps all children: it learns of an exit with `waitid(WNOWAIT)`, then,
+//! holding the table's lock, forgets the name and reaps the pid, and hands a named process's
+//! status to its waiter; orphans are reaped and forgotten. A signal sent by name therefore goes
+//! to the process or finds no such name, never to a pid that was reused.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use airlock_contract::ErrorKind;
-use rustix::process::{Pid, Signal};
+use rustix::process::{Pid, Signal, WaitOptions};
 
 use crate::protocol::{FromAgent, Response, Stream, OUTPUT_CHUNK};
 
 /// Where messages to the host go (the control port's writer).
 pub type Send = Arc<dyn Fn(&FromAgent) + std::marker::Send + Sync>;
 
-/// The running processes, by name.
-#[derive(Clone, Default)]
+struct Named {
+    pid: u32,
+    exited: mpsc::Sender<u32>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_name: HashMap<String, Named>,
+}
+
+/// The running processes, by name. There is one table per agent (one reaper per process):
+/// [`Processes::get`].
 pub struct Processes {
-    table: Arc<Mutex<HashMap<String, Child>>>,
+    table: Mutex<Table>,
+    spawned: Condvar,
 }
 
 fn error(kind: ErrorKind, message: String) -> Response {
@@ -58,15 +71,76 @@ fn forward(process: String, stream: Stream, mut from: impl Read, send: Send) {
 }
 
 /// containerd's convention: the exit code, or 128 + the killing signal.
-fn status_of(status: std::process::ExitStatus) -> u32 {
-    match (status.code(), status.signal()) {
+fn status_of(status: rustix::process::WaitStatus) -> u32 {
+    match (status.exit_status(), status.terminating_signal()) {
         (Some(code), _) => code as u32,
         (None, Some(sig)) => 128 + sig as u32,
         (None, None) => 255,
     }
 }
 
+/// Waits until some child has exited (without reaping it) and returns its pid; None when
+/// there is no child at all.
+fn next_exit() -> Option<u32> {
+    loop {
+        // rustix's waitid result does not carry the pid: libc's siginfo does.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes into `info`, which we own.
+        let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if r == 0 {
+            // SAFETY: waitid filled in a SIGCHLD siginfo.
+            return Some(unsafe { info.si_pid() } as u32);
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            _ => return None,
+        }
+    }
+}
+
 impl Processes {
+    /// The agent's table, with its reaper started on first use.
+    pub fn get() -> &'static Processes {
+        static ONE: OnceLock<Processes> = OnceLock::new();
+        ONE.get_or_init(|| {
+            std::thread::spawn(|| Processes::get().reap());
+            Processes {
+                table: Mutex::new(Table::default()),
+                spawned: Condvar::new(),
+            }
+        })
+    }
+
+    fn reap(&self) {
+        loop {
+            let Some(pid) = next_exit() else {
+                // No child at all: wait for the next start.
+                let table = self.table.lock().unwrap();
+                let _unused = self
+                    .spawned
+                    .wait_while(table, |t| t.by_name.is_empty())
+                    .unwrap();
+                continue;
+            };
+            let mut table = self.table.lock().unwrap();
+            let name = table
+                .by_name
+                .iter()
+                .find(|(_, n)| n.pid == pid)
+                .map(|(k, _)| k.clone());
+            let named = name.and_then(|k| table.by_name.remove(&k));
+            let status = Pid::from_raw(pid as i32)
+                .and_then(|p| rustix::process::waitpid(Some(p), WaitOptions::empty()).ok())
+                .flatten()
+                .map(|(_, st)| status_of(st))
+                .unwrap_or(255);
+            drop(table);
+            if let Some(n) = named {
+                let _ = n.exited.send(status);
+            }
+        }
+    }
+
     /// Starts `args` as `process`, chrooted to `root`, in `cwd`, with exactly `env`.
     pub fn run(
         &self,
@@ -88,7 +162,7 @@ impl Processes {
             Err(m) => return error(ErrorKind::InvalidArgument, m),
         };
         let mut table = self.table.lock().unwrap();
-        if table.contains_key(process) {
+        if table.by_name.contains_key(process) {
             return error(
                 ErrorKind::AlreadyExists,
                 format!("a process named {process} is running"),
@@ -111,6 +185,7 @@ impl Processes {
                 Ok(())
             });
         }
+        // Spawned under the table's lock: the reaper cannot see its exit before its name.
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -123,36 +198,34 @@ impl Processes {
             }
         };
         let pid = child.id();
-        let out: ChildStdout = child.stdout.take().expect("piped");
-        let err: ChildStderr = child.stderr.take().expect("piped");
-        table.insert(process.to_string(), child);
-        drop(table);
-        let readers: Vec<JoinHandle<()>> = [
+        let outputs: [(Stream, Box<dyn Read + std::marker::Send>); 2] = [
             (
                 Stream::Stdout,
-                Box::new(out) as Box<dyn Read + std::marker::Send>,
+                Box::new(child.stdout.take().expect("piped")),
             ),
-            (Stream::Stderr, Box::new(err)),
-        ]
-        .into_iter()
-        .map(|(stream, from)| {
-            let (name, send) = (process.to_string(), send.clone());
-            std::thread::spawn(move || forward(name, stream, from, send))
-        })
-        .collect();
-        let (name, table) = (process.to_string(), self.table.clone());
+            (
+                Stream::Stderr,
+                Box::new(child.stderr.take().expect("piped")),
+            ),
+        ];
+        // The reaper reaps it; std's handle never waits.
+        drop(child);
+        let (tx, exited) = mpsc::channel();
+        table
+            .by_name
+            .insert(process.to_string(), Named { pid, exited: tx });
+        self.spawned.notify_all();
+        drop(table);
+        let readers: Vec<JoinHandle<()>> = outputs
+            .into_iter()
+            .map(|(stream, from)| {
+                let (name, send) = (process.to_string(), send.clone());
+                std::thread::spawn(move || forward(name, stream, from, send))
+            })
+            .collect();
+        let name = process.to_string();
         std::thread::spawn(move || {
-            if let Some(raw) = Pid::from_raw(pid as i32) {
-                let _ = rustix::process::waitid(
-                    rustix::process::WaitId::Pid(raw),
-                    rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOWAIT,
-                );
-            }
-            let child = table.lock().unwrap().remove(&name);
-            let status = child
-                .and_then(|mut c| c.wait().ok())
-                .map(status_of)
-                .unwrap_or(255);
+            let status = exited.recv().unwrap_or(255);
             for r in readers {
                 let _ = r.join();
             }
@@ -167,14 +240,14 @@ impl Processes {
     /// Sends `signal` to the running process `process`.
     pub fn signal(&self, process: &str, signal: i32) -> Response {
         let table = self.table.lock().unwrap();
-        let Some(child) = table.get(process) else {
+        let Some(named) = table.by_name.get(process) else {
             return error(
                 ErrorKind::NotFound,
                 format!("no running process named {process}"),
             );
         };
         let (Some(pid), Some(sig)) = (
-            Pid::from_raw(child.id() as i32),
+            Pid::from_raw(named.pid as i32),
             Signal::from_named_raw(signal),
         ) else {
             return error(
@@ -228,10 +301,10 @@ mod tests {
 
     #[test]
     fn output_then_exit_in_order() {
-        let p = Processes::default();
+        let p = Processes::get();
         let (send, rx) = collector();
         let r = p.run(
-            "a",
+            "order",
             &sh("echo out; echo err >&2; echo $GREETING; exit 7"),
             &["GREETING=hi".into()],
             "/",
@@ -248,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_signal_by_name_ends_the_process_and_a_gone_name_is_not_found() {
-        let p = Processes::default();
+        let p = Processes::get();
         let (send, rx) = collector();
         p.run("s", &sh("exec sleep 60"), &[], "/", "/", send);
         assert_eq!(p.signal("s", libc::SIGKILL), Response::Ok);
@@ -264,14 +337,14 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused_with_their_kind() {
-        let p = Processes::default();
+        let p = Processes::get();
         let (send, _rx) = collector();
         let refused = |r: Response, want: ErrorKind| match r {
             Response::Error { kind, .. } => assert_eq!(kind, want),
             other => panic!("{other:?}"),
         };
         refused(
-            p.run("x", &[], &[], "/", "/", send.clone()),
+            p.run("bad", &[], &[], "/", "/", send.clone()),
             ErrorKind::InvalidArgument,
         );
         refused(
@@ -302,5 +375,28 @@ mod tests {
             ErrorKind::AlreadyExists,
         );
         p.signal("dup", libc::SIGKILL);
+    }
+
+    #[test]
+    fn an_orphan_is_reaped_and_its_parent_still_reported() {
+        // As PID 1 is in the guest: orphans of this process's children come to it.
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+        let p = Processes::get();
+        let (send, rx) = collector();
+        p.run("orphaner", &sh("sleep 0.3 & echo $!"), &[], "/", "/", send);
+        let (out, _, status) = until_exit(&rx);
+        assert_eq!(status, 0);
+        let orphan: u32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
+        let stat = format!("/proc/{orphan}/stat");
+        let start = std::time::Instant::now();
+        // Gone, not a zombie: the reaper reaped it.
+        while std::path::Path::new(&stat).exists() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "orphan {orphan} not reaped: {}",
+                std::fs::read_to_string(&stat).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
