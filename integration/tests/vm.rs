@@ -135,6 +135,14 @@ fn the_guest_boots_to_its_agent_and_powers_off_when_told() {
         vm.accelerator, t.to_ready, t.ready.init_ms, t.ready.modules_ms, t.ready.port_ms
     );
     assert!(t.ready.init_ms <= t.ready.modules_ms && t.ready.modules_ms <= t.ready.port_ms);
+    // QEMU runs under its own seccomp filter (-sandbox on).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.pid())).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
+        "the VMM has no seccomp filter:\n{status}"
+    );
     let start = Instant::now();
     match vm.call(&Request::Ping, Duration::from_secs(10)).unwrap() {
         Response::Pong { uptime_ms } => assert!(uptime_ms >= t.ready.port_ms),

@@ -159,6 +159,10 @@ impl Vmm for Qemu {
             "-no-user-config",
             "-nographic",
             "-no-reboot",
+            // QEMU's own seccomp filter: no obsolete system calls, no privilege changes, no
+            // process spawning, no scheduler or affinity changes.
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-m",
             &format!("{}M", spec.memory_mib),
             "-smp",
@@ -242,6 +246,7 @@ mod tests {
         let joined = a.join(" ");
         for want in [
             "-M microvm -accel tcg -cpu max",
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-m 256M -smp 2",
             "tsc_early_khz=2596120",
             "-serial file:/run/vm/console.log",
