@@ -139,6 +139,9 @@ pub struct Report {
     /// Interleaved rounds of the CRI section.
     #[serde(default)]
     pub cri_rounds: usize,
+    /// The microVM mode's guest booted with no container (absent in reports from before).
+    #[serde(default)]
+    pub vm_boot: Option<crate::vm::VmBootResult>,
     pub goals: Vec<Goal>,
 }
 
@@ -423,6 +426,11 @@ impl Report {
             if self.baseline.iter().any(|b| b.name == "airlock-runtime") {
                 s.push_str("\nAirlock's shim starts a container without poststart hooks and deletes a stopped one without executing `airlock-runtime` (docs/design/start-path.md, \"Start and delete without a process\"): on its containerd path only create runs the runtime, so the floor's start and delete for `airlock-runtime` are not part of that path, and its `containerd + shim` figure is understated by about their sum.\n");
             }
+        }
+
+        if let Some(vm) = &self.vm_boot {
+            s.push('\n');
+            s.push_str(&crate::vm::markdown(vm));
         }
 
         if !self.goals.is_empty() {
@@ -804,6 +812,7 @@ mod tests {
                 ),
             ],
             cri_rounds: 10,
+            vm_boot: None,
             goals: vec![Goal {
                 goal: "p50 / runc".into(),
                 measured: Some(0.5),

@@ -131,7 +131,10 @@ pub fn detect(ctd: &Containerd, policies: &[String]) -> (Vec<Subject>, Vec<Strin
         )),
         None => skipped.push("gvisor: `runsc` is not installed".to_string()),
     }
-    skipped.push("airlock-vm: the microVM mode is not built yet".to_string());
+    skipped.push(
+        "airlock-vm through containerd: the shim does not run containers in VMs yet (its guest's boot is measured above)"
+            .to_string(),
+    );
     (v, skipped)
 }
 

@@ -20,33 +20,12 @@ const BOOT: Duration = Duration::from_secs(120);
 
 /// Debian's cloud kernel (the newest installed).
 fn kernel() -> PathBuf {
-    let mut images: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .expect("/boot")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with("vmlinuz-") && n.ends_with("-cloud-amd64")
-        })
-        .collect();
-    images.sort();
-    images
-        .pop()
+    airlock_vm::locate::cloud_kernel(Path::new("/boot"))
         .expect("no /boot/vmlinuz-*-cloud-amd64: scripts/setup.sh installs linux-image-cloud-amd64")
 }
 
 fn tool(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend([
-        "/usr/libexec".into(),
-        "/root/.cargo/bin".into(),
-        "/usr/bin".into(),
-    ]);
-    dirs.iter()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    airlock_vm::locate::tool(name)
         .unwrap_or_else(|| panic!("{name} not found: scripts/setup.sh installs it"))
 }
 

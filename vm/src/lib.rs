@@ -3,10 +3,12 @@
 //! - [`accel`]: hardware KVM or emulation, as the node config allows; fail closed.
 //! - [`initramfs`]: the guest's initramfs (the static agent and its kernel modules).
 //! - [`vmm`]: the VMM trait and QEMU's `microvm` backend.
+//! - [`locate`]: Debian's cloud kernel and the VMM's helpers where the config does not say.
 //! - [`Vm`]: one booted VM: its VMM process and the control channel to its agent.
 
 pub mod accel;
 pub mod initramfs;
+pub mod locate;
 pub mod vmm;
 
 use std::collections::HashMap;
