@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use airlock_policies::config::{
-    DEFAULT_CONFIG_PATH, DEFAULT_POLICIES_DIR, HANDLER_PROCESS as HANDLER,
+    DEFAULT_CONFIG_PATH, DEFAULT_POLICIES_DIR, DEFAULT_VM_DIR, HANDLER_PROCESS as HANDLER,
 };
 use toml_edit::{Array, DocumentMut, Item, Value};
 
@@ -16,7 +16,12 @@ use crate::dropin::{self, ConfigVersion, ContainerdVersion};
 use crate::Error;
 
 /// Binaries installed into `BIN_DIR`.
-pub const BINARIES: &[&str] = &["containerd-shim-airlock-v2", "airlock-runtime", "airlock"];
+pub const BINARIES: &[&str] = &[
+    "containerd-shim-airlock-v2",
+    "airlock-runtime",
+    "airlock",
+    "airlock-agent",
+];
 /// Where binaries go (on containerd's PATH on Debian and most distributions).
 pub const BIN_DIR: &str = "/usr/local/bin";
 /// containerd's default config file.
@@ -65,6 +70,10 @@ pub struct Options {
     /// The containerd release to configure for (detected from `containerd --version`).
     pub containerd: ContainerdVersion,
     pub dry_run: bool,
+    /// Where the microVM guest's kernel is looked for (Debian's cloud kernel, `/boot`) and
+    /// the kernels' modules (`/lib/modules`).
+    pub kernels: PathBuf,
+    pub modules: PathBuf,
 }
 
 /// What install did (or would do), one line each.
@@ -181,6 +190,8 @@ pub fn install(o: &Options) -> Result<Report, Error> {
         }
     }
 
+    install_vm_guest(o, &mut r)?;
+
     let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "NODE".into());
@@ -192,6 +203,56 @@ pub fn install(o: &Options) -> Result<Report, Error> {
             .push("restart containerd to load the drop-in: systemctl restart containerd".into());
     }
     Ok(r)
+}
+
+/// The microVM guest (`[vm] kernel` and `initramfs` at their defaults): Debian's cloud kernel,
+/// copied so that it stays with the modules its initramfs holds, and the initramfs built for
+/// it with the agent. A node without that kernel gets a line saying what to install.
+fn install_vm_guest(o: &Options, r: &mut Report) -> Result<(), Error> {
+    let Some(kernel) = airlock_vm::locate::cloud_kernel(&o.kernels) else {
+        r.lines.push(format!(
+            "skipped the microVM guest: no {}/vmlinuz-*-cloud-amd64 (apt install \
+             linux-image-cloud-amd64, then install again)",
+            o.kernels.display()
+        ));
+        return Ok(());
+    };
+    let dir = staged(&o.prefix, Path::new(DEFAULT_VM_DIR));
+    let (vmlinuz, initramfs) = (dir.join("vmlinuz"), dir.join("initramfs.cpio"));
+    let agent = o.source_dir.join("airlock-agent");
+    if !o.dry_run {
+        write(
+            &vmlinuz,
+            std::fs::read(&kernel).map_err(io(&kernel))?,
+            0o644,
+            false,
+        )?;
+        let built = airlock_vm::initramfs::build(&vmlinuz, &o.modules, &agent, &initramfs)
+            .map_err(|e| Error::VmGuest(e.to_string()))?;
+        r.did(
+            false,
+            format!(
+                "build the microVM guest: {} (kernel {}) and {} ({} bytes: the agent and {} \
+                 modules)",
+                vmlinuz.display(),
+                built.release,
+                initramfs.display(),
+                built.bytes,
+                built.modules.len()
+            ),
+        );
+    } else {
+        r.did(
+            true,
+            format!(
+                "copy {} to {} and build {} for it",
+                kernel.display(),
+                vmlinuz.display(),
+                initramfs.display()
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// containerd 1.x: put the runtime's tables into containerd's own config (version 2), keeping
@@ -398,6 +459,8 @@ mod tests {
             source_dir: src,
             containerd,
             dry_run: false,
+            kernels: d.path().join("boot"),
+            modules: d.path().join("modules"),
         };
         (d, o)
     }
@@ -512,11 +575,25 @@ mod tests {
         let r = install(&o).unwrap();
         assert!(!o.prefix.exists());
         assert!(
-            r.lines
-                .iter()
-                .all(|l| l.starts_with("would ") || l.starts_with("kept")),
+            r.lines.iter().all(|l| l.starts_with("would ")
+                || l.starts_with("kept")
+                || l.starts_with("skipped")),
             "{r}"
         );
+    }
+
+    #[test]
+    fn a_node_without_the_cloud_kernel_is_told_what_to_install() {
+        let (_d, o) = setup(V16);
+        let r = install(&o).unwrap();
+        assert!(
+            r.lines
+                .iter()
+                .any(|l| l.starts_with("skipped the microVM guest")
+                    && l.contains("apt install linux-image-cloud-amd64")),
+            "{r}"
+        );
+        assert!(!o.prefix.join("var/lib/airlock/vm").exists());
     }
 
     #[test]

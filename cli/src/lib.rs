@@ -25,4 +25,6 @@ pub enum Error {
     ContainerdConfig { path: String, message: String },
     #[error("cannot tell containerd's version ({0}); pass --containerd-version 1.6|1.7|2.0|2.1")]
     ContainerdVersion(String),
+    #[error("building the microVM guest: {0}")]
+    VmGuest(String),
 }

@@ -332,6 +332,39 @@ fn processes_run_on_a_read_only_virtio_fs_root_and_a_dropped_vm_leaves_no_proces
 }
 
 #[test]
+fn airlock_install_puts_a_guest_that_boots_where_the_node_config_expects_it() {
+    let d = tempfile::tempdir().unwrap();
+    let prefix = d.path().join("root");
+    let o = airlock()
+        .arg("install")
+        .arg("--prefix")
+        .arg(&prefix)
+        .args(["--containerd-version", "2.1", "--from"])
+        .arg(airlock_bin_dir())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("did: build the microVM guest"), "{said}");
+    let defaults = airlock_policies::config::VmConfig::default();
+    let staged = |p: &Path| prefix.join(p.strip_prefix("/").unwrap());
+    let mut spec = spec(d.path(), vec![]);
+    spec.kernel = staged(&defaults.kernel);
+    spec.initramfs = staged(&defaults.initramfs);
+    let vm = Vm::boot(
+        &Qemu::new(tool("qemu-system-x86_64")),
+        &spec,
+        &d.path().join("qemu.log"),
+        BOOT,
+    )
+    .unwrap();
+    assert!(matches!(
+        vm.call(&Request::Ping, Duration::from_secs(30)).unwrap(),
+        Response::Pong { .. }
+    ));
+    assert!(vm.shutdown(Duration::from_secs(30)).unwrap().success());
+}
+
+#[test]
 fn without_hardware_kvm_the_mode_fails_closed_unless_emulation_is_allowed() {
     let host = Host::probe();
     match host.hardware_kvm() {

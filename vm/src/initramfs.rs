@@ -209,6 +209,12 @@ pub fn build(kernel: &Path, modules_root: &Path, agent: &Path, out: &Path) -> Re
     };
     fill().map_err(write_err)?;
     drop(archive);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(write_err)?;
+    }
     tmp.as_file().sync_all().map_err(write_err)?;
     let bytes = tmp.as_file().metadata().map_err(write_err)?.len();
     tmp.persist(out).map_err(|e| write_err(e.error))?;

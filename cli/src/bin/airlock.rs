@@ -188,6 +188,8 @@ fn run() -> Result<ExitCode> {
                 source_dir,
                 containerd,
                 dry_run,
+                kernels: PathBuf::from("/boot"),
+                modules: PathBuf::from("/lib/modules"),
             };
             let report = install::install(&opts)?;
             print!("{report}");
