@@ -44,5 +44,8 @@ mkdir -p "$out"
 find "$tdir/$triple/release" -maxdepth 1 -type f -executable \
   ! -name containerd-shim-airlock-v2 ! -name airlock-agent -exec install -m 0755 {} "$out/" \;
 install -m 0755 "$shim" "$out/containerd-shim-airlock-v2"
+# The same shim under the microVM mode's name (its name selects the mode): a hard link, since
+# the shim re-executes itself by the path it was started as.
+ln -f "$out/containerd-shim-airlock-v2" "$out/containerd-shim-airlock-vm-v2"
 install -m 0755 "$agent" "$out/airlock-agent"
 log "binaries in $out: $(cd "$out" && echo *)"

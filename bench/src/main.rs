@@ -524,7 +524,7 @@ fn run(args: Args) -> Result<()> {
         });
     }
     let goals = goals(&results, &cri_results, &memory);
-    // The microVM guest, booted with no container (the shim does not run VM pods yet).
+    // The microVM guest, booted with no container.
     eprintln!("airlock-vm guest boots");
     let vm_boot = match vm::measure(if args.quick { 2 } else { 10 }, ctd.airlock_bin_dir()) {
         Ok(r) => Some(r),
@@ -551,7 +551,7 @@ fn run(args: Args) -> Result<()> {
         not_measured: [
             Some("warm start: Airlock has no warm pools yet"),
             args.no_cri.then_some("CRI path: --no-cri"),
-            Some("airlock-vm through containerd: the shim does not run containers in VMs yet"),
+            Some("airlock-vm cold start through containerd (ctr run, gRPC phases, CRI): not in the benchmark yet"),
         ]
         .into_iter()
         .flatten()

@@ -230,7 +230,7 @@ fn processes_run_on_a_read_only_virtio_fs_root_and_a_dropped_vm_leaves_no_proces
     );
     let qemu = Qemu::new(tool("qemu-system-x86_64"));
     let booted = Vm::boot(&qemu, &spec, &d.path().join("qemu.log"), BOOT);
-    let mut vm = match booted {
+    let vm = match booted {
         Ok(vm) => vm,
         Err(e) => {
             let _ = virtiofsd.kill();

@@ -79,13 +79,16 @@ fn string_field(any: &Any, field: u32) -> Result<Option<String>> {
     Ok(value.filter(|v| !v.is_empty()))
 }
 
-/// The microVM mode is not in this build: a container whose runtime handler is `airlock-vm`
-/// (containerd >= 1.7 names it) must not start as a process sandbox instead (fail closed).
+/// A container whose runtime handler is `airlock-vm` (containerd >= 1.7 names it) that reached
+/// the process sandbox's shim (a node that maps the handler to `io.containerd.airlock.v2`)
+/// must not start outside a VM (fail closed).
 pub fn check_handler(handler: &str) -> Result<()> {
     if handler == airlock_policies::config::HANDLER_VM {
         return Err(Error::FailedPrecondition(format!(
-            "runtime handler {handler:?} needs the microVM mode, which this Airlock build does \
-             not have; the container is not started outside a VM (use RuntimeClass airlock)"
+            "runtime handler {handler:?} needs the microVM mode, and this is the process \
+             sandbox's shim; map the handler to runtime_type io.containerd.airlock-vm.v2 \
+             (binary containerd-shim-airlock-vm-v2) in containerd's config. The container is \
+             not started outside a VM"
         )));
     }
     Ok(())

@@ -27,6 +27,7 @@ pub mod service;
 pub mod shim;
 pub mod stdio;
 pub mod trim;
+pub mod vm;
 
 pub use shim::AirlockShim;
 

@@ -165,11 +165,16 @@ impl Shim for AirlockShim {
                 )
             }
         };
+        let sandbox: Arc<dyn crate::sandbox::Sandbox> = if crate::vm::selected() {
+            Arc::new(crate::vm::VmSandbox::new())
+        } else {
+            Arc::new(ProcessSandbox::new(self.namespace.clone(), runtime))
+        };
         TaskService::new(
             self.namespace.clone(),
             Arc::new(publisher),
             self.exit.clone(),
-            Arc::new(ProcessSandbox::new(self.namespace.clone(), runtime)),
+            sandbox,
         )
     }
 }
@@ -481,6 +486,9 @@ fn clean_up_after(namespace: &str, id: &str, bundle: &Path) -> DeleteResponse {
             }
         }
         Err(e) => warn!(%id, "{e}"),
+    }
+    if crate::vm::clean_up_after_shim(id) {
+        found.push("the container's rootfs in its VM's share");
     }
     if unmount(&bundle.join("rootfs")) {
         found.push("rootfs mount");

@@ -72,12 +72,12 @@ type Pending = Arc<Mutex<Option<HashMap<u64, mpsc::Sender<Response>>>>>;
 /// A booted VM. Dropping it kills its VMM (and so the guest) and reaps it.
 #[derive(Debug)]
 pub struct Vm {
-    child: Child,
+    child: Mutex<Child>,
     channel: UnixStream,
     next_id: AtomicU64,
     /// Callers waiting for a reply, by call id; `None` once the channel is closed.
     pending: Pending,
-    events: Option<mpsc::Receiver<FromAgent>>,
+    events: Mutex<Option<mpsc::Receiver<FromAgent>>>,
     reader: Option<JoinHandle<()>>,
     pub accelerator: Accelerator,
     pub times: BootTimes,
@@ -114,7 +114,8 @@ fn tail(path: &Path, lines: usize) -> String {
 
 impl Vm {
     /// Boots `spec` with `vmm` and waits up to `timeout` for its agent's [`Ready`]. The VMM's
-    /// own messages go to `vmm_log`. On error the VMM is gone.
+    /// own messages go to `vmm_log`. On error the VMM is gone. The VMM gets SIGKILL when the
+    /// calling thread ends: boot from a thread that lives as long as the VM.
     pub fn boot(vmm: &dyn Vmm, spec: &VmSpec, vmm_log: &Path, timeout: Duration) -> Result<Vm> {
         let _span =
             tracing::info_span!("vm_boot", vmm = vmm.name(), accel = %spec.accelerator).entered();
@@ -124,6 +125,17 @@ impl Vm {
         })?;
         listener.set_nonblocking(true)?;
         let mut cmd = vmm.command(spec)?;
+        // The VMM dies with the thread that booted it (a killed shim leaves no VM running).
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
+                Ok(())
+            });
+        }
         let log = std::fs::File::create(vmm_log)?;
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -152,11 +164,11 @@ impl Vm {
                 let p = pending.clone();
                 let reader = std::thread::spawn(move || read_agent(reading, p, tx));
                 Ok(Vm {
-                    child,
+                    child: Mutex::new(child),
                     channel,
                     next_id: AtomicU64::new(1),
                     pending,
-                    events: Some(events),
+                    events: Mutex::new(Some(events)),
                     reader: Some(reader),
                     accelerator: spec.accelerator,
                     times: BootTimes { to_ready, ready },
@@ -234,7 +246,7 @@ impl Vm {
 
     /// The VMM's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.lock().unwrap().id()
     }
 
     /// Sends `req` and waits at most `timeout` for its answer. Calls may come from several
@@ -270,22 +282,28 @@ impl Vm {
 
     /// The agent's unasked messages (processes' output and exits), in the order it sent them;
     /// once (the caller owns the stream).
-    pub fn take_events(&mut self) -> Option<mpsc::Receiver<FromAgent>> {
-        self.events.take()
+    pub fn take_events(&self) -> Option<mpsc::Receiver<FromAgent>> {
+        self.events.lock().unwrap().take()
     }
 
     /// Asks the agent to power the guest off and waits up to `timeout` for the VMM to exit;
     /// kills it after that.
-    pub fn shutdown(mut self, timeout: Duration) -> Result<ExitStatus> {
+    pub fn shutdown(self, timeout: Duration) -> Result<ExitStatus> {
+        self.stop(timeout)
+    }
+
+    /// [`Vm::shutdown`] through a shared reference (a VM shared by its pod's containers).
+    pub fn stop(&self, timeout: Duration) -> Result<ExitStatus> {
         let start = Instant::now();
         let _ = self.call(&Request::Shutdown, timeout);
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.child.lock().unwrap().try_wait()? {
                 return Ok(status);
             }
             if start.elapsed() > timeout {
-                let _ = self.child.kill();
-                return Ok(self.child.wait()?);
+                let mut child = self.child.lock().unwrap();
+                let _ = child.kill();
+                return Ok(child.wait()?);
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -294,9 +312,10 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap();
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         // The VMM's end closes the channel; the reader ends with it.
         let _ = self.channel.shutdown(std::net::Shutdown::Both);

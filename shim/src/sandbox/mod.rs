@@ -11,8 +11,8 @@
 //! [`Process`]es the core waits for.
 //!
 //! The process sandbox (`process/`: `airlock-runtime` and libcontainer on this host) is one
-//! implementation; the unit tests of the task core run against a stub (`stub.rs`), with no
-//! root and no containerd.
+//! implementation, the VM sandbox (`vm/`: one VM per pod, the guest's agent) another; the
+//! unit tests of the task core run against a stub (`stub.rs`), with no root and no containerd.
 
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -1,0 +1,221 @@
+//! Containers in the microVM mode through a real containerd (1.6 and 2.1): runtime
+//! `io.containerd.airlock-vm.v2` (the shim under the name `containerd-shim-airlock-vm-v2`),
+//! with a node config given through `--runtime-config-path` that allows emulation, since this
+//! node has no hardware KVM. Fail closed: with the default config (`accelerator = "kvm"`) on a
+//! node without hardware KVM, the create fails and nothing runs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use airlock_integration::{Containerd, Version, IMAGE_REF};
+
+const RUNTIME: &str = "io.containerd.airlock-vm.v2";
+
+/// A node config that allows emulation, with the guest built by `airlock vm build`.
+fn config(dir: &Path, accelerator: &str) -> std::path::PathBuf {
+    let kernel = airlock_vm::locate::cloud_kernel(Path::new("/boot"))
+        .expect("scripts/setup.sh installs linux-image-cloud-amd64");
+    let initramfs = dir.join("initramfs.cpio");
+    let bin = airlock_integration::airlock_bin_dir();
+    let o = std::process::Command::new(bin.join("airlock"))
+        .args(["vm", "build", "--kernel"])
+        .arg(&kernel)
+        .arg("--out")
+        .arg(&initramfs)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "airlock vm build: {o:?}");
+    let virtiofsd = airlock_vm::locate::tool("virtiofsd").expect("virtiofsd");
+    let qemu = airlock_vm::locate::tool("qemu-system-x86_64").expect("qemu");
+    let cfg = dir.join(format!("config-{accelerator}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[vm]\nkernel = \"{}\"\ninitramfs = \"{}\"\nqemu = \"{}\"\nvirtiofsd = \"{}\"\naccelerator = \"{accelerator}\"\n",
+            kernel.display(),
+            initramfs.display(),
+            qemu.display(),
+            virtiofsd.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `ctr run MODE --runtime <the VM mode> --runtime-config-path CFG IMAGE ID ARGS..`.
+fn ctr_run(
+    ctd: &Containerd,
+    ns: &str,
+    mode: &str,
+    cfg: &Path,
+    id: &str,
+    args: &[&str],
+) -> airlock_integration::proc_util::Output {
+    let cfg = cfg.to_str().unwrap();
+    let mut all = vec![
+        "run",
+        mode,
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        cfg,
+    ];
+    all.extend([IMAGE_REF, id]);
+    all.extend(args);
+    ctd.ctr_timeout(Some(ns), &all, Duration::from_secs(180))
+        .unwrap()
+}
+
+fn run(
+    ctd: &Containerd,
+    ns: &str,
+    cfg: &Path,
+    id: &str,
+    args: &[&str],
+) -> airlock_integration::proc_util::Output {
+    ctr_run(ctd, ns, "--rm", cfg, id, args)
+}
+
+/// `ctr run -d` of a container that sleeps.
+fn run_detached(ctd: &Containerd, ns: &str, cfg: &Path, id: &str) {
+    let out = ctr_run(ctd, ns, "-d", cfg, id, &["sleep", "600"]);
+    assert!(out.success(), "ctr run -d {id}: {out:?}");
+}
+
+/// Kills container `id` and removes its task and the container (its task may take a moment
+/// to stop, or to be noticed gone with its shim).
+fn remove(ctd: &Containerd, ns: &str, id: &str) {
+    for _ in 0..200 {
+        let _ = ctd.ctr(Some(ns), &["task", "kill", "-s", "KILL", id]);
+        let removed = ctd
+            .ctr(Some(ns), &["task", "rm", "-f", id])
+            .unwrap()
+            .success();
+        if removed
+            || !ctd
+                .ctr(Some(ns), &["task", "ls"])
+                .unwrap()
+                .stdout
+                .contains(id)
+        {
+            ctd.ctr_ok(Some(ns), &["containers", "rm", id]).unwrap();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the task of {id} was not removable");
+}
+
+fn vm_processes() -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("/run/airlock/vm/") {
+            found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+fn containers_run_in_a_vm(v: Version) {
+    // One version at a time: the leak checks look at every VM on the node.
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    let ctd = Containerd::builder().version(v).start().unwrap();
+    let ns = ctd.new_namespace("vm").unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let allow = config(d.path(), "tcg");
+    let out = run(
+        &ctd,
+        &ns,
+        &allow,
+        "vm-hello",
+        &[
+            "sh",
+            "-c",
+            "echo hello from the guest; echo oops >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.code, Some(3), "{out:?}\n{}", ctd.log_tail(40));
+    assert!(out.stdout.contains("hello from the guest"), "{out:?}");
+    assert!(out.stderr.contains("oops"), "{out:?}");
+    // The kernel in the container's view is the guest's, not the host's.
+    let out = run(&ctd, &ns, &allow, "vm-uname", &["busybox", "uname", "-r"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(
+        out.stdout.trim(),
+        host.trim(),
+        "ran on the host kernel: {out:?}"
+    );
+    assert!(out.stdout.contains("cloud-amd64"), "{out:?}");
+    // agent-strict: a read-only rootfs in the guest too.
+    let out = run(&ctd, &ns, &allow, "vm-write", &["touch", "/written"]);
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    // A long-running container: an exec runs beside it in the same guest, then a kill ends it.
+    run_detached(&ctd, &ns, &allow, "vm-long");
+    let out = ctd
+        .ctr(
+            Some(&ns),
+            &[
+                "task",
+                "exec",
+                "--exec-id",
+                "e1",
+                "vm-long",
+                "sh",
+                "-c",
+                "echo beside; busybox uname -r",
+            ],
+        )
+        .unwrap();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("beside") && out.stdout.contains("cloud-amd64"),
+        "{out:?}"
+    );
+    ctd.ctr_ok(Some(&ns), &["task", "kill", "-s", "KILL", "vm-long"])
+        .unwrap();
+    remove(&ctd, &ns, "vm-long");
+    // The shim killed with its VM running: the VMM and virtiofsd die with it, and the
+    // cleanup containerd runs after it (`shim delete`) unbinds the rootfs from the share and
+    // removes the VM's directory.
+    run_detached(&ctd, &ns, &allow, "vm-kill9");
+    let shim = ctd
+        .shims()
+        .into_iter()
+        .find(|s| s.id == "vm-kill9" && s.binary.ends_with("containerd-shim-airlock-vm-v2"))
+        .expect("the VM shim of vm-kill9");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    remove(&ctd, &ns, "vm-kill9");
+    // Fail closed: the default accelerator (hardware KVM only) on a node without it.
+    if airlock_vm::accel::Host::probe().hardware_kvm().is_err() {
+        let closed = config(d.path(), "kvm");
+        let out = run(&ctd, &ns, &closed, "vm-closed", &["true"]);
+        assert_ne!(out.code, Some(0), "{out:?}");
+        let said = format!("{}{}", out.stdout, out.stderr);
+        assert!(said.contains("needs hardware KVM"), "{said}");
+    }
+    let left = vm_processes();
+    assert!(left.is_empty(), "left running: {left:#?}");
+    let dirs: Vec<_> = std::fs::read_dir("/run/airlock/vm")
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(dirs.is_empty(), "VM directories left: {dirs:?}");
+}
+
+#[test]
+fn containers_run_in_a_vm_v1_6() {
+    containers_run_in_a_vm(Version::V1_6)
+}
+
+#[test]
+fn containers_run_in_a_vm_v2_1() {
+    containers_run_in_a_vm(Version::V2_1)
+}

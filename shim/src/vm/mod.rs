@@ -1,0 +1,292 @@
+//! The VM sandbox (handler `airlock-vm`, binary `containerd-shim-airlock-vm-v2`): a pod's
+//! containers run in one VM of the pod's own, booted by QEMU with Airlock's guest
+//! (`airlock-vm`, `airlock-agent`). It fails closed: without an accelerator the node config
+//! allows, a create fails and says what is missing; it never runs a container on the host.
+//!
+//! | module | job |
+//! | --- | --- |
+//! | `pod.rs` | the pod's VM: boot on the first create, its share, the router of the agent's messages, shutdown |
+//! | `container.rs` | one container and its processes in the guest: start, exec, signals, cleanup |
+//!
+//! The policy is applied to the spec as a ceiling (a container that asks for more than its
+//! policy allows is refused, and the report is written beside the spec); inside the guest the
+//! container runs chrooted to its rootfs, without the process sandbox's namespaces, seccomp
+//! and cgroup limits yet. Pause, resume, update, stats, pids, OOM events and terminals are
+//! refused with FailedPrecondition until the agent has them.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::api::CreateTaskRequest;
+use oci_spec::runtime::Spec;
+use tracing::info;
+
+use crate::error::{Error, Result};
+use crate::process::unmount;
+use crate::sandbox::{Created, Sandbox};
+use crate::stdio::StdioPaths;
+
+mod container;
+mod pod;
+
+use container::{Command, VmContainer};
+use pod::PodVm;
+
+/// The shim binary's name that selects this sandbox.
+pub const VM_SHIM_BINARY: &str = "containerd-shim-airlock-vm-v2";
+/// Where pods' VM directories go (short: their unix socket paths must fit in 108 bytes).
+const VM_ROOT: &str = "/run/airlock/vm";
+
+#[derive(Clone)]
+pub struct VmSandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<crate::config::ConfigCache>,
+    pod: tokio::sync::Mutex<Option<Arc<PodVm>>>,
+    containers: tokio::sync::Mutex<HashSet<String>>,
+}
+
+impl VmSandbox {
+    pub fn new() -> Self {
+        VmSandbox {
+            inner: Arc::new(Inner {
+                config: Default::default(),
+                pod: Default::default(),
+                containers: Default::default(),
+            }),
+        }
+    }
+
+    /// The pod's VM, booted on first use.
+    async fn pod(&self, config: &airlock_policies::Loaded, first_id: &str) -> Result<Arc<PodVm>> {
+        let mut pod = self.inner.pod.lock().await;
+        if let Some(p) = pod.as_ref() {
+            return Ok(p.clone());
+        }
+        let vm = config.config.vm.clone();
+        let accelerator =
+            airlock_vm::accel::select(vm.accelerator, &airlock_vm::accel::Host::probe())
+                .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        // One directory per shim (one pod), named short: the shim's pid (in hex) first, so
+        // that a cleanup after a killed shim knows whether its owner is gone.
+        let dir = Path::new(VM_ROOT).join(format!(
+            "{:x}-{}",
+            std::process::id(),
+            &first_id[..first_id.len().min(12)]
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the VM's directory", e))?;
+        let d = dir.clone();
+        let booted = tokio::task::spawn_blocking(move || PodVm::boot(vm, accelerator, d))
+            .await
+            .map_err(|e| Error::Runtime(format!("VM boot thread: {e}")))?;
+        let booted = match booted {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                pod::remove_dir(&dir);
+                return Err(e);
+            }
+        };
+        *pod = Some(booted.clone());
+        Ok(booted)
+    }
+
+    /// Forgets container `id`; the pod's VM goes with its last container.
+    async fn release(&self, id: &str) {
+        let mut containers = self.inner.containers.lock().await;
+        containers.remove(id);
+        if !containers.is_empty() {
+            return;
+        }
+        if let Some(pod) = self.inner.pod.lock().await.take() {
+            let _ = tokio::task::spawn_blocking(move || pod.shutdown()).await;
+            info!("the pod's VM is shut down (its last container was deleted)");
+        }
+    }
+
+    async fn create_checked(&self, req: &CreateTaskRequest) -> Result<Created> {
+        let bundle = PathBuf::from(&req.bundle);
+        let config_path = crate::config::config_path_from_options(req.options.as_ref())?;
+        let config = self.inner.config.get(config_path.as_deref())?;
+        let spec_file = bundle.join("config.json");
+        let raw = tokio::fs::read(&spec_file).await.map_err(|e| {
+            Error::InvalidArgument(format!(
+                "cannot read the bundle's OCI spec {}: {e}",
+                spec_file.display()
+            ))
+        })?;
+        let mut spec: Spec = serde_json::from_slice(&raw).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "the bundle's OCI spec {} is malformed: {e}; fix config.json",
+                spec_file.display()
+            ))
+        })?;
+        // The policy is a ceiling here too: what it refuses is refused.
+        let policy = config.select(spec.annotations().as_ref())?;
+        let report = policy.apply(&mut spec)?;
+        let _ = tokio::fs::write(
+            bundle.join(airlock_policies::REPORT_FILE),
+            serde_json::to_vec_pretty(&report).unwrap_or_default(),
+        )
+        .await;
+        let process = spec.process().as_ref().ok_or_else(|| {
+            Error::InvalidArgument("the spec has no process: nothing to run".into())
+        })?;
+        let init = Command::of(process)?;
+        let read_only = spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false);
+
+        let pod = self.pod(&config, &req.id).await?;
+        let rootfs = bundle.join("rootfs");
+        let mut mounted = false;
+        for m in &req.rootfs {
+            if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs).await {
+                if mounted {
+                    unmount(&rootfs);
+                }
+                return Err(Error::InvalidArgument(format!(
+                    "cannot mount the container's rootfs ({} {}): {e}",
+                    m.type_, m.source
+                )));
+            }
+            mounted = true;
+        }
+        let shared_root = pod.dir.join("shared").join(&req.id);
+        if let Err(e) = bind_into_share(&rootfs, &shared_root, read_only) {
+            unmount(&rootfs);
+            return Err(e);
+        }
+        let paths = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let (init_process, copier) = match VmContainer::init_process(&pod, &req.id, &paths, &bundle)
+        {
+            Ok(v) => v,
+            Err(e) => {
+                unmount(&shared_root);
+                let _ = std::fs::remove_dir(&shared_root);
+                unmount(&rootfs);
+                return Err(e);
+            }
+        };
+        self.inner.containers.lock().await.insert(req.id.clone());
+        info!(policy = %report.policy, enforced = %report.enforced.join("; "), "policy applied (microVM)");
+        Ok(Created {
+            container: Arc::new(VmContainer {
+                sandbox: self.clone(),
+                pod,
+                id: req.id.clone(),
+                bundle,
+                shared_root,
+                init,
+                init_process: init_process.clone(),
+            }),
+            init: init_process,
+            copier,
+            console: None,
+            update_rules: policy.update_rules(),
+        })
+    }
+}
+
+/// Binds the container's rootfs into the pod's share (read-only where the policy says).
+fn bind_into_share(rootfs: &Path, target: &Path, read_only: bool) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::create_dir_all(target).map_err(|e| Error::io("create the share's mount point", e))?;
+    mount(
+        Some(rootfs),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| Error::io("bind the rootfs into the VM's share", e.into()))?;
+    if read_only {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+            unmount(target);
+            return Err(Error::io("make the shared rootfs read-only", e.into()));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Sandbox for VmSandbox {
+    fn warm_up(&self) {
+        let cache = self.inner.config.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = cache.get(None);
+        });
+    }
+
+    async fn create(&self, req: &CreateTaskRequest) -> Result<Created> {
+        let r = self.create_checked(req).await;
+        if r.is_err() && self.inner.containers.lock().await.is_empty() {
+            self.release(&req.id).await;
+        }
+        r
+    }
+}
+
+impl Default for VmSandbox {
+    fn default() -> Self {
+        VmSandbox::new()
+    }
+}
+
+/// Whether this shim runs as `containerd-shim-airlock-vm-v2` (the name selects the mode, so
+/// containerd 1.6, which does not tell a shim its CRI handler, still gets the VM sandbox).
+pub fn selected() -> bool {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n == VM_SHIM_BINARY))
+        .unwrap_or(false)
+}
+
+/// After a shim that is gone (`shim delete`): unbinds container `id`'s rootfs from its VM's
+/// share, and removes the VM directories whose shims are gone (their VMM and virtiofsd died
+/// with them: `PR_SET_PDEATHSIG`). Whether anything of `id` was found.
+pub fn clean_up_after_shim(id: &str) -> bool {
+    let Ok(dirs) = std::fs::read_dir(VM_ROOT) else {
+        return false;
+    };
+    let mut found = false;
+    for dir in dirs.flatten().map(|e| e.path()) {
+        let bound = dir.join("shared").join(id);
+        if bound.exists() {
+            found |= unmount(&bound);
+            let _ = std::fs::remove_dir(&bound);
+        }
+        let owner = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('-').next())
+            .and_then(|pid| u32::from_str_radix(pid, 16).ok());
+        if owner.is_some_and(|pid| !alive(pid)) {
+            pod::remove_dir(&dir);
+        }
+    }
+    found
+}
+
+/// Whether process `pid` runs (a zombie does not: a killed shim may not be reaped yet).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}

@@ -1,0 +1,273 @@
+//! The pod's VM. It boots on the pod's first create, on a keeper thread that lives as long as
+//! the VM: the VMM and virtiofsd get SIGKILL when that thread ends (`PR_SET_PDEATHSIG`), so a
+//! killed shim leaves no VM behind. The VM has one virtio-fs share, `<dir>/shared`, into
+//! which each container's rootfs is bound (a share cannot be added to a running microvm), and
+//! a router thread hands the agent's messages to the processes' stdio pipes and exit waiters.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use airlock_agent::protocol::{FromAgent, Request, Response, Stream};
+use airlock_policies::config::VmConfig;
+use airlock_vm::{Accelerator, Qemu, Share, Vm, VmSpec};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::sandbox::ExitInfo;
+
+/// Where the guest mounts the pod's share; container `ID`'s root is `GUEST_SHARED/ID`.
+pub const GUEST_SHARED: &str = "/run/shared";
+/// How long a boot may take before the create fails (emulation on a loaded node is slow).
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+/// How long a call to the agent may take.
+pub const CALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// Where a process's output and exit go.
+pub struct Route {
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+    pub exited: Option<oneshot::Sender<ExitInfo>>,
+}
+
+type Routes = Arc<Mutex<HashMap<String, Route>>>;
+
+pub struct PodVm {
+    pub vm: Arc<Vm>,
+    pub dir: PathBuf,
+    routes: Routes,
+    stop: Mutex<Option<mpsc::Sender<()>>>,
+    keeper: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What a VM's directory holds besides the share (virtiofsd writes `fs.sock.pid`).
+const VM_FILES: &[&str] = &[
+    "ctl.sock",
+    "fs.sock",
+    "fs.sock.pid",
+    "console.log",
+    "qemu.log",
+];
+
+/// Removes what the VM made in `dir`, and `dir` if that empties it. Never recursive: a
+/// container's rootfs may still be bound into the share.
+pub fn remove_dir(dir: &Path) {
+    let _ = std::fs::remove_dir(dir.join("shared"));
+    for f in VM_FILES {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn spawn_virtiofsd(binary: &Path, socket: &Path, shared: &Path) -> std::io::Result<Child> {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--socket-path")
+        .arg(socket)
+        .arg("--shared-dir")
+        .arg(shared)
+        .args(["--sandbox", "chroot", "--cache", "auto"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+fn boot_on_this_thread(
+    config: &VmConfig,
+    accelerator: Accelerator,
+    dir: &Path,
+) -> Result<(Vm, Child)> {
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).map_err(|e| Error::io("create the VM's share", e))?;
+    let socket = dir.join("fs.sock");
+    let mut virtiofsd = spawn_virtiofsd(&config.virtiofsd, &socket, &shared).map_err(|e| {
+        Error::FailedPrecondition(format!(
+            "cannot start virtiofsd {} ([vm] virtiofsd in the node config): {e}",
+            config.virtiofsd.display()
+        ))
+    })?;
+    let start = Instant::now();
+    while !socket.exists() {
+        if start.elapsed() > Duration::from_secs(20) || matches!(virtiofsd.try_wait(), Ok(Some(_)))
+        {
+            let _ = virtiofsd.kill();
+            let _ = virtiofsd.wait();
+            return Err(Error::FailedPrecondition(format!(
+                "virtiofsd {} did not open its socket",
+                config.virtiofsd.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let spec = VmSpec {
+        kernel: config.kernel.clone(),
+        initramfs: config.initramfs.clone(),
+        vcpus: config.vcpus,
+        memory_mib: config.memory_mib,
+        accelerator,
+        control_socket: dir.join("ctl.sock"),
+        console_log: dir.join("console.log"),
+        shares: vec![Share {
+            tag: "shared".into(),
+            socket,
+        }],
+    };
+    let booted = Vm::boot(
+        &Qemu::new(&config.qemu),
+        &spec,
+        &dir.join("qemu.log"),
+        BOOT_LIMIT,
+    );
+    let vm = match booted {
+        Ok(vm) => vm,
+        Err(e) => {
+            let _ = virtiofsd.kill();
+            let _ = virtiofsd.wait();
+            return Err(Error::FailedPrecondition(format!("the pod's VM: {e}")));
+        }
+    };
+    match vm.call(
+        &Request::Mount {
+            tag: "shared".into(),
+            target: GUEST_SHARED.into(),
+            read_only: false,
+        },
+        CALL_LIMIT,
+    ) {
+        Ok(Response::Ok) => Ok((vm, virtiofsd)),
+        other => {
+            drop(vm);
+            let _ = virtiofsd.kill();
+            let _ = virtiofsd.wait();
+            Err(Error::FailedPrecondition(format!(
+                "the pod's VM could not mount its share: {other:?}"
+            )))
+        }
+    }
+}
+
+fn route(routes: &Routes, msg: FromAgent) {
+    match msg {
+        FromAgent::Output {
+            process,
+            stream,
+            data,
+        } => {
+            let mut table = routes.lock().unwrap();
+            let Some(r) = table.get_mut(&process) else {
+                return;
+            };
+            let sink = match stream {
+                Stream::Stdout => &mut r.stdout,
+                Stream::Stderr => &mut r.stderr,
+            };
+            if let Some(f) = sink {
+                if f.write_all(&data).is_err() {
+                    *sink = None;
+                }
+            }
+        }
+        FromAgent::Exited { process, status } => {
+            // Dropping the pipes' write ends lets the copy drain and end.
+            let r = routes.lock().unwrap().remove(&process);
+            if let Some(tx) = r.and_then(|r| r.exited) {
+                let _ = tx.send(ExitInfo {
+                    status,
+                    at: SystemTime::now(),
+                });
+            }
+        }
+        FromAgent::Reply { .. } => {}
+    }
+}
+
+impl PodVm {
+    /// Boots the pod's VM in `dir` (blocking: run it on a blocking thread).
+    pub fn boot(config: VmConfig, accelerator: Accelerator, dir: PathBuf) -> Result<PodVm> {
+        let (booted_tx, booted_rx) = mpsc::channel();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let keeper_dir = dir.clone();
+        let keeper = std::thread::Builder::new()
+            .name("vm-keeper".into())
+            .spawn(move || {
+                let (vm, mut virtiofsd) =
+                    match boot_on_this_thread(&config, accelerator, &keeper_dir) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            let _ = booted_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                let _ = booted_tx.send(Ok(vm));
+                // Until the pod's last container is released (or the shim ends).
+                let _ = stopped.recv();
+                let _ = virtiofsd.kill();
+                let _ = virtiofsd.wait();
+            })
+            .map_err(|e| Error::io("start the VM's keeper thread", e))?;
+        let vm = booted_rx
+            .recv()
+            .map_err(|_| Error::Runtime("the VM's keeper thread ended".into()))??;
+        info!(
+            to_ready_ms = vm.times.to_ready.as_millis() as u64,
+            accelerator = %vm.accelerator,
+            "the pod's VM is ready"
+        );
+        let events = vm.take_events().expect("events are taken once");
+        let routes: Routes = Default::default();
+        let r = routes.clone();
+        std::thread::Builder::new()
+            .name("vm-router".into())
+            .spawn(move || {
+                for msg in events {
+                    route(&r, msg);
+                }
+            })
+            .map_err(|e| Error::io("start the VM's router thread", e))?;
+        Ok(PodVm {
+            vm: Arc::new(vm),
+            dir,
+            routes,
+            stop: Mutex::new(Some(stop)),
+            keeper: Mutex::new(Some(keeper)),
+        })
+    }
+
+    /// Where process `name`'s output and exit go; set before it starts.
+    pub fn route(&self, name: &str, route: Route) {
+        self.routes.lock().unwrap().insert(name.to_string(), route);
+    }
+
+    /// Forgets process `name` (it did not start).
+    pub fn unroute(&self, name: &str) {
+        self.routes.lock().unwrap().remove(name);
+    }
+
+    /// Powers the guest off, waits for the VMM and virtiofsd to end, and removes the VM's
+    /// directory.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.vm.stop(CALL_LIMIT) {
+            warn!("shut the pod's VM down: {e}");
+        }
+        if let Some(stop) = self.stop.lock().unwrap().take() {
+            let _ = stop.send(());
+        }
+        if let Some(keeper) = self.keeper.lock().unwrap().take() {
+            let _ = keeper.join();
+        }
+        remove_dir(&self.dir);
+    }
+}
