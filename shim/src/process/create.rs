@@ -64,19 +64,10 @@ impl ProcessSandbox {
             }
             _ => None,
         };
-        let mut rootfs_mounted = overlay.is_some();
-        for m in mounts.iter().filter(|_| overlay.is_none()) {
-            if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs).await {
-                if rootfs_mounted {
-                    unmount(&rootfs);
-                }
-                return Err(Error::InvalidArgument(format!(
-                    "cannot mount the container's rootfs ({} {}): {e}",
-                    m.type_, m.source
-                )));
-            }
-            rootfs_mounted = true;
-        }
+        let rootfs_mounted = match overlay {
+            Some(_) => true,
+            None => crate::sandbox::mount_rootfs(&mounts, &rootfs).await?,
+        };
         let t_mount = t0.elapsed();
 
         let paths = StdioPaths {

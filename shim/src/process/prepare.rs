@@ -31,19 +31,8 @@ impl ProcessSandbox {
         let config = self.config.get(config_path.as_deref())?;
         let config_us = t0.elapsed().as_micros() as u64;
         let path = bundle.join("config.json");
-        let raw = tokio::fs::read(&path).await.map_err(|e| {
-            Error::InvalidArgument(format!(
-                "cannot read the bundle's OCI spec {}: {e}",
-                path.display()
-            ))
-        })?;
+        let mut spec: Spec = crate::sandbox::read_spec(&path).await?;
         let t_read = t0.elapsed();
-        let mut spec: Spec = serde_json::from_slice(&raw).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "the bundle's OCI spec {} is malformed: {e}; fix config.json",
-                path.display()
-            ))
-        })?;
         check_terminal(
             spec.process().as_ref().and_then(|p| p.terminal()),
             terminal,

@@ -22,7 +22,7 @@ use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 
 use crate::console::Console;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::stdio::{Copier, StdioPaths};
 
 #[cfg(test)]
@@ -127,4 +127,42 @@ pub trait SandboxContainer: Send + Sync + 'static {
     /// Gives back what the container held of the pod's or the node's (Task.Delete, after
     /// [`SandboxContainer::clean_up_stopped`]).
     async fn release(&self);
+}
+
+/// The bundle's OCI spec (`config.json`), with errors that name the file.
+pub async fn read_spec(path: &std::path::Path) -> Result<oci_spec::runtime::Spec> {
+    let raw = tokio::fs::read(path).await.map_err(|e| {
+        Error::InvalidArgument(format!(
+            "cannot read the bundle's OCI spec {}: {e}",
+            path.display()
+        ))
+    })?;
+    serde_json::from_slice(&raw).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "the bundle's OCI spec {} is malformed: {e}; fix config.json",
+            path.display()
+        ))
+    })
+}
+
+/// Mounts containerd's rootfs `mounts` on `target`, in order; on a failure, what was mounted
+/// is unmounted again. Whether anything was mounted.
+pub async fn mount_rootfs(
+    mounts: &[containerd_shim::protos::api::Mount],
+    target: &std::path::Path,
+) -> Result<bool> {
+    let mut mounted = false;
+    for m in mounts {
+        if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, target).await {
+            if mounted {
+                crate::process::unmount(target);
+            }
+            return Err(Error::InvalidArgument(format!(
+                "cannot mount the container's rootfs ({} {}): {e}",
+                m.type_, m.source
+            )));
+        }
+        mounted = true;
+    }
+    Ok(mounted)
 }

@@ -111,19 +111,7 @@ impl VmSandbox {
         let bundle = PathBuf::from(&req.bundle);
         let config_path = crate::config::config_path_from_options(req.options.as_ref())?;
         let config = self.inner.config.get(config_path.as_deref())?;
-        let spec_file = bundle.join("config.json");
-        let raw = tokio::fs::read(&spec_file).await.map_err(|e| {
-            Error::InvalidArgument(format!(
-                "cannot read the bundle's OCI spec {}: {e}",
-                spec_file.display()
-            ))
-        })?;
-        let mut spec: Spec = serde_json::from_slice(&raw).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "the bundle's OCI spec {} is malformed: {e}; fix config.json",
-                spec_file.display()
-            ))
-        })?;
+        let mut spec: Spec = crate::sandbox::read_spec(&bundle.join("config.json")).await?;
         // The policy is a ceiling here too: what it refuses is refused.
         let policy = config.select(spec.annotations().as_ref())?;
         let report = policy.apply(&mut spec)?;
@@ -144,19 +132,7 @@ impl VmSandbox {
 
         let pod = self.pod(&config, &req.id).await?;
         let rootfs = bundle.join("rootfs");
-        let mut mounted = false;
-        for m in &req.rootfs {
-            if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs).await {
-                if mounted {
-                    unmount(&rootfs);
-                }
-                return Err(Error::InvalidArgument(format!(
-                    "cannot mount the container's rootfs ({} {}): {e}",
-                    m.type_, m.source
-                )));
-            }
-            mounted = true;
-        }
+        crate::sandbox::mount_rootfs(&req.rootfs, &rootfs).await?;
         let shared_root = pod.dir.join("shared").join(&req.id);
         if let Err(e) = bind_into_share(&rootfs, &shared_root, read_only) {
             unmount(&rootfs);
