@@ -44,7 +44,7 @@ fn mount(src: &str, target: &str, fstype: &str, flags: MountFlags, data: &str) -
     Ok(())
 }
 
-/// Mounts /proc, /sys and /dev.
+/// Mounts /proc, /sys, /dev and the cgroup v2 hierarchy.
 pub fn mount_kernel_filesystems() -> io::Result<()> {
     let hardened = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
     mount("proc", "/proc", "proc", hardened, "")?;
@@ -56,6 +56,7 @@ pub fn mount_kernel_filesystems() -> io::Result<()> {
         MountFlags::NOSUID,
         "mode=0755",
     )?;
+    crate::cgroups::mount()?;
     Ok(())
 }
 
@@ -166,7 +167,10 @@ fn answer(req: &Request, processes: &Processes, send: &Send) -> Response {
             env,
             root,
             cwd,
-        } => processes.run(process, args, env, root, cwd, send.clone()),
+            confine,
+        } => processes.run(process, args, env, root, cwd, confine, send.clone()),
+        Request::Limits { cgroup, limits } => crate::cgroups::set_limits(cgroup, limits),
+        Request::RemoveCgroup { cgroup } => crate::cgroups::remove(cgroup),
         Request::Signal { process, signal } => processes.signal(process, *signal),
         Request::Shutdown => Response::Ok,
     }
@@ -184,7 +188,7 @@ fn power_off() -> ! {
 pub fn run() -> ! {
     let init_ms = boottime_ms();
     if let Err(e) = mount_kernel_filesystems() {
-        log(&format!("mounting /proc, /sys, /dev: {e}"));
+        log(&format!("mounting /proc, /sys, /dev, /sys/fs/cgroup: {e}"));
         power_off();
     }
     if let Err(e) = load_modules(Path::new(MODULES_DIR)) {

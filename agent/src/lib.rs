@@ -7,7 +7,12 @@
 //!   guest.
 //! - [`guest`]: what the agent does as the guest's PID 1 (mounts, module loading, finding
 //!   its control port); Linux-only system calls, exercised by the VM tests.
+//! - [`processes`]: the processes it runs for the host, [`confine`]: the policy each is
+//!   confined by (namespaces, cgroup, capabilities, seccomp), [`cgroups`]: the guest's
+//!   cgroup v2 tree that carries the containers' limits.
 
+pub mod cgroups;
+pub mod confine;
 pub mod guest;
 pub mod modules;
 pub mod processes;

@@ -17,7 +17,8 @@ use std::thread::JoinHandle;
 use airlock_contract::ErrorKind;
 use rustix::process::{Pid, Signal, WaitOptions};
 
-use crate::protocol::{FromAgent, Response, Stream, OUTPUT_CHUNK};
+use crate::confine::Prepared;
+use crate::protocol::{Confinement, FromAgent, Namespaces, Response, Stream, OUTPUT_CHUNK};
 
 /// Where messages to the host go (the control port's writer).
 pub type Send = Arc<dyn Fn(&FromAgent) + std::marker::Send + Sync>;
@@ -141,7 +142,9 @@ impl Processes {
         }
     }
 
-    /// Starts `args` as `process`, chrooted to `root`, in `cwd`, with exactly `env`.
+    /// Starts `args` as `process`, chrooted to `root`, in `cwd`, with exactly `env`, under
+    /// `confine` ([`crate::confine`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         process: &str,
@@ -149,6 +152,7 @@ impl Processes {
         env: &[String],
         root: &str,
         cwd: &str,
+        confine: &Confinement,
         send: Send,
     ) -> Response {
         if process.is_empty() || args.is_empty() || args[0].is_empty() {
@@ -168,6 +172,14 @@ impl Processes {
                 format!("a process named {process} is running"),
             );
         }
+        let join_pid = match &confine.namespaces {
+            Some(Namespaces::Join { process }) => table.by_name.get(process).map(|n| n.pid),
+            _ => None,
+        };
+        let prepared = match Prepared::new(confine, root, cwd, join_pid) {
+            Ok(p) => Arc::new(p),
+            Err(refusal) => return refusal,
+        };
         let mut cmd = Command::new(&args[0]);
         cmd.args(&args[1..])
             .env_clear()
@@ -175,18 +187,13 @@ impl Processes {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let (root, cwd) = (root.to_string(), cwd.to_string());
-        // SAFETY: chroot and chdir are async-signal-safe; nothing else runs between fork and
-        // exec.
+        let in_child = prepared.clone();
+        // SAFETY: apply_in_child only makes system calls, in the child before its exec.
         unsafe {
-            cmd.pre_exec(move || {
-                rustix::process::chroot(root.as_str())?;
-                rustix::process::chdir(cwd.as_str())?;
-                Ok(())
-            });
+            cmd.pre_exec(move || in_child.apply_in_child());
         }
         // Spawned under the table's lock: the reaper cannot see its exit before its name.
-        let mut child = match cmd.spawn() {
+        let mut child = match prepared.spawn(|| cmd.spawn()) {
             Ok(c) => c,
             Err(e) => {
                 let kind = match e.kind() {
@@ -295,6 +302,11 @@ mod tests {
         }
     }
 
+    /// No confinement (the agent's own namespaces, user and capabilities).
+    fn open() -> Confinement {
+        Confinement::default()
+    }
+
     fn sh(script: &str) -> Vec<String> {
         vec!["/bin/sh".into(), "-c".into(), script.into()]
     }
@@ -309,6 +321,7 @@ mod tests {
             &["GREETING=hi".into()],
             "/",
             "/",
+            &open(),
             send,
         );
         assert!(matches!(r, Response::Started { .. }), "{r:?}");
@@ -323,7 +336,7 @@ mod tests {
     fn a_signal_by_name_ends_the_process_and_a_gone_name_is_not_found() {
         let p = Processes::get();
         let (send, rx) = collector();
-        p.run("s", &sh("exec sleep 60"), &[], "/", "/", send);
+        p.run("s", &sh("exec sleep 60"), &[], "/", "/", &open(), send);
         assert_eq!(p.signal("s", libc::SIGKILL), Response::Ok);
         assert_eq!(until_exit(&rx).2, 128 + libc::SIGKILL as u32);
         assert!(matches!(
@@ -344,7 +357,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         refused(
-            p.run("bad", &[], &[], "/", "/", send.clone()),
+            p.run("bad", &[], &[], "/", "/", &open(), send.clone()),
             ErrorKind::InvalidArgument,
         );
         refused(
@@ -354,6 +367,7 @@ mod tests {
                 &["NOEQUALS".into()],
                 "/",
                 "/",
+                &open(),
                 send.clone(),
             ),
             ErrorKind::InvalidArgument,
@@ -365,13 +379,22 @@ mod tests {
                 &[],
                 "/",
                 "/",
+                &open(),
                 send.clone(),
             ),
             ErrorKind::NotFound,
         );
-        p.run("dup", &sh("exec sleep 60"), &[], "/", "/", send.clone());
+        p.run(
+            "dup",
+            &sh("exec sleep 60"),
+            &[],
+            "/",
+            "/",
+            &open(),
+            send.clone(),
+        );
         refused(
-            p.run("dup", &sh("true"), &[], "/", "/", send),
+            p.run("dup", &sh("true"), &[], "/", "/", &open(), send),
             ErrorKind::AlreadyExists,
         );
         p.signal("dup", libc::SIGKILL);
@@ -383,7 +406,15 @@ mod tests {
         rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
         let p = Processes::get();
         let (send, rx) = collector();
-        p.run("orphaner", &sh("sleep 0.3 & echo $!"), &[], "/", "/", send);
+        p.run(
+            "orphaner",
+            &sh("sleep 0.3 & echo $!"),
+            &[],
+            "/",
+            "/",
+            &open(),
+            send,
+        );
         let (out, _, status) = until_exit(&rx);
         assert_eq!(status, 0);
         let orphan: u32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
@@ -398,5 +429,134 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+
+    /// A seccomp program that fails `getppid` with EPERM and allows everything else.
+    fn deny_getppid() -> Vec<u8> {
+        let insns: [(u16, u8, u8, u32); 4] = [
+            (0x20, 0, 0, 0),                                // ld [nr]
+            (0x15, 0, 1, libc::SYS_getppid as u32),         // jeq getppid
+            (0x06, 0, 0, 0x0005_0000 | libc::EPERM as u32), // ret ERRNO(EPERM)
+            (0x06, 0, 0, 0x7fff_0000),                      // ret ALLOW
+        ];
+        insns
+            .iter()
+            .flat_map(|(code, jt, jf, k)| {
+                let mut b = code.to_ne_bytes().to_vec();
+                b.extend([*jt, *jf]);
+                b.extend(k.to_ne_bytes());
+                b
+            })
+            .collect()
+    }
+
+    fn status_line<'a>(status: &'a str, key: &str) -> &'a str {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {key} in {status}"))
+    }
+
+    #[test]
+    fn a_confined_init_and_an_exec_that_joins_it() {
+        let p = Processes::get();
+        let (send, rx) = collector();
+        let confine = Confinement {
+            namespaces: Some(Namespaces::New {
+                hostname: Some("confined".into()),
+            }),
+            user: Some(crate::protocol::User {
+                uid: 65534,
+                gid: 65534,
+                additional_gids: vec![65533],
+            }),
+            capabilities: Some(crate::protocol::Capabilities::default()),
+            no_new_privs: true,
+            seccomp: vec![deny_getppid()],
+            ..Confinement::default()
+        };
+        let r = p.run(
+            "confined",
+            &sh("hostname; echo $$; cat /proc/self/status; exec sleep 60"),
+            &[],
+            "/",
+            "/",
+            &confine,
+            send,
+        );
+        assert!(matches!(r, Response::Started { .. }), "{r:?}");
+        // An exec into its namespaces, unconfined otherwise.
+        let (send2, rx2) = collector();
+        let join = Confinement {
+            namespaces: Some(Namespaces::Join {
+                process: "confined".into(),
+            }),
+            ..Confinement::default()
+        };
+        let r = p.run(
+            "confined/exec",
+            &sh("hostname; echo $$"),
+            &[],
+            "/",
+            "/",
+            &join,
+            send2,
+        );
+        assert!(matches!(r, Response::Started { .. }), "{r:?}");
+        let (out, err, status) = until_exit(&rx2);
+        assert_eq!(status, 0, "{}", String::from_utf8_lossy(&err));
+        let out = String::from_utf8(out).unwrap();
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("confined"));
+        let pid: u32 = lines.next().unwrap().parse().unwrap();
+        assert!(pid > 1, "the exec is not the namespace's PID 1: {pid}");
+
+        // The init's report is whole once its last line is there.
+        let mut out = Vec::new();
+        let whole = |o: &[u8]| {
+            let o = String::from_utf8_lossy(o);
+            o.split_once("\nSeccomp:")
+                .is_some_and(|(_, rest)| rest.contains('\n'))
+        };
+        while !whole(&out) {
+            match rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap() {
+                FromAgent::Output { data, .. } => out.extend(data),
+                other => panic!("{other:?}: {}", String::from_utf8_lossy(&out)),
+            }
+        }
+        p.signal("confined", libc::SIGKILL);
+        let (rest, err, _) = until_exit(&rx);
+        out.extend(rest);
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with("confined\n1\n"),
+            "{out}\n{}",
+            String::from_utf8_lossy(&err)
+        );
+        assert_eq!(status_line(&out, "Uid:"), "65534\t65534\t65534\t65534");
+        assert_eq!(status_line(&out, "Groups:"), "65533");
+        for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(status_line(&out, set), "0000000000000000", "{set}");
+        }
+        assert_eq!(status_line(&out, "NoNewPrivs:"), "1");
+        assert_eq!(status_line(&out, "Seccomp:"), "2");
+    }
+
+    #[test]
+    fn a_confinement_that_cannot_be_applied_fails_the_start() {
+        let p = Processes::get();
+        let (send, _rx) = collector();
+        let c = Confinement {
+            cgroup: Some("no-such-cgroup-here".into()),
+            ..Confinement::default()
+        };
+        assert!(matches!(
+            p.run("nocg", &sh("true"), &[], "/", "/", &c, send),
+            Response::Error {
+                kind: ErrorKind::FailedPrecondition,
+                ..
+            }
+        ));
     }
 }

@@ -17,7 +17,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// The name of the control port (QEMU's `virtserialport,name=`).
 pub const PORT_NAME: &str = "airlock.ctl";
 /// The protocol's version: the agent's [`Ready`] carries it, and the host refuses another.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The most output bytes one [`FromAgent::Output`] carries.
 pub const OUTPUT_CHUNK: usize = 32 * 1024;
 /// The largest frame either side reads.
@@ -65,11 +65,97 @@ pub enum Request {
         env: Vec<String>,
         root: String,
         cwd: String,
+        /// What confines it (the same policy the process sandbox applies).
+        confine: Confinement,
     },
+    /// Makes the guest cgroup `cgroup` (one path component under the guest's cgroup v2
+    /// root) if it does not exist, and sets its limits; a limit left `None` is unchanged.
+    Limits { cgroup: String, limits: Limits },
+    /// Removes the guest cgroup `cgroup` once its processes are gone.
+    RemoveCgroup { cgroup: String },
     /// Sends `signal` to a running process.
     Signal { process: String, signal: i32 },
     /// Syncs and powers the guest off; answered before it does.
     Shutdown,
+}
+
+/// How a process run by [`Request::Run`] is confined: each field left at its default leaves
+/// the agent's own (root, every capability, no filter, the agent's namespaces and cgroup).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confinement {
+    /// Its mount, PID, UTS and IPC namespaces.
+    pub namespaces: Option<Namespaces>,
+    /// File systems mounted in new namespaces before the process is chrooted: the spec's
+    /// kernel file systems (proc, sysfs, tmpfs, devpts, mqueue), in order.
+    pub mounts: Vec<GuestMount>,
+    /// The guest cgroup (made by [`Request::Limits`]) the process joins.
+    pub cgroup: Option<String>,
+    pub user: Option<User>,
+    pub capabilities: Option<Capabilities>,
+    pub no_new_privs: bool,
+    /// Seccomp programs (arrays of `struct sock_filter` in the guest's byte order), installed
+    /// in order just before the exec, after everything else.
+    #[serde(with = "base64_list")]
+    pub seccomp: Vec<Vec<u8>>,
+}
+
+/// The namespaces of a container's processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Namespaces {
+    /// New mount, PID, UTS and IPC namespaces (a container's init: PID 1 in its own).
+    New { hostname: Option<String> },
+    /// Those of the running process named `process` (an exec joins its container's init).
+    Join { process: String },
+}
+
+/// A file system mounted at `target` (an absolute path inside the container's root).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestMount {
+    pub target: String,
+    pub fstype: String,
+    /// `MS_*` flags.
+    pub flags: u64,
+    /// The file system's own options (`mode=755,size=65536k`).
+    pub data: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+/// Capability sets; bit N is capability N. Capabilities outside `bounding` are dropped from
+/// the bounding set, so not even a set-uid-root program gets them back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    pub bounding: u64,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
+}
+
+/// Cgroup v2 limits of a guest cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// `memory.max` in bytes; -1 for no limit.
+    pub memory_max: Option<i64>,
+    /// `memory.swap.max` in bytes; -1 for no limit.
+    pub swap_max: Option<i64>,
+    /// `pids.max`; -1 for no limit.
+    pub pids_max: Option<i64>,
+    /// `cpu.max`: quota (-1 for none) and period, in microseconds.
+    pub cpu_max: Option<(i64, u64)>,
+    /// `cpu.weight` (1 to 10000).
+    pub cpu_weight: Option<u64>,
 }
 
 /// The agent's answer to one [`Request`].
@@ -130,6 +216,27 @@ mod base64_bytes {
         base64::engine::general_purpose::STANDARD
             .decode(text)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+mod base64_list {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        let engine = &base64::engine::general_purpose::STANDARD;
+        s.collect_seq(data.iter().map(|d| engine.encode(d)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .into_iter()
+            .map(|t| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(t)
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
     }
 }
 
@@ -207,6 +314,34 @@ mod tests {
                 env: vec!["PATH=/bin".into()],
                 root: "/run/c/rootfs".into(),
                 cwd: "/".into(),
+                confine: Confinement {
+                    namespaces: Some(Namespaces::Join {
+                        process: "c1".into(),
+                    }),
+                    mounts: vec![GuestMount {
+                        target: "/proc".into(),
+                        fstype: "proc".into(),
+                        flags: 14,
+                        data: String::new(),
+                    }],
+                    cgroup: Some("c1".into()),
+                    user: Some(User {
+                        uid: 1000,
+                        gid: 1000,
+                        additional_gids: vec![10],
+                    }),
+                    capabilities: Some(Capabilities::default()),
+                    no_new_privs: true,
+                    seccomp: vec![vec![6, 0, 0, 0, 0, 0, 0xff, 0x7f]],
+                },
+            },
+        });
+        round_trip(Request::Limits {
+            cgroup: "c1".into(),
+            limits: Limits {
+                memory_max: Some(64 << 20),
+                cpu_max: Some((50_000, 100_000)),
+                ..Limits::default()
             },
         });
         round_trip(FromAgent::Output {

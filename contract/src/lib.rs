@@ -7,7 +7,10 @@
 //! - **The kind of a failure**: the runtime exits with the code of an [`ErrorKind`] and prints
 //!   its one-line message on stderr; the shim reads the kind back from the exit code, so a
 //!   NotFound of the runtime reaches containerd as NotFound, not as Unknown.
+//! - **Compiled seccomp programs** ([`bpf`]): the bytes the shim writes and the runtime and the
+//!   microVM guest's agent install.
 
+pub mod bpf;
 pub mod cli;
 
 /// Why a container id is refused.

@@ -170,6 +170,7 @@ fn run_in_guest(
                 env: vec!["PATH=/bin".into()],
                 root: "/run/rootfs".into(),
                 cwd: "/".into(),
+                confine: Default::default(),
             },
             Duration::from_secs(30),
         )
@@ -286,6 +287,7 @@ fn processes_run_on_a_read_only_virtio_fs_root_and_a_dropped_vm_leaves_no_proces
                     env: vec![],
                     root: "/run/rootfs".into(),
                     cwd: "/".into(),
+                    confine: Default::default(),
                 },
                 Duration::from_secs(30),
             )

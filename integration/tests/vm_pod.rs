@@ -46,20 +46,15 @@ fn config(dir: &Path, accelerator: &str) -> std::path::PathBuf {
 fn ctr_run(
     ctd: &Containerd,
     ns: &str,
-    mode: &str,
+    mode: &[&str],
     cfg: &Path,
     id: &str,
     args: &[&str],
 ) -> airlock_integration::proc_util::Output {
     let cfg = cfg.to_str().unwrap();
-    let mut all = vec![
-        "run",
-        mode,
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
-        cfg,
-    ];
+    let mut all = vec!["run"];
+    all.extend(mode);
+    all.extend(["--runtime", RUNTIME, "--runtime-config-path", cfg]);
     all.extend([IMAGE_REF, id]);
     all.extend(args);
     ctd.ctr_timeout(Some(ns), &all, Duration::from_secs(180))
@@ -73,12 +68,12 @@ fn run(
     id: &str,
     args: &[&str],
 ) -> airlock_integration::proc_util::Output {
-    ctr_run(ctd, ns, "--rm", cfg, id, args)
+    ctr_run(ctd, ns, &["--rm"], cfg, id, args)
 }
 
 /// `ctr run -d` of a container that sleeps.
 fn run_detached(ctd: &Containerd, ns: &str, cfg: &Path, id: &str) {
-    let out = ctr_run(ctd, ns, "-d", cfg, id, &["sleep", "600"]);
+    let out = ctr_run(ctd, ns, &["-d"], cfg, id, &["sleep", "600"]);
     assert!(out.success(), "ctr run -d {id}: {out:?}");
 }
 
@@ -154,6 +149,56 @@ fn containers_run_in_a_vm(v: Version) {
     let out = run(&ctd, &ns, &allow, "vm-write", &["touch", "/written"]);
     assert_ne!(out.code, Some(0), "{out:?}");
     assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    // The policy inside the guest too: PID 1 of its own PID namespace, seeing only its own
+    // processes, in its own guest cgroup, no capabilities, no_new_privs, the policy's
+    // seccomp filter (unshare is refused).
+    let out = run(
+        &ctd,
+        &ns,
+        &allow,
+        "vm-confined",
+        &[
+            "sh",
+            "-c",
+            "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; echo pid=$$; \
+             echo procs=$(ls /proc | grep -c '^[0-9]'); cat /proc/self/cgroup; \
+             unshare -m true; echo unshare=$?",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}\n{}", ctd.log_tail(40));
+    for line in [
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "pid=1",
+        "0::/vm-confined",
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l == line),
+            "no {line:?} in {out:?}"
+        );
+    }
+    let procs: u32 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("procs="))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(procs <= 4, "sees the guest's other processes: {out:?}");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("unshare=") && l != "unshare=0"),
+        "{out:?}"
+    );
+    // Its memory limit holds in the guest: 64 MiB of buffer under a 32 MiB limit is killed.
+    let dd = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"];
+    let limited = ["--rm", "--memory-limit", "33554432"];
+    let out = ctr_run(&ctd, &ns, &limited, &allow, "vm-oom", &dd);
+    assert_eq!(out.code, Some(137), "{out:?}");
+    let out = run(&ctd, &ns, &allow, "vm-no-oom", &dd);
+    assert_eq!(out.code, Some(0), "{out:?}");
     // A long-running container: an exec runs beside it in the same guest, then a kill ends it.
     run_detached(&ctd, &ns, &allow, "vm-long");
     let out = ctd
@@ -176,6 +221,17 @@ fn containers_run_in_a_vm(v: Version) {
         out.stdout.contains("beside") && out.stdout.contains("cloud-amd64"),
         "{out:?}"
     );
+    // Task.Update sets the guest cgroup's limits; an exec is held to them.
+    airlock_integration::test_rt()
+        .block_on(async {
+            let memory = r#"{"memory":{"limit":33554432}}"#;
+            ctd.client().await?.update(&ns, "vm-long", memory).await
+        })
+        .unwrap();
+    let mut exec_dd = vec!["task", "exec", "--exec-id", "e2", "vm-long"];
+    exec_dd.extend(dd);
+    let out = ctd.ctr(Some(&ns), &exec_dd).unwrap();
+    assert_eq!(out.code, Some(137), "{out:?}");
     ctd.ctr_ok(Some(&ns), &["task", "kill", "-s", "KILL", "vm-long"])
         .unwrap();
     remove(&ctd, &ns, "vm-long");

@@ -64,34 +64,12 @@ impl BpfProgram {
 
     /// See [`BpfProgram::from_file`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        const MAX_INSNS: usize = 4096;
-        if bytes.is_empty() || !bytes.len().is_multiple_of(8) || bytes.len() / 8 > MAX_INSNS {
-            return Err(format!(
-                "{} bytes is not a program of 1 to {MAX_INSNS} 8-byte instructions",
-                bytes.len()
-            ));
-        }
-        let insns = bytes
-            .chunks_exact(8)
-            .map(|c| libc::sock_filter {
-                code: u16::from_ne_bytes([c[0], c[1]]),
-                jt: c[2],
-                jf: c[3],
-                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
-            })
-            .collect();
-        Ok(Self::new(insns))
+        Ok(Self::new(airlock_contract::bpf::decode(bytes)?))
     }
 
     /// The program in the format [`BpfProgram::from_bytes`] reads.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.0.len() * 8);
-        for i in self.0.iter() {
-            out.extend_from_slice(&i.code.to_ne_bytes());
-            out.extend_from_slice(&[i.jt, i.jf]);
-            out.extend_from_slice(&i.k.to_ne_bytes());
-        }
-        out
+        airlock_contract::bpf::encode(self.0.iter())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use airlock_agent::protocol::{Request, Response};
+use airlock_agent::protocol::{Confinement, Limits, Request, Response};
 use airlock_contract::ErrorKind;
 use async_trait::async_trait;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -126,14 +126,46 @@ fn routed(
     Ok((copier, rx))
 }
 
-/// Starts `cmd` as `name` in the container rooted at `root` (a guest path).
-async fn run(pod: &Arc<PodVm>, name: &str, cmd: &Command, root: &str) -> Result<u32> {
+/// Makes container `id`'s guest cgroup if needed and sets its limits.
+pub async fn set_limits(pod: &Arc<PodVm>, id: &str, limits: Limits) -> Result<()> {
+    let req = Request::Limits {
+        cgroup: id.to_string(),
+        limits,
+    };
+    match call(pod, req).await? {
+        Response::Ok => Ok(()),
+        Response::Error { kind, message } => Err(refused(kind, message)),
+        other => Err(Error::Runtime(format!("limits of {id}: {other:?}"))),
+    }
+}
+
+/// Removes container `id`'s guest cgroup.
+pub async fn remove_cgroup(pod: &Arc<PodVm>, id: &str) -> Result<()> {
+    let req = Request::RemoveCgroup {
+        cgroup: id.to_string(),
+    };
+    match call(pod, req).await? {
+        Response::Ok => Ok(()),
+        Response::Error { kind, message } => Err(refused(kind, message)),
+        other => Err(Error::Runtime(format!("remove cgroup {id}: {other:?}"))),
+    }
+}
+
+/// Starts `cmd` as `name` in the container rooted at `root` (a guest path), confined.
+async fn run(
+    pod: &Arc<PodVm>,
+    name: &str,
+    cmd: &Command,
+    root: &str,
+    confine: Confinement,
+) -> Result<u32> {
     let req = Request::Run {
         process: name.to_string(),
         args: cmd.args.clone(),
         env: cmd.env.clone(),
         root: root.to_string(),
         cwd: cmd.cwd.clone(),
+        confine,
     };
     match call(pod, req).await {
         Ok(Response::Started { pid }) => Ok(pid),
@@ -160,6 +192,10 @@ pub struct VmContainer {
     /// The container's rootfs bound into the pod's share.
     pub(super) shared_root: PathBuf,
     pub(super) init: Command,
+    /// How the init is confined in the guest.
+    pub(super) confine_init: Confinement,
+    /// The seccomp programs of every process of the container.
+    pub(super) seccomp: Vec<Vec<u8>>,
     pub(super) init_process: Arc<VmProcess>,
 }
 
@@ -195,7 +231,8 @@ fn not_in_vm_mode(what: &str) -> Error {
 #[async_trait]
 impl SandboxContainer for VmContainer {
     async fn start(&self) -> Result<()> {
-        run(&self.pod, &self.id, &self.init, &self.guest_root()).await?;
+        let confine = self.confine_init.clone();
+        run(&self.pod, &self.id, &self.init, &self.guest_root(), confine).await?;
         Ok(())
     }
 
@@ -206,9 +243,10 @@ impl SandboxContainer for VmContainer {
         paths: &StdioPaths,
     ) -> Result<Started> {
         let cmd = Command::of(process)?;
+        let confine = super::confine::exec(process, &self.id, self.seccomp.clone())?;
         let name = format!("{}/{exec_id}", self.id);
         let (copier, rx) = routed(&self.pod, &name, paths, &self.bundle)?;
-        let pid = run(&self.pod, &name, &cmd, &self.guest_root()).await?;
+        let pid = run(&self.pod, &name, &cmd, &self.guest_root(), confine).await?;
         Ok(Started {
             process: Arc::new(VmProcess {
                 pod: self.pod.clone(),
@@ -240,8 +278,8 @@ impl SandboxContainer for VmContainer {
         Err(not_in_vm_mode("resume"))
     }
 
-    async fn update(&self, _resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
-        Err(not_in_vm_mode("update"))
+    async fn update(&self, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        set_limits(&self.pod, &self.id, super::confine::limits(Some(resources))).await
     }
 
     fn stats(&self) -> Result<Any> {
@@ -263,6 +301,9 @@ impl SandboxContainer for VmContainer {
     }
 
     async fn clean_up_stopped(&self) -> Result<CleanupTimes> {
+        if let Err(e) = remove_cgroup(&self.pod, &self.id).await {
+            tracing::warn!(id = %self.id, "the container's guest cgroup stays: {e}");
+        }
         let (shared, rootfs) = (self.shared_root.clone(), self.bundle.join("rootfs"));
         tokio::task::spawn_blocking(move || {
             unmount(&shared);

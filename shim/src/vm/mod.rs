@@ -6,13 +6,16 @@
 //! | module | job |
 //! | --- | --- |
 //! | `pod.rs` | the pod's VM: boot on the first create, its share, the router of the agent's messages, shutdown |
-//! | `container.rs` | one container and its processes in the guest: start, exec, signals, cleanup |
+//! | `container.rs` | one container and its processes in the guest: start, exec, signals, update, cleanup |
+//! | `confine.rs` | the spec, as the policy left it, lowered onto the guest's confinement and cgroup limits |
 //!
 //! The policy is applied to the spec as a ceiling (a container that asks for more than its
-//! policy allows is refused, and the report is written beside the spec); inside the guest the
-//! container runs chrooted to its rootfs, without the process sandbox's namespaces, seccomp
-//! and cgroup limits yet. Pause, resume, update, stats, pids, OOM events and terminals are
-//! refused with FailedPrecondition until the agent has them.
+//! policy allows is refused, and the report is written beside the spec). Inside the guest the
+//! agent confines each process as the process sandbox does on the host: its own mount, PID,
+//! UTS and IPC namespaces, a guest cgroup with the container's limits, the spec's user and
+//! capabilities, no_new_privs and the same seccomp programs (`agent/src/confine.rs`). Pause,
+//! resume, stats, pids, OOM events and terminals are refused with FailedPrecondition until
+//! the agent has them.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -28,6 +31,7 @@ use crate::process::unmount;
 use crate::sandbox::{Created, Sandbox};
 use crate::stdio::StdioPaths;
 
+mod confine;
 mod container;
 mod pod;
 
@@ -115,15 +119,25 @@ impl VmSandbox {
         // The policy is a ceiling here too: what it refuses is refused.
         let policy = config.select(spec.annotations().as_ref())?;
         let report = policy.apply(&mut spec)?;
+        let seccomp = confine::seccomp(&spec, policy)?;
+        let confine_init = confine::init(&spec, &req.id, seccomp.clone())?;
+        let limits = confine::limits(spec.linux().as_ref().and_then(|l| l.resources().as_ref()));
+        let process = spec.process().as_ref().ok_or_else(|| {
+            Error::InvalidArgument("the spec has no process: nothing to run".into())
+        })?;
+        let init = Command::of(process)?;
+        // The spec as the policy left it, for the execs (held to the init's capabilities)
+        // and readers outside the shim; the report beside it.
+        let spec_json = serde_json::to_vec(&spec)
+            .map_err(|e| Error::InvalidArgument(format!("cannot serialise the OCI spec: {e}")))?;
+        tokio::fs::write(bundle.join("config.json"), spec_json)
+            .await
+            .map_err(|e| Error::io("write the bundle's config.json", e))?;
         let _ = tokio::fs::write(
             bundle.join(airlock_policies::REPORT_FILE),
             serde_json::to_vec_pretty(&report).unwrap_or_default(),
         )
         .await;
-        let process = spec.process().as_ref().ok_or_else(|| {
-            Error::InvalidArgument("the spec has no process: nothing to run".into())
-        })?;
-        let init = Command::of(process)?;
         let read_only = spec
             .root()
             .as_ref()
@@ -144,10 +158,14 @@ impl VmSandbox {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let (init_process, copier) = match VmContainer::init_process(&pod, &req.id, &paths, &bundle)
-        {
+        let routed = match container::set_limits(&pod, &req.id, limits).await {
+            Ok(()) => VmContainer::init_process(&pod, &req.id, &paths, &bundle),
+            Err(e) => Err(e),
+        };
+        let (init_process, copier) = match routed {
             Ok(v) => v,
             Err(e) => {
+                let _ = container::remove_cgroup(&pod, &req.id).await;
                 unmount(&shared_root);
                 let _ = std::fs::remove_dir(&shared_root);
                 unmount(&rootfs);
@@ -164,6 +182,8 @@ impl VmSandbox {
                 bundle,
                 shared_root,
                 init,
+                confine_init,
+                seccomp,
                 init_process: init_process.clone(),
             }),
             init: init_process,
