@@ -31,9 +31,12 @@ shim=$tdir/$triple/release/containerd-shim-airlock-v2
 agent=$tdir/$triple/release/airlock-agent
 if rustup target list --installed 2>/dev/null | grep -qx "$musl" ||
   { log "rustup target add $musl"; rustup target add "$musl"; }; then
-  log "cargo build --release -p airlock-shim -p airlock-agent ($musl)"
-  cargo build --release -p airlock-shim -p airlock-agent --bins --target "$musl"
-  shim=$tdir/$musl/release/containerd-shim-airlock-v2
+  # The shim with profile `resident` (Cargo.toml): optimised for size.
+  log "cargo build --profile resident -p airlock-shim ($musl)"
+  cargo build --profile resident -p airlock-shim --bins --target "$musl"
+  log "cargo build --release -p airlock-agent ($musl)"
+  cargo build --release -p airlock-agent --bins --target "$musl"
+  shim=$tdir/$musl/resident/containerd-shim-airlock-v2
   agent=$tdir/$musl/release/airlock-agent
 else
   echo "warning: no $musl target; shipping the glibc shim (slower to start)" >&2

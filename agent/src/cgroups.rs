@@ -2,9 +2,11 @@
 //! the container's limits (the same `linux.resources` the process sandbox sets on the host).
 //! The agent itself stays in the root cgroup.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use airlock_contract::ErrorKind;
 
@@ -98,6 +100,81 @@ fn set_limits_under(root: &Path, name: &str, limits: &Limits) -> Response {
         }
     }
     Response::Ok
+}
+
+/// The files of a cgroup that [`read`] returns: what the shim's metrics and Task.Pids read.
+pub const READ_FILES: [&str; 14] = [
+    "cgroup.procs",
+    "cpu.stat",
+    "cpu.pressure",
+    "io.stat",
+    "io.pressure",
+    "memory.stat",
+    "memory.events",
+    "memory.current",
+    "memory.max",
+    "memory.swap.current",
+    "memory.swap.max",
+    "memory.pressure",
+    "pids.current",
+    "pids.max",
+];
+
+/// The [`READ_FILES`] of cgroup `name` that exist.
+pub fn read(name: &str) -> Response {
+    let dir = match path(name) {
+        Ok(d) => d,
+        Err(m) => return error(ErrorKind::InvalidArgument, m),
+    };
+    if !dir.join("cgroup.procs").exists() {
+        return error(
+            ErrorKind::NotFound,
+            format!("no cgroup {name} in the guest"),
+        );
+    }
+    let files: BTreeMap<String, String> = READ_FILES
+        .iter()
+        .filter_map(|f| Some((f.to_string(), fs::read_to_string(dir.join(f)).ok()?)))
+        .collect();
+    Response::Cgroup { files }
+}
+
+/// The OOM kills counted in cgroup `name`'s `memory.events`.
+pub fn oom_kills(name: &str) -> Option<u64> {
+    let text = fs::read_to_string(path(name).ok()?.join("memory.events")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Freezes (or thaws) cgroup `name` and waits until the kernel reports it so.
+pub fn freeze(name: &str, frozen: bool) -> Response {
+    let dir = match path(name) {
+        Ok(d) => d,
+        Err(m) => return error(ErrorKind::InvalidArgument, m),
+    };
+    let want = if frozen { "1" } else { "0" };
+    if let Err(e) = fs::write(dir.join("cgroup.freeze"), want) {
+        let kind = match e.kind() {
+            io::ErrorKind::NotFound => ErrorKind::NotFound,
+            _ => ErrorKind::Unknown,
+        };
+        return error(kind, format!("writing cgroup.freeze of {name}: {e}"));
+    }
+    let start = Instant::now();
+    loop {
+        let events = fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+        if events.lines().any(|l| l == format!("frozen {want}")) {
+            return Response::Ok;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            return error(
+                ErrorKind::Unknown,
+                format!("cgroup {name} is not frozen={want} after 5 s"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Removes cgroup `name`; one already gone is fine. Its processes may still be exiting (a

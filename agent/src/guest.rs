@@ -167,10 +167,26 @@ fn answer(req: &Request, processes: &Processes, send: &Send) -> Response {
             env,
             root,
             cwd,
+            stdin,
             confine,
-        } => processes.run(process, args, env, root, cwd, confine, send.clone()),
-        Request::Limits { cgroup, limits } => crate::cgroups::set_limits(cgroup, limits),
-        Request::RemoveCgroup { cgroup } => crate::cgroups::remove(cgroup),
+        } => processes.run(process, args, env, root, cwd, *stdin, confine, send.clone()),
+        Request::CloseInput { process } => processes.close_input(process),
+        // Answered by the process's stdin writer (see the serving loop).
+        Request::Input { .. } => Response::Ok,
+        Request::Limits { cgroup, limits } => {
+            let r = crate::cgroups::set_limits(cgroup, limits);
+            if r == Response::Ok {
+                crate::oom::watch(cgroup);
+            }
+            r
+        }
+        Request::RemoveCgroup { cgroup } => {
+            let r = crate::cgroups::remove(cgroup);
+            crate::oom::forget(cgroup);
+            r
+        }
+        Request::Freeze { cgroup, frozen } => crate::cgroups::freeze(cgroup, *frozen),
+        Request::ReadCgroup { cgroup } => crate::cgroups::read(cgroup),
         Request::Signal { process, signal } => processes.signal(process, *signal),
         Request::Shutdown => Response::Ok,
     }
@@ -228,6 +244,10 @@ pub fn run() -> ! {
             log(&format!("control port: {e}"));
         }
     });
+    if let Err(e) = crate::oom::start(send.clone()) {
+        log(&format!("OOM watch: {e}"));
+        power_off();
+    }
     let processes = Processes::get();
     loop {
         let call: Call = match protocol::read_frame(&mut r) {
@@ -241,6 +261,14 @@ pub fn run() -> ! {
                 break;
             }
         };
+        // Input is answered once written, by the process's own writer: a process that does
+        // not read its stdin holds up nothing else.
+        if let Request::Input { process, data } = call.request {
+            let (id, send) = (call.id, send.clone());
+            let reply = Box::new(move |response| send(&FromAgent::Reply { id, response }));
+            processes.input(&process, data, reply);
+            continue;
+        }
         let response = answer(&call.request, processes, &send);
         send(&FromAgent::Reply {
             id: call.id,

@@ -9,11 +9,13 @@
 //!   its control port); Linux-only system calls, exercised by the VM tests.
 //! - [`processes`]: the processes it runs for the host, [`confine`]: the policy each is
 //!   confined by (namespaces, cgroup, capabilities, seccomp), [`cgroups`]: the guest's
-//!   cgroup v2 tree that carries the containers' limits.
+//!   cgroup v2 tree that carries the containers' limits, [`oom`]: the OOM kills in it.
 
 pub mod cgroups;
 pub mod confine;
 pub mod guest;
 pub mod modules;
+pub mod oom;
 pub mod processes;
 pub mod protocol;
+pub mod stdin;

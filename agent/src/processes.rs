@@ -26,6 +26,8 @@ pub type Send = Arc<dyn Fn(&FromAgent) + std::marker::Send + Sync>;
 struct Named {
     pid: u32,
     exited: mpsc::Sender<u32>,
+    /// Its stdin, when it reads one.
+    stdin: Option<crate::stdin::Writer>,
 }
 
 #[derive(Default)]
@@ -152,6 +154,7 @@ impl Processes {
         env: &[String],
         root: &str,
         cwd: &str,
+        stdin: bool,
         confine: &Confinement,
         send: Send,
     ) -> Response {
@@ -184,7 +187,7 @@ impl Processes {
         cmd.args(&args[1..])
             .env_clear()
             .envs(env)
-            .stdin(Stdio::null())
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let in_child = prepared.clone();
@@ -205,6 +208,7 @@ impl Processes {
             }
         };
         let pid = child.id();
+        let stdin = child.stdin.take().map(crate::stdin::Writer::spawn);
         let outputs: [(Stream, Box<dyn Read + std::marker::Send>); 2] = [
             (
                 Stream::Stdout,
@@ -218,9 +222,14 @@ impl Processes {
         // The reaper reaps it; std's handle never waits.
         drop(child);
         let (tx, exited) = mpsc::channel();
-        table
-            .by_name
-            .insert(process.to_string(), Named { pid, exited: tx });
+        table.by_name.insert(
+            process.to_string(),
+            Named {
+                pid,
+                exited: tx,
+                stdin,
+            },
+        );
         self.spawned.notify_all();
         drop(table);
         let readers: Vec<JoinHandle<()>> = outputs
@@ -231,10 +240,15 @@ impl Processes {
             })
             .collect();
         let name = process.to_string();
+        let cgroup = confine.cgroup.clone();
         std::thread::spawn(move || {
             let status = exited.recv().unwrap_or(255);
             for r in readers {
                 let _ = r.join();
+            }
+            // An OOM kill that ended it is reported first.
+            if let Some(cg) = &cgroup {
+                crate::oom::check(cg);
             }
             send(&FromAgent::Exited {
                 process: name,
@@ -242,6 +256,37 @@ impl Processes {
             });
         });
         Response::Started { pid }
+    }
+
+    /// Writes `data` to `process`'s stdin; `reply` gets the answer once it is written.
+    pub fn input(&self, process: &str, data: Vec<u8>, reply: crate::stdin::Reply) {
+        let table = self.table.lock().unwrap();
+        match table.by_name.get(process).map(|n| n.stdin.as_ref()) {
+            Some(Some(w)) => w.write(data, reply),
+            Some(None) => reply(error(
+                ErrorKind::FailedPrecondition,
+                format!("{process} has no stdin (or it was closed)"),
+            )),
+            None => reply(error(
+                ErrorKind::NotFound,
+                format!("no running process named {process}"),
+            )),
+        }
+    }
+
+    /// Closes `process`'s stdin once what was written before is.
+    pub fn close_input(&self, process: &str) -> Response {
+        let mut table = self.table.lock().unwrap();
+        match table.by_name.get_mut(process) {
+            Some(n) => {
+                n.stdin = None;
+                Response::Ok
+            }
+            None => error(
+                ErrorKind::NotFound,
+                format!("no running process named {process}"),
+            ),
+        }
     }
 
     /// Sends `signal` to the running process `process`.
@@ -321,6 +366,7 @@ mod tests {
             &["GREETING=hi".into()],
             "/",
             "/",
+            false,
             &open(),
             send,
         );
@@ -336,7 +382,16 @@ mod tests {
     fn a_signal_by_name_ends_the_process_and_a_gone_name_is_not_found() {
         let p = Processes::get();
         let (send, rx) = collector();
-        p.run("s", &sh("exec sleep 60"), &[], "/", "/", &open(), send);
+        p.run(
+            "s",
+            &sh("exec sleep 60"),
+            &[],
+            "/",
+            "/",
+            false,
+            &open(),
+            send,
+        );
         assert_eq!(p.signal("s", libc::SIGKILL), Response::Ok);
         assert_eq!(until_exit(&rx).2, 128 + libc::SIGKILL as u32);
         assert!(matches!(
@@ -357,7 +412,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         refused(
-            p.run("bad", &[], &[], "/", "/", &open(), send.clone()),
+            p.run("bad", &[], &[], "/", "/", false, &open(), send.clone()),
             ErrorKind::InvalidArgument,
         );
         refused(
@@ -367,6 +422,7 @@ mod tests {
                 &["NOEQUALS".into()],
                 "/",
                 "/",
+                false,
                 &open(),
                 send.clone(),
             ),
@@ -379,6 +435,7 @@ mod tests {
                 &[],
                 "/",
                 "/",
+                false,
                 &open(),
                 send.clone(),
             ),
@@ -390,11 +447,12 @@ mod tests {
             &[],
             "/",
             "/",
+            false,
             &open(),
             send.clone(),
         );
         refused(
-            p.run("dup", &sh("true"), &[], "/", "/", &open(), send),
+            p.run("dup", &sh("true"), &[], "/", "/", false, &open(), send),
             ErrorKind::AlreadyExists,
         );
         p.signal("dup", libc::SIGKILL);
@@ -412,6 +470,7 @@ mod tests {
             &[],
             "/",
             "/",
+            false,
             &open(),
             send,
         );
@@ -482,6 +541,7 @@ mod tests {
             &[],
             "/",
             "/",
+            false,
             &confine,
             send,
         );
@@ -500,6 +560,7 @@ mod tests {
             &[],
             "/",
             "/",
+            false,
             &join,
             send2,
         );
@@ -552,9 +613,51 @@ mod tests {
             ..Confinement::default()
         };
         assert!(matches!(
-            p.run("nocg", &sh("true"), &[], "/", "/", &c, send),
+            p.run("nocg", &sh("true"), &[], "/", "/", false, &c, send),
             Response::Error {
                 kind: ErrorKind::FailedPrecondition,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn stdin_is_fed_in_order_and_closed() {
+        let p = Processes::get();
+        let (send, rx) = collector();
+        let r = p.run(
+            "cat",
+            &sh("cat; echo done"),
+            &[],
+            "/",
+            "/",
+            true,
+            &open(),
+            send,
+        );
+        assert!(matches!(r, Response::Started { .. }), "{r:?}");
+        for chunk in ["one\n", "two\n"] {
+            let (tx, answered) = mpsc::channel();
+            p.input(
+                "cat",
+                chunk.as_bytes().to_vec(),
+                Box::new(move |r| tx.send(r).unwrap()),
+            );
+            assert_eq!(answered.recv().unwrap(), Response::Ok);
+        }
+        assert_eq!(p.close_input("cat"), Response::Ok);
+        let (out, _, status) = until_exit(&rx);
+        assert_eq!(
+            (String::from_utf8(out).unwrap().as_str(), status),
+            ("one\ntwo\ndone\n", 0)
+        );
+        // No stdin any more, and no such process.
+        let (tx, answered) = mpsc::channel();
+        p.input("cat", b"x".to_vec(), Box::new(move |r| tx.send(r).unwrap()));
+        assert!(matches!(
+            answered.recv().unwrap(),
+            Response::Error {
+                kind: ErrorKind::NotFound,
                 ..
             }
         ));

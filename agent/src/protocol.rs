@@ -65,14 +65,29 @@ pub enum Request {
         env: Vec<String>,
         root: String,
         cwd: String,
+        /// Whether it reads a stdin that [`Request::Input`] feeds (else /dev/null).
+        stdin: bool,
         /// What confines it (the same policy the process sandbox applies).
-        confine: Confinement,
+        confine: Box<Confinement>,
     },
+    /// Writes `data` to the stdin of running process `process`; answered once written.
+    Input {
+        process: String,
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+    /// Closes the stdin of `process` once what was given before is written.
+    CloseInput { process: String },
     /// Makes the guest cgroup `cgroup` (one path component under the guest's cgroup v2
     /// root) if it does not exist, and sets its limits; a limit left `None` is unchanged.
     Limits { cgroup: String, limits: Limits },
     /// Removes the guest cgroup `cgroup` once its processes are gone.
     RemoveCgroup { cgroup: String },
+    /// Freezes (pause) or thaws (resume) every process of guest cgroup `cgroup`.
+    Freeze { cgroup: String, frozen: bool },
+    /// The contents of guest cgroup `cgroup`'s files that the host's metrics and Task.Pids
+    /// read; answered by [`Response::Cgroup`].
+    ReadCgroup { cgroup: String },
     /// Sends `signal` to a running process.
     Signal { process: String, signal: i32 },
     /// Syncs and powers the guest off; answered before it does.
@@ -171,6 +186,10 @@ pub enum Response {
         /// The process's pid in the guest.
         pid: u32,
     },
+    /// A cgroup's files, by name (those that exist).
+    Cgroup {
+        files: std::collections::BTreeMap<String, String>,
+    },
     Error {
         kind: ErrorKind,
         message: String,
@@ -201,6 +220,9 @@ pub enum FromAgent {
     /// A process ended: its exit code, or 128 + the signal that killed it (containerd's
     /// convention). After all its output.
     Exited { process: String, status: u32 },
+    /// The OOM kills counted in guest cgroup `cgroup` so far went up to `kills`. Before the
+    /// [`FromAgent::Exited`] of any process that such a kill ended.
+    Oom { cgroup: String, kills: u64 },
 }
 
 mod base64_bytes {
@@ -314,7 +336,8 @@ mod tests {
                 env: vec!["PATH=/bin".into()],
                 root: "/run/c/rootfs".into(),
                 cwd: "/".into(),
-                confine: Confinement {
+                stdin: true,
+                confine: Box::new(Confinement {
                     namespaces: Some(Namespaces::Join {
                         process: "c1".into(),
                     }),
@@ -333,7 +356,7 @@ mod tests {
                     capabilities: Some(Capabilities::default()),
                     no_new_privs: true,
                     seccomp: vec![vec![6, 0, 0, 0, 0, 0, 0xff, 0x7f]],
-                },
+                }),
             },
         });
         round_trip(Request::Limits {
@@ -352,6 +375,21 @@ mod tests {
         round_trip(FromAgent::Exited {
             process: "init".into(),
             status: 137,
+        });
+        round_trip(FromAgent::Oom {
+            cgroup: "c1".into(),
+            kills: 2,
+        });
+        round_trip(Request::Input {
+            process: "c1".into(),
+            data: b"line\n".to_vec(),
+        });
+        round_trip(Request::Freeze {
+            cgroup: "c1".into(),
+            frozen: true,
+        });
+        round_trip(Response::Cgroup {
+            files: [("pids.current".to_string(), "3\n".to_string())].into(),
         });
         round_trip(FromAgent::Reply {
             id: 9,

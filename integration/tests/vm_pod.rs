@@ -61,6 +61,48 @@ fn ctr_run(
         .unwrap()
 }
 
+/// `ctr run --rm` with `input` on its stdin (to the container's stdin, then its end).
+fn run_with_input(
+    ctd: &Containerd,
+    ns: &str,
+    cfg: &Path,
+    id: &str,
+    args: &[&str],
+    input: &str,
+) -> (Option<i32>, String) {
+    use std::io::Read;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), input).unwrap();
+    let mut cmd = ctd.ctr_command(Some(ns));
+    cmd.args(["run", "--rm", "--runtime", RUNTIME, "--runtime-config-path"])
+        .arg(cfg)
+        .args([IMAGE_REF, id])
+        .args(args)
+        .stdin(std::fs::File::open(file.path()).unwrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            panic!("ctr run {id} with input did not end");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    (status.code(), out)
+}
+
 fn run(
     ctd: &Containerd,
     ns: &str,
@@ -197,8 +239,28 @@ fn containers_run_in_a_vm(v: Version) {
     let limited = ["--rm", "--memory-limit", "33554432"];
     let out = ctr_run(&ctd, &ns, &limited, &allow, "vm-oom", &dd);
     assert_eq!(out.code, Some(137), "{out:?}");
+    // The agent reported the OOM kill (the core publishes TaskOOM before TaskExit).
+    let log = ctd.log_grep("vm-oom");
+    assert!(log.contains("OOM kill in the container's cgroup"), "{log}");
     let out = run(&ctd, &ns, &allow, "vm-no-oom", &dd);
     assert_eq!(out.code, Some(0), "{out:?}");
+    // stdin reaches the container, and its end closes the container's stdin.
+    let (code, out) = run_with_input(
+        &ctd,
+        &ns,
+        &allow,
+        "vm-stdin",
+        &[
+            "sh",
+            "-c",
+            "while read l; do echo \"got $l\"; done; echo eof",
+        ],
+        "hello\nworld\n",
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "got hello\ngot world\neof\n")
+    );
     // A long-running container: an exec runs beside it in the same guest, then a kill ends it.
     run_detached(&ctd, &ns, &allow, "vm-long");
     let out = ctd
@@ -220,6 +282,34 @@ fn containers_run_in_a_vm(v: Version) {
     assert!(
         out.stdout.contains("beside") && out.stdout.contains("cloud-amd64"),
         "{out:?}"
+    );
+    // Pause and resume freeze the guest cgroup; Pids and Stats read it.
+    let status = |ctd: &Containerd| {
+        let ls = ctd.ctr(Some(&ns), &["task", "ls"]).unwrap().stdout;
+        ls.lines()
+            .find(|l| l.starts_with("vm-long "))
+            .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    ctd.ctr_ok(Some(&ns), &["task", "pause", "vm-long"])
+        .unwrap();
+    assert_eq!(status(&ctd), "PAUSED");
+    ctd.ctr_ok(Some(&ns), &["task", "resume", "vm-long"])
+        .unwrap();
+    assert_eq!(status(&ctd), "RUNNING");
+    let ps = ctd.ctr(Some(&ns), &["task", "ps", "vm-long"]).unwrap();
+    assert!(ps.success(), "{ps:?}");
+    assert!(
+        ps.stdout.lines().skip(1).any(|l| l
+            .split_whitespace()
+            .next()
+            .is_some_and(|p| p.parse::<u32>().is_ok())),
+        "{ps:?}"
+    );
+    let metrics = ctd.ctr(Some(&ns), &["task", "metrics", "vm-long"]).unwrap();
+    assert!(
+        metrics.success() && metrics.stdout.contains("pids"),
+        "{metrics:?}"
     );
     // Task.Update sets the guest cgroup's limits; an exec is held to them.
     airlock_integration::test_rt()

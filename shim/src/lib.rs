@@ -20,6 +20,7 @@ pub mod events;
 pub mod info;
 pub mod lifecycle;
 pub mod logging;
+pub mod metrics_v2;
 pub mod orphans;
 pub mod process;
 pub mod sandbox;

@@ -74,6 +74,8 @@ type Pending = Arc<Mutex<Option<HashMap<u64, mpsc::Sender<Response>>>>>;
 pub struct Vm {
     child: Mutex<Child>,
     channel: UnixStream,
+    /// Held while a frame is written: calls from several threads never interleave.
+    write_lock: Mutex<()>,
     next_id: AtomicU64,
     /// Callers waiting for a reply, by call id; `None` once the channel is closed.
     pending: Pending,
@@ -166,6 +168,7 @@ impl Vm {
                 Ok(Vm {
                     child: Mutex::new(child),
                     channel,
+                    write_lock: Mutex::new(()),
                     next_id: AtomicU64::new(1),
                     pending,
                     events: Mutex::new(Some(events)),
@@ -262,7 +265,11 @@ impl Vm {
             id,
             request: req.clone(),
         };
-        if let Err(e) = protocol::write_frame(&mut &self.channel, &call) {
+        let written = {
+            let _one = self.write_lock.lock().unwrap();
+            protocol::write_frame(&mut &self.channel, &call)
+        };
+        if let Err(e) = written {
             if let Some(p) = self.pending.lock().unwrap().as_mut() {
                 p.remove(&id);
             }

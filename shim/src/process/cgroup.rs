@@ -14,6 +14,7 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{Message, MessageField};
 
 use crate::error::{Error, Result};
+use crate::metrics_v2::{parse_kv, parse_u64};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -91,22 +92,20 @@ impl Cgroup {
 
     /// The metrics in the type containerd expects for this cgroup version.
     pub fn metrics(&self) -> Result<Any> {
-        let (type_url, value) = match self {
-            Cgroup::V1(_) => (
-                "io.containerd.cgroups.v1.Metrics",
-                self.metrics_v1()?.write_to_bytes(),
-            ),
-            Cgroup::V2(_) => (
-                "io.containerd.cgroups.v2.Metrics",
-                self.metrics_v2()?.write_to_bytes(),
-            ),
-        };
-        let value = value.map_err(|e| Error::Runtime(format!("encode metrics: {e}")))?;
-        Ok(Any {
-            type_url: type_url.to_string(),
-            value,
-            ..Default::default()
-        })
+        match self {
+            Cgroup::V1(_) => {
+                let value = self
+                    .metrics_v1()?
+                    .write_to_bytes()
+                    .map_err(|e| Error::Runtime(format!("encode metrics: {e}")))?;
+                Ok(Any {
+                    type_url: "io.containerd.cgroups.v1.Metrics".to_string(),
+                    value,
+                    ..Default::default()
+                })
+            }
+            Cgroup::V2(_) => crate::metrics_v2::any(&self.metrics_v2()?),
+        }
     }
 
     fn read(&self, controller: &str, file: &str) -> Option<String> {
@@ -254,121 +253,23 @@ impl Cgroup {
     }
 
     pub fn metrics_v2(&self) -> Result<v2::Metrics> {
-        // Every file below reads as 0 when missing: a cgroup that is gone must be an error,
-        // not a set of zeros.
-        if !self
+        let dir = self
             .dir("")
-            .is_some_and(|d| d.join("cgroup.procs").exists())
-        {
-            return Err(Error::NotFound("the container's cgroup".into()));
-        }
-        let cpu = self.read_kv("", "cpu.stat");
-        let c = |k: &str| cpu.get(k).copied().unwrap_or(0);
-        let mem = self.read_kv("", "memory.stat");
-        let m = |k: &str| mem.get(k).copied().unwrap_or(0);
-        let events = self.read_kv("", "memory.events");
-        let e = |k: &str| events.get(k).copied().unwrap_or(0);
-        Ok(v2::Metrics {
-            pids: MessageField::some(v2::PidsStat {
-                current: self.read_u64("", "pids.current"),
-                limit: self.read_u64("", "pids.max"),
-                ..Default::default()
-            }),
-            cpu: MessageField::some(v2::CPUStat {
-                usage_usec: c("usage_usec"),
-                user_usec: c("user_usec"),
-                system_usec: c("system_usec"),
-                nr_periods: c("nr_periods"),
-                nr_throttled: c("nr_throttled"),
-                throttled_usec: c("throttled_usec"),
-                nr_bursts: c("nr_bursts"),
-                burst_usec: c("burst_usec"),
-                psi: self.psi("cpu.pressure"),
-                ..Default::default()
-            }),
-            memory: MessageField::some(v2::MemoryStat {
-                anon: m("anon"),
-                file: m("file"),
-                kernel_stack: m("kernel_stack"),
-                slab: m("slab"),
-                sock: m("sock"),
-                shmem: m("shmem"),
-                file_mapped: m("file_mapped"),
-                file_dirty: m("file_dirty"),
-                file_writeback: m("file_writeback"),
-                anon_thp: m("anon_thp"),
-                inactive_anon: m("inactive_anon"),
-                active_anon: m("active_anon"),
-                inactive_file: m("inactive_file"),
-                active_file: m("active_file"),
-                unevictable: m("unevictable"),
-                slab_reclaimable: m("slab_reclaimable"),
-                slab_unreclaimable: m("slab_unreclaimable"),
-                pgfault: m("pgfault"),
-                pgmajfault: m("pgmajfault"),
-                // Linux 5.9 split these by anon/file; containerd's reader takes the old names.
-                workingset_refault: mem
-                    .get("workingset_refault")
-                    .copied()
-                    .unwrap_or_else(|| m("workingset_refault_anon") + m("workingset_refault_file")),
-                workingset_activate: mem.get("workingset_activate").copied().unwrap_or_else(|| {
-                    m("workingset_activate_anon") + m("workingset_activate_file")
-                }),
-                workingset_nodereclaim: m("workingset_nodereclaim"),
-                pgrefill: m("pgrefill"),
-                pgscan: m("pgscan"),
-                pgsteal: m("pgsteal"),
-                pgactivate: m("pgactivate"),
-                pgdeactivate: m("pgdeactivate"),
-                pglazyfree: m("pglazyfree"),
-                pglazyfreed: m("pglazyfreed"),
-                thp_fault_alloc: m("thp_fault_alloc"),
-                thp_collapse_alloc: m("thp_collapse_alloc"),
-                usage: self.read_u64("", "memory.current"),
-                usage_limit: self.read_u64("", "memory.max"),
-                swap_usage: self.read_u64("", "memory.swap.current"),
-                swap_limit: self.read_u64("", "memory.swap.max"),
-                max_usage: self.read_u64("", "memory.peak"),
-                swap_max_usage: self.read_u64("", "memory.swap.peak"),
-                psi: self.psi("memory.pressure"),
-                ..Default::default()
-            }),
-            memory_events: MessageField::some(v2::MemoryEvents {
-                low: e("low"),
-                high: e("high"),
-                max: e("max"),
-                oom: e("oom"),
-                oom_kill: e("oom_kill"),
-                oom_group_kill: e("oom_group_kill"),
-                ..Default::default()
-            }),
-            io: MessageField::some(v2::IOStat {
-                usage: self
-                    .read("", "io.stat")
-                    .map(|s| parse_io_stat(&s))
-                    .unwrap_or_default(),
-                psi: self.psi("io.pressure"),
-                ..Default::default()
-            }),
-            hugetlb: self.hugetlb_v2(),
-            ..Default::default()
-        })
+            .ok_or_else(|| Error::NotFound("the container's cgroup".into()))?;
+        crate::metrics_v2::metrics(&HostDir(dir))
+    }
+}
+
+/// A cgroup v2 directory of this host.
+struct HostDir<'a>(&'a Path);
+
+impl crate::metrics_v2::Files for HostDir<'_> {
+    fn read(&self, file: &str) -> Option<String> {
+        std::fs::read_to_string(self.0.join(file)).ok()
     }
 
-    /// `<resource>.pressure` (PSI), when the kernel has it.
-    fn psi(&self, file: &str) -> MessageField<v2::PSIStats> {
-        match self.read("", file) {
-            Some(text) => MessageField::some(parse_psi(&text)),
-            None => MessageField::none(),
-        }
-    }
-
-    /// One entry per huge page size (`hugetlb.<size>.current` / `.max` / `.events`).
-    fn hugetlb_v2(&self) -> Vec<v2::HugeTlbStat> {
-        let Some(dir) = self.dir("") else {
-            return Vec::new();
-        };
-        let mut sizes: Vec<String> = std::fs::read_dir(dir)
+    fn hugetlb_sizes(&self) -> Vec<String> {
+        let mut sizes: Vec<String> = std::fs::read_dir(self.0)
             .map(|d| {
                 d.flatten()
                     .filter_map(|e| {
@@ -381,19 +282,6 @@ impl Cgroup {
             .unwrap_or_default();
         sizes.sort();
         sizes
-            .into_iter()
-            .map(|size| v2::HugeTlbStat {
-                current: self.read_u64("", &format!("hugetlb.{size}.current")),
-                max: self.read_u64("", &format!("hugetlb.{size}.max")),
-                failcnt: self
-                    .read_kv("", &format!("hugetlb.{size}.events"))
-                    .get("max")
-                    .copied()
-                    .unwrap_or(0),
-                pagesize: size,
-                ..Default::default()
-            })
-            .collect()
     }
 }
 
@@ -420,79 +308,6 @@ fn parse_blkio(text: &str) -> Vec<v1::BlkIOEntry> {
         .collect()
 }
 
-/// `io.stat`: one line per device, `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. ...`.
-fn parse_io_stat(text: &str) -> Vec<v2::IOEntry> {
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (maj, min) = f.next()?.split_once(':')?;
-            let mut e = v2::IOEntry {
-                major: maj.parse().ok()?,
-                minor: min.parse().ok()?,
-                ..Default::default()
-            };
-            for kv in f {
-                let Some((k, v)) = kv.split_once('=') else {
-                    continue;
-                };
-                let v = v.parse().unwrap_or(0);
-                match k {
-                    "rbytes" => e.rbytes = v,
-                    "wbytes" => e.wbytes = v,
-                    "rios" => e.rios = v,
-                    "wios" => e.wios = v,
-                    _ => {}
-                }
-            }
-            Some(e)
-        })
-        .collect()
-}
-
-/// `*.pressure`: `some avg10=0.00 avg60=0.00 avg300=0.00 total=0` and a `full` line.
-fn parse_psi(text: &str) -> v2::PSIStats {
-    let line = |kind: &str| {
-        let l = text.lines().find(|l| l.starts_with(kind))?;
-        let mut d = v2::PSIData::default();
-        for kv in l.split_whitespace().skip(1) {
-            let (k, v) = kv.split_once('=')?;
-            match k {
-                "avg10" => d.avg10 = v.parse().unwrap_or(0.0),
-                "avg60" => d.avg60 = v.parse().unwrap_or(0.0),
-                "avg300" => d.avg300 = v.parse().unwrap_or(0.0),
-                "total" => d.total = v.parse().unwrap_or(0),
-                _ => {}
-            }
-        }
-        Some(d)
-    };
-    v2::PSIStats {
-        some: line("some ").into(),
-        full: line("full ").into(),
-        ..Default::default()
-    }
-}
-
-/// A cgroup number; `max` (unlimited) reads as u64::MAX like containerd's cgroups library.
-fn parse_u64(s: &str) -> Option<u64> {
-    if s == "max" {
-        return Some(u64::MAX);
-    }
-    s.parse().ok()
-}
-
-/// `key value` lines (memory.stat, cpu.stat, memory.events, ...).
-fn parse_kv(text: &str) -> HashMap<String, u64> {
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let k = it.next()?;
-            let v = parse_u64(it.next()?)?;
-            Some((k.to_string(), v))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,31 +330,6 @@ mod tests {
     fn parses_the_unified_path() {
         let cg = Cgroup::parse("0::/ns/c1\n", true);
         assert_eq!(cg, Cgroup::V2(PathBuf::from("/sys/fs/cgroup/ns/c1")));
-    }
-
-    #[test]
-    fn io_stat_and_psi() {
-        let io = parse_io_stat(
-            "254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n7:0 rbytes=1 wbytes=0 rios=1 wios=0\n",
-        );
-        assert_eq!(io.len(), 2);
-        assert_eq!(
-            (
-                io[0].major,
-                io[0].minor,
-                io[0].rbytes,
-                io[0].wbytes,
-                io[0].rios,
-                io[0].wios
-            ),
-            (254, 0, 4096, 8192, 1, 2)
-        );
-        let psi = parse_psi(
-            "some avg10=1.50 avg60=0.00 avg300=0.00 total=1234\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=99\n",
-        );
-        assert_eq!(psi.some.avg10, 1.5);
-        assert_eq!(psi.some.total, 1234);
-        assert_eq!(psi.full.total, 99);
     }
 
     #[test]

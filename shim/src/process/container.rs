@@ -163,11 +163,11 @@ impl SandboxContainer for ProcessContainer {
         r
     }
 
-    fn stats(&self) -> Result<Any> {
+    async fn stats(&self) -> Result<Any> {
         self.cgroup()?.metrics()
     }
 
-    fn pids(&self) -> Result<Vec<u32>> {
+    async fn pids(&self) -> Result<Vec<u32>> {
         self.cgroup()?.procs()
     }
 

@@ -113,9 +113,9 @@ pub trait SandboxContainer: Send + Sync + 'static {
     /// Applies new limits (an OCI LinuxResources, checked against the policy by the core).
     async fn update(&self, resources: &oci_spec::runtime::LinuxResources) -> Result<()>;
     /// The container's metrics, as containerd's cgroups v1 or v2 `Metrics` type.
-    fn stats(&self) -> Result<Any>;
+    async fn stats(&self) -> Result<Any>;
     /// The pids of every process of the container.
-    fn pids(&self) -> Result<Vec<u32>>;
+    async fn pids(&self) -> Result<Vec<u32>>;
     /// OOM kills counted so far; None when the container's memory is not watched (yet).
     fn oom_kills(&self) -> Option<u64>;
     /// Returns at the next notice that the OOM count may have changed; an error when no

@@ -184,11 +184,11 @@ impl SandboxContainer for StubContainer {
         Ok(())
     }
 
-    fn stats(&self) -> Result<Any> {
+    async fn stats(&self) -> Result<Any> {
         Ok(Any::default())
     }
 
-    fn pids(&self) -> Result<Vec<u32>> {
+    async fn pids(&self) -> Result<Vec<u32>> {
         let execs = self.execs.lock().unwrap();
         Ok([&self.init]
             .into_iter()

@@ -348,7 +348,7 @@ impl Task for TaskService {
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
         let _idle = self.trim.busy();
         let c = self.get(&req.id).await?;
-        let stats = c.sandbox.stats()?;
+        let stats = c.sandbox.stats().await?;
         Ok(StatsResponse {
             stats: MessageField::some(stats),
             ..Default::default()
@@ -384,7 +384,7 @@ impl Task for TaskService {
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         let c = self.get(&req.id).await?;
-        let pids = c.sandbox.pids()?;
+        let pids = c.sandbox.pids().await?;
         Ok(PidsResponse {
             processes: pids
                 .into_iter()

@@ -2,17 +2,21 @@
 //! `Process`: each runs in the guest under a name (`ID` for the init, `ID/EXEC` for an exec),
 //! chrooted to the container's rootfs on the pod's share.
 
+use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use airlock_agent::protocol::{Confinement, Limits, Request, Response};
+use airlock_agent::protocol::{Confinement, Limits, Request, Response, OUTPUT_CHUNK};
 use airlock_contract::ErrorKind;
 use async_trait::async_trait;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use tokio::sync::oneshot;
 
-use super::pod::{PodVm, Route, CALL_LIMIT, GUEST_SHARED};
+use super::pod::{OomCount, PodVm, Route, CALL_LIMIT, GUEST_SHARED};
 use super::VmSandbox;
 use crate::error::{Error, Result};
 use crate::process::unmount;
@@ -68,6 +72,8 @@ pub struct VmProcess {
     name: String,
     pid: u32,
     exited: Mutex<Option<oneshot::Receiver<ExitInfo>>>,
+    /// The init's stdin until its start (an exec's goes straight to [`run`]).
+    stdin: Mutex<Option<OwnedFd>>,
 }
 
 #[async_trait]
@@ -101,13 +107,17 @@ impl Process for VmProcess {
     }
 }
 
-/// Sets up `name`'s stdio (containerd's FIFOs, through pipes) and its route in the pod.
+/// How long one chunk of stdin may wait for its process to read it.
+const INPUT_LIMIT: Duration = Duration::from_secs(24 * 3600);
+
+/// Sets up `name`'s stdio (containerd's FIFOs, through pipes) and its route in the pod; the
+/// read end of its stdin pipe, when it has one, for [`relay_stdin`].
 fn routed(
     pod: &Arc<PodVm>,
     name: &str,
     paths: &StdioPaths,
     bundle: &std::path::Path,
-) -> Result<(stdio::Copier, oneshot::Receiver<ExitInfo>)> {
+) -> Result<(stdio::Copier, oneshot::Receiver<ExitInfo>, Option<OwnedFd>)> {
     if paths.terminal {
         return Err(Error::FailedPrecondition(
             "terminals are not available in the microVM mode yet; run without -t".into(),
@@ -123,7 +133,49 @@ fn routed(
             exited: Some(tx),
         },
     );
-    Ok((copier, rx))
+    Ok((copier, rx, child.stdin))
+}
+
+/// Forwards what containerd writes to process `name`'s stdin to the agent, chunk by chunk,
+/// and closes the process's stdin at the end of it (the FIFO's end, or CloseIO).
+fn relay_stdin(pod: Arc<PodVm>, name: String, stdin: OwnedFd) {
+    let spawned = std::thread::Builder::new()
+        .name("vm-stdin".into())
+        .spawn(move || {
+            let mut from = File::from(stdin);
+            let mut buf = vec![0u8; OUTPUT_CHUNK];
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                let req = Request::Input {
+                    process: name.clone(),
+                    data: buf[..n].to_vec(),
+                };
+                if !matches!(pod.vm.call(&req, INPUT_LIMIT), Ok(Response::Ok)) {
+                    // The process is gone or stopped reading: nothing more to forward.
+                    return;
+                }
+            }
+            let _ = pod
+                .vm
+                .call(&Request::CloseInput { process: name }, CALL_LIMIT);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot forward stdin: {e}");
+    }
+}
+
+/// Calls the agent with a request answered by Ok.
+async fn call_ok(pod: &Arc<PodVm>, req: Request, what: &str) -> Result<()> {
+    match call(pod, req).await? {
+        Response::Ok => Ok(()),
+        Response::Error { kind, message } => Err(refused(kind, message)),
+        other => Err(Error::Runtime(format!("{what}: {other:?}"))),
+    }
 }
 
 /// Makes container `id`'s guest cgroup if needed and sets its limits.
@@ -132,10 +184,27 @@ pub async fn set_limits(pod: &Arc<PodVm>, id: &str, limits: Limits) -> Result<()
         cgroup: id.to_string(),
         limits,
     };
+    call_ok(pod, req, &format!("limits of {id}")).await
+}
+
+/// Freezes (or thaws) container `id`'s guest cgroup.
+async fn freeze(pod: &Arc<PodVm>, id: &str, frozen: bool) -> Result<()> {
+    let req = Request::Freeze {
+        cgroup: id.to_string(),
+        frozen,
+    };
+    call_ok(pod, req, &format!("freeze {id}")).await
+}
+
+/// The files of container `id`'s guest cgroup that metrics and pids read.
+async fn read_cgroup(pod: &Arc<PodVm>, id: &str) -> Result<BTreeMap<String, String>> {
+    let req = Request::ReadCgroup {
+        cgroup: id.to_string(),
+    };
     match call(pod, req).await? {
-        Response::Ok => Ok(()),
+        Response::Cgroup { files } => Ok(files),
         Response::Error { kind, message } => Err(refused(kind, message)),
-        other => Err(Error::Runtime(format!("limits of {id}: {other:?}"))),
+        other => Err(Error::Runtime(format!("read cgroup {id}: {other:?}"))),
     }
 }
 
@@ -144,11 +213,7 @@ pub async fn remove_cgroup(pod: &Arc<PodVm>, id: &str) -> Result<()> {
     let req = Request::RemoveCgroup {
         cgroup: id.to_string(),
     };
-    match call(pod, req).await? {
-        Response::Ok => Ok(()),
-        Response::Error { kind, message } => Err(refused(kind, message)),
-        other => Err(Error::Runtime(format!("remove cgroup {id}: {other:?}"))),
-    }
+    call_ok(pod, req, &format!("remove cgroup {id}")).await
 }
 
 /// Starts `cmd` as `name` in the container rooted at `root` (a guest path), confined.
@@ -158,6 +223,7 @@ async fn run(
     cmd: &Command,
     root: &str,
     confine: Confinement,
+    stdin: Option<OwnedFd>,
 ) -> Result<u32> {
     let req = Request::Run {
         process: name.to_string(),
@@ -165,10 +231,16 @@ async fn run(
         env: cmd.env.clone(),
         root: root.to_string(),
         cwd: cmd.cwd.clone(),
-        confine,
+        stdin: stdin.is_some(),
+        confine: Box::new(confine),
     };
     match call(pod, req).await {
-        Ok(Response::Started { pid }) => Ok(pid),
+        Ok(Response::Started { pid }) => {
+            if let Some(fd) = stdin {
+                relay_stdin(pod.clone(), name.to_string(), fd);
+            }
+            Ok(pid)
+        }
         Ok(Response::Error { kind, message }) => {
             pod.unroute(name);
             Err(refused(kind, message))
@@ -197,6 +269,8 @@ pub struct VmContainer {
     /// The seccomp programs of every process of the container.
     pub(super) seccomp: Vec<Vec<u8>>,
     pub(super) init_process: Arc<VmProcess>,
+    /// The OOM kills of its guest cgroup.
+    pub(super) oom: Arc<OomCount>,
 }
 
 impl VmContainer {
@@ -211,28 +285,27 @@ impl VmContainer {
         paths: &StdioPaths,
         bundle: &std::path::Path,
     ) -> Result<(Arc<VmProcess>, stdio::Copier)> {
-        let (copier, rx) = routed(pod, id, paths, bundle)?;
+        let (copier, rx, stdin) = routed(pod, id, paths, bundle)?;
         Ok((
             Arc::new(VmProcess {
                 pod: pod.clone(),
                 name: id.to_string(),
                 pid: std::process::id(),
                 exited: Mutex::new(Some(rx)),
+                stdin: Mutex::new(stdin),
             }),
             copier,
         ))
     }
 }
 
-fn not_in_vm_mode(what: &str) -> Error {
-    Error::FailedPrecondition(format!("{what} is not available in the microVM mode yet"))
-}
-
 #[async_trait]
 impl SandboxContainer for VmContainer {
     async fn start(&self) -> Result<()> {
         let confine = self.confine_init.clone();
-        run(&self.pod, &self.id, &self.init, &self.guest_root(), confine).await?;
+        let stdin = self.init_process.stdin.lock().unwrap().take();
+        let root = self.guest_root();
+        run(&self.pod, &self.id, &self.init, &root, confine, stdin).await?;
         Ok(())
     }
 
@@ -245,14 +318,15 @@ impl SandboxContainer for VmContainer {
         let cmd = Command::of(process)?;
         let confine = super::confine::exec(process, &self.id, self.seccomp.clone())?;
         let name = format!("{}/{exec_id}", self.id);
-        let (copier, rx) = routed(&self.pod, &name, paths, &self.bundle)?;
-        let pid = run(&self.pod, &name, &cmd, &self.guest_root(), confine).await?;
+        let (copier, rx, stdin) = routed(&self.pod, &name, paths, &self.bundle)?;
+        let pid = run(&self.pod, &name, &cmd, &self.guest_root(), confine, stdin).await?;
         Ok(Started {
             process: Arc::new(VmProcess {
                 pod: self.pod.clone(),
                 name,
                 pid,
                 exited: Mutex::new(Some(rx)),
+                stdin: Mutex::new(None),
             }),
             copier,
             console: None,
@@ -271,33 +345,39 @@ impl SandboxContainer for VmContainer {
     }
 
     async fn pause(&self) -> Result<()> {
-        Err(not_in_vm_mode("pause"))
+        freeze(&self.pod, &self.id, true).await
     }
 
     async fn resume(&self) -> Result<()> {
-        Err(not_in_vm_mode("resume"))
+        freeze(&self.pod, &self.id, false).await
     }
 
     async fn update(&self, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
         set_limits(&self.pod, &self.id, super::confine::limits(Some(resources))).await
     }
 
-    fn stats(&self) -> Result<Any> {
-        Err(not_in_vm_mode("stats"))
+    async fn stats(&self) -> Result<Any> {
+        let files = read_cgroup(&self.pod, &self.id).await?;
+        crate::metrics_v2::any(&crate::metrics_v2::metrics(&files)?)
     }
 
-    fn pids(&self) -> Result<Vec<u32>> {
-        Err(not_in_vm_mode("pids"))
+    /// The guest's pids of the container's processes.
+    async fn pids(&self) -> Result<Vec<u32>> {
+        let files = read_cgroup(&self.pod, &self.id).await?;
+        let procs = files.get("cgroup.procs").map(String::as_str).unwrap_or("");
+        Ok(procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
     }
 
     fn oom_kills(&self) -> Option<u64> {
-        None
+        Some(self.oom.kills.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     async fn oom_notice(&self) -> std::io::Result<()> {
-        Err(std::io::Error::other(
-            "no OOM notices in the microVM mode yet",
-        ))
+        self.oom.notify.notified().await;
+        Ok(())
     }
 
     async fn clean_up_stopped(&self) -> Result<CleanupTimes> {

@@ -13,9 +13,10 @@
 //! policy allows is refused, and the report is written beside the spec). Inside the guest the
 //! agent confines each process as the process sandbox does on the host: its own mount, PID,
 //! UTS and IPC namespaces, a guest cgroup with the container's limits, the spec's user and
-//! capabilities, no_new_privs and the same seccomp programs (`agent/src/confine.rs`). Pause,
-//! resume, stats, pids, OOM events and terminals are refused with FailedPrecondition until
-//! the agent has them.
+//! capabilities, no_new_privs and the same seccomp programs (`agent/src/confine.rs`). Pause
+//! and resume freeze that cgroup, Update rewrites its limits, Stats and Pids read it, and the
+//! agent reports its OOM kills before the exits they cause. Terminals and stdin are refused
+//! with FailedPrecondition until the agent has them.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -177,7 +178,7 @@ impl VmSandbox {
         Ok(Created {
             container: Arc::new(VmContainer {
                 sandbox: self.clone(),
-                pod,
+                pod: pod.clone(),
                 id: req.id.clone(),
                 bundle,
                 shared_root,
@@ -185,6 +186,7 @@ impl VmSandbox {
                 confine_init,
                 seccomp,
                 init_process: init_process.clone(),
+                oom: pod.oom_count(&req.id),
             }),
             init: init_process,
             copier,

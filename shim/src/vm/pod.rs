@@ -10,6 +10,7 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,10 +39,20 @@ pub struct Route {
 
 type Routes = Arc<Mutex<HashMap<String, Route>>>;
 
+/// The OOM kills of a container's guest cgroup, as the agent reports them.
+#[derive(Default)]
+pub struct OomCount {
+    pub kills: AtomicU64,
+    pub notify: tokio::sync::Notify,
+}
+
+type Ooms = Arc<Mutex<HashMap<String, Arc<OomCount>>>>;
+
 pub struct PodVm {
     pub vm: Arc<Vm>,
     pub dir: PathBuf,
     routes: Routes,
+    ooms: Ooms,
     stop: Mutex<Option<mpsc::Sender<()>>>,
     keeper: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -159,7 +170,7 @@ fn boot_on_this_thread(
     }
 }
 
-fn route(routes: &Routes, msg: FromAgent) {
+fn route(routes: &Routes, ooms: &Ooms, msg: FromAgent) {
     match msg {
         FromAgent::Output {
             process,
@@ -189,6 +200,12 @@ fn route(routes: &Routes, msg: FromAgent) {
                     at: SystemTime::now(),
                 });
             }
+        }
+        FromAgent::Oom { cgroup, kills } => {
+            // Before the Exited of a process it ended: the core reads the count at the exit.
+            let count = ooms.lock().unwrap().entry(cgroup).or_default().clone();
+            count.kills.fetch_max(kills, Ordering::SeqCst);
+            count.notify.notify_one();
         }
         FromAgent::Reply { .. } => {}
     }
@@ -228,12 +245,13 @@ impl PodVm {
         );
         let events = vm.take_events().expect("events are taken once");
         let routes: Routes = Default::default();
-        let r = routes.clone();
+        let ooms: Ooms = Default::default();
+        let (r, o) = (routes.clone(), ooms.clone());
         std::thread::Builder::new()
             .name("vm-router".into())
             .spawn(move || {
                 for msg in events {
-                    route(&r, msg);
+                    route(&r, &o, msg);
                 }
             })
             .map_err(|e| Error::io("start the VM's router thread", e))?;
@@ -241,6 +259,7 @@ impl PodVm {
             vm: Arc::new(vm),
             dir,
             routes,
+            ooms,
             stop: Mutex::new(Some(stop)),
             keeper: Mutex::new(Some(keeper)),
         })
@@ -249,6 +268,12 @@ impl PodVm {
     /// Where process `name`'s output and exit go; set before it starts.
     pub fn route(&self, name: &str, route: Route) {
         self.routes.lock().unwrap().insert(name.to_string(), route);
+    }
+
+    /// The OOM kills of guest cgroup `cgroup`, counted as the agent reports them.
+    pub fn oom_count(&self, cgroup: &str) -> Arc<OomCount> {
+        let mut ooms = self.ooms.lock().unwrap();
+        ooms.entry(cgroup.to_string()).or_default().clone()
     }
 
     /// Forgets process `name` (it did not start).
