@@ -122,6 +122,18 @@ fn the_guest_boots_to_its_agent_and_powers_off_when_told() {
             .any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
         "the VMM has no seccomp filter:\n{status}"
     );
+    // ... and no capabilities, nor a way to get any back.
+    for line in [
+        ["CapEff:", "0000000000000000"],
+        ["CapPrm:", "0000000000000000"],
+        ["CapBnd:", "0000000000000000"],
+        ["NoNewPrivs:", "1"],
+    ] {
+        assert!(
+            status.lines().any(|l| l.split_whitespace().eq(line)),
+            "the VMM has {line:?} wrong:\n{status}"
+        );
+    }
     let start = Instant::now();
     match vm.call(&Request::Ping, Duration::from_secs(10)).unwrap() {
         Response::Pong { uptime_ms } => assert!(uptime_ms >= t.ready.port_ms),

@@ -85,6 +85,44 @@ pub struct Vm {
     pub times: BootTimes,
 }
 
+/// The VMM keeps no capability: it reads the files and sockets the shim made for it, as
+/// their owner, and opens `/dev/kvm` through its group or owner; it cannot change mounts,
+/// networks, other processes or files it does not own, and cannot gain anything back
+/// (empty bounding set, no_new_privs).
+///
+/// # Safety
+/// Runs in the forked child before the exec: system calls only.
+unsafe fn drop_privileges() -> std::io::Result<()> {
+    for cap in 0..64 {
+        if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+            && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    if libc::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL,
+        0,
+        0,
+        0,
+    ) != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    let none = rustix::thread::CapabilitySet::empty();
+    rustix::thread::set_capabilities(
+        None,
+        rustix::thread::CapabilitySets {
+            effective: none,
+            permitted: none,
+            inheritable: none,
+        },
+    )?;
+    rustix::thread::set_no_new_privs(true)?;
+    Ok(())
+}
+
 /// Reads the agent's messages: each reply to its caller, everything else to `events`.
 fn read_agent(mut from: UnixStream, pending: Pending, events: mpsc::Sender<FromAgent>) {
     loop {
@@ -128,14 +166,14 @@ impl Vm {
         listener.set_nonblocking(true)?;
         let mut cmd = vmm.command(spec)?;
         // The VMM dies with the thread that booted it (a killed shim leaves no VM running).
-        // SAFETY: prctl is async-signal-safe.
+        // SAFETY: prctl and capset are async-signal-safe.
         unsafe {
             use std::os::unix::process::CommandExt;
             cmd.pre_exec(|| {
                 rustix::process::set_parent_process_death_signal(Some(
                     rustix::process::Signal::KILL,
                 ))?;
-                Ok(())
+                drop_privileges()
             });
         }
         let log = std::fs::File::create(vmm_log)?;
