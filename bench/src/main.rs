@@ -12,6 +12,7 @@ mod report;
 mod stats;
 mod subjects;
 mod vm;
+mod vm_pod;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -533,6 +534,19 @@ fn run(args: Args) -> Result<()> {
             None
         }
     };
+    // The microVM mode through containerd: a VM per container, and one pod's memory.
+    let vm_pod = if vm_boot.is_some() {
+        eprintln!("airlock-vm through containerd");
+        match vm_pod::measure(&ctd, if args.quick { 2 } else { 10 }) {
+            Ok(r) => Some(r),
+            Err(why) => {
+                skipped.push(format!("airlock-vm through containerd: {why}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let report = Report {
         bench_version: env!("CARGO_PKG_VERSION").into(),
         unix_time: std::time::SystemTime::now()
@@ -564,6 +578,7 @@ fn run(args: Args) -> Result<()> {
         cri: cri_results,
         cri_rounds,
         vm_boot,
+        vm_pod,
         goals,
     };
     write_report(&report, &args.out)?;

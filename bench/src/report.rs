@@ -142,6 +142,9 @@ pub struct Report {
     /// The microVM mode's guest booted with no container (absent in reports from before).
     #[serde(default)]
     pub vm_boot: Option<crate::vm::VmBootResult>,
+    /// The microVM mode through containerd (absent in reports from before).
+    #[serde(default)]
+    pub vm_pod: Option<crate::vm_pod::VmPodResult>,
     pub goals: Vec<Goal>,
 }
 
@@ -431,6 +434,9 @@ impl Report {
         if let Some(vm) = &self.vm_boot {
             s.push('\n');
             s.push_str(&crate::vm::markdown(vm));
+        }
+        if let Some(vm) = &self.vm_pod {
+            s.push_str(&crate::vm_pod::markdown(vm));
         }
 
         if !self.goals.is_empty() {
@@ -813,6 +819,7 @@ mod tests {
             ],
             cri_rounds: 10,
             vm_boot: None,
+            vm_pod: None,
             goals: vec![Goal {
                 goal: "p50 / runc".into(),
                 measured: Some(0.5),

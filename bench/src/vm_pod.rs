@@ -1,0 +1,226 @@
+//! The microVM mode through containerd: `ctr run --rm` of a container that exits at once with
+//! runtime `io.containerd.airlock-vm.v2` (a VM booted for it and shut down after it), and the
+//! host memory of one running VM pod (its shim, QEMU and virtiofsd), the figure behind
+//! `RuntimeClass.yaml`'s `airlock-vm` overhead. The node config is given with
+//! `--runtime-config-path` (accelerator `auto`: hardware KVM where there is one).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use airlock_integration::{proc_util, Containerd, IMAGE_REF};
+use serde::{Deserialize, Serialize};
+
+use crate::report::Metric;
+
+const RUNTIME: &str = "io.containerd.airlock-vm.v2";
+const LIMIT: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmPodResult {
+    pub accelerator: String,
+    /// `ctr run --rm IMAGE ID true`, ms.
+    pub ctr_run: Metric,
+    /// One running pod, KiB of RSS.
+    pub shim_rss_kib: Option<u64>,
+    pub qemu_rss_kib: Option<u64>,
+    pub virtiofsd_rss_kib: Option<u64>,
+    pub first_error: Option<String>,
+}
+
+impl VmPodResult {
+    /// The pod's host memory: shim, QEMU and virtiofsd.
+    pub fn pod_rss_kib(&self) -> Option<u64> {
+        Some(self.shim_rss_kib? + self.qemu_rss_kib? + self.virtiofsd_rss_kib.unwrap_or(0))
+    }
+}
+
+fn rss_kib(pid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A node config for the VM mode with the guest built from `bin_dir`'s agent, in `dir`.
+fn node_config(dir: &Path, bin_dir: &Path) -> Result<PathBuf, String> {
+    let kernel = airlock_vm::locate::cloud_kernel(Path::new("/boot"))
+        .ok_or("no /boot/vmlinuz-*-cloud-amd64 (linux-image-cloud-amd64)")?;
+    let qemu = airlock_vm::locate::tool("qemu-system-x86_64")
+        .ok_or("qemu-system-x86_64 is not installed")?;
+    let virtiofsd = airlock_vm::locate::tool("virtiofsd").ok_or("virtiofsd is not installed")?;
+    let initramfs = dir.join("initramfs.cpio");
+    airlock_vm::initramfs::build(
+        &kernel,
+        Path::new("/lib/modules"),
+        &bin_dir.join("airlock-agent"),
+        &initramfs,
+    )
+    .map_err(|e| e.to_string())?;
+    let cfg = dir.join("config.toml");
+    let text = format!(
+        "[vm]\nkernel = \"{}\"\ninitramfs = \"{}\"\nqemu = \"{}\"\nvirtiofsd = \"{}\"\naccelerator = \"auto\"\n",
+        kernel.display(),
+        initramfs.display(),
+        qemu.display(),
+        virtiofsd.display()
+    );
+    std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+fn ctr_run(
+    ctd: &Containerd,
+    ns: &str,
+    cfg: &str,
+    mode: &str,
+    id: &str,
+    args: &[&str],
+) -> Result<(), String> {
+    let mut all = vec![
+        "run",
+        mode,
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        cfg,
+        IMAGE_REF,
+        id,
+    ];
+    all.extend(args);
+    let out = ctd
+        .ctr_timeout(Some(ns), &all, LIMIT)
+        .map_err(|e| e.to_string())?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(format!("ctr run {id}: {}", out.stderr.trim()))
+    }
+}
+
+/// Kills and removes container `id` (its task may take a moment to go).
+fn remove(ctd: &Containerd, ns: &str, id: &str) {
+    let _ = ctd.ctr(Some(ns), &["task", "kill", "-s", "KILL", id]);
+    let _ = proc_util::wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+        ctd.ctr(Some(ns), &["task", "rm", "-f", id])
+            .is_ok_and(|o| o.success())
+            || !ctd
+                .ctr(Some(ns), &["task", "ls"])
+                .is_ok_and(|o| o.stdout.contains(id))
+    });
+    let _ = ctd.ctr(Some(ns), &["containers", "rm", id]);
+}
+
+/// Runs `runs` containers and measures one running pod; Err(why) when the mode cannot run here.
+pub fn measure(ctd: &Containerd, runs: usize) -> Result<VmPodResult, String> {
+    let host = airlock_vm::accel::Host::probe();
+    let accelerator =
+        airlock_vm::accel::select(airlock_policies::config::AcceleratorChoice::Auto, &host)
+            .map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let cfg = node_config(dir.path(), ctd.airlock_bin_dir())?;
+    let cfg = cfg.to_str().ok_or("temp path is not UTF-8")?;
+    let ns = ctd.new_namespace("vm-bench").map_err(|e| e.to_string())?;
+    let mut first_error = None;
+    let mut samples = Vec::new();
+    for i in 0..runs {
+        let id = format!("vm-run-{}-{i}", std::process::id());
+        let t = Instant::now();
+        match ctr_run(ctd, &ns, cfg, "--rm", &id, &["true"]) {
+            Ok(()) => samples.push(t.elapsed().as_secs_f64() * 1e3),
+            Err(e) => {
+                first_error.get_or_insert(e);
+                samples.push(f64::NAN);
+                remove(ctd, &ns, &id);
+            }
+        }
+    }
+    // One pod left running: its host memory once the VM is up.
+    let id = format!("vm-idle-{}", std::process::id());
+    let (mut shim, mut qemu, mut virtiofsd) = (None, None, None);
+    match ctr_run(ctd, &ns, cfg, "-d", &id, &["sleep", "600"]) {
+        Ok(()) => {
+            std::thread::sleep(Duration::from_secs(1));
+            if let Some(s) = ctd.shims().into_iter().find(|s| s.id == id) {
+                shim = rss_kib(s.pid);
+                for d in proc_util::descendants(s.pid) {
+                    let argv0 = proc_util::cmdline(d).into_iter().next().unwrap_or_default();
+                    if argv0.contains("qemu-system") {
+                        qemu = rss_kib(d);
+                    } else if argv0.contains("virtiofsd") {
+                        virtiofsd = rss_kib(d);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            first_error.get_or_insert(e);
+        }
+    }
+    remove(ctd, &ns, &id);
+    Ok(VmPodResult {
+        accelerator: accelerator.to_string(),
+        ctr_run: Metric::new("ctr run", samples),
+        shim_rss_kib: shim,
+        qemu_rss_kib: qemu,
+        virtiofsd_rss_kib: virtiofsd,
+        first_error,
+    })
+}
+
+/// The report's section.
+pub fn markdown(r: &VmPodResult) -> String {
+    let mib = |k: Option<u64>| k.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+    let run = match &r.ctr_run.summary {
+        Some(s) => format!("{:.0} / {:.0} / {:.0}", s.p50, s.p95, s.p99),
+        None => "-".into(),
+    };
+    let mut s = format!(
+        "**airlock-vm through containerd** (accelerator {}; `ctr run --rm --runtime {RUNTIME} IMAGE ID true`, {} runs, ms p50 / p95 / p99: a VM booted and shut down per container; host memory of one running pod, MiB of RSS)\n\n",
+        r.accelerator,
+        r.ctr_run.samples.len()
+    );
+    s.push_str("| ctr run | failures | shim | QEMU | virtiofsd | pod total |\n");
+    s.push_str("| --- | --- | --- | --- | --- | --- |\n");
+    s.push_str(&format!(
+        "| {run} | {} | {} | {} | {} | {} |\n\n",
+        r.ctr_run.failures,
+        mib(r.shim_rss_kib),
+        mib(r.qemu_rss_kib),
+        mib(r.virtiofsd_rss_kib),
+        mib(r.pod_rss_kib())
+    ));
+    if let Some(e) = &r.first_error {
+        s.push_str(&format!("first error: {e}\n\n"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_section_has_the_run_times_and_the_pods_memory() {
+        let r = VmPodResult {
+            accelerator: "tcg".into(),
+            ctr_run: Metric::new("ctr run", vec![2000.0, 2100.0, f64::NAN]),
+            shim_rss_kib: Some(3 * 1024),
+            qemu_rss_kib: Some(200 * 1024),
+            virtiofsd_rss_kib: Some(4 * 1024),
+            first_error: Some("ctr run x: boom".into()),
+        };
+        let md = markdown(&r);
+        for want in [
+            "(accelerator tcg;",
+            "3 runs",
+            "| 1 | 3.0 | 200.0 | 4.0 | 207.0 |",
+            "first error: ctr run x: boom",
+        ] {
+            assert!(md.contains(want), "missing {want:?} in\n{md}");
+        }
+    }
+}
