@@ -44,7 +44,7 @@ fn mount(src: &str, target: &str, fstype: &str, flags: MountFlags, data: &str) -
     Ok(())
 }
 
-/// Mounts /proc, /sys, /dev and the cgroup v2 hierarchy.
+/// Mounts /proc, /sys, /dev, /dev/pts and the cgroup v2 hierarchy.
 pub fn mount_kernel_filesystems() -> io::Result<()> {
     let hardened = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
     mount("proc", "/proc", "proc", hardened, "")?;
@@ -55,6 +55,14 @@ pub fn mount_kernel_filesystems() -> io::Result<()> {
         "devtmpfs",
         MountFlags::NOSUID,
         "mode=0755",
+    )?;
+    // The terminals of the processes it runs (Io::Terminal).
+    mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        "mode=0620,ptmxmode=0666",
     )?;
     crate::cgroups::mount()?;
     Ok(())
@@ -167,9 +175,14 @@ fn answer(req: &Request, processes: &Processes, send: &Send) -> Response {
             env,
             root,
             cwd,
-            stdin,
+            io,
             confine,
-        } => processes.run(process, args, env, root, cwd, *stdin, confine, send.clone()),
+        } => processes.run(process, args, env, root, cwd, *io, confine, send.clone()),
+        Request::Resize {
+            process,
+            rows,
+            cols,
+        } => processes.resize(process, *rows, *cols),
         Request::CloseInput { process } => processes.close_input(process),
         // Answered by the process's stdin writer (see the serving loop).
         Request::Input { .. } => Response::Ok,

@@ -19,3 +19,4 @@ pub mod oom;
 pub mod processes;
 pub mod protocol;
 pub mod stdin;
+pub mod terminal;

@@ -18,7 +18,8 @@ use airlock_contract::ErrorKind;
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use crate::confine::Prepared;
-use crate::protocol::{Confinement, FromAgent, Namespaces, Response, Stream, OUTPUT_CHUNK};
+use crate::protocol::{Confinement, FromAgent, Io, Namespaces, Response, Stream, OUTPUT_CHUNK};
+use crate::terminal::Pty;
 
 /// Where messages to the host go (the control port's writer).
 pub type Send = Arc<dyn Fn(&FromAgent) + std::marker::Send + Sync>;
@@ -28,6 +29,8 @@ struct Named {
     exited: mpsc::Sender<u32>,
     /// Its stdin, when it reads one.
     stdin: Option<crate::stdin::Writer>,
+    /// Its terminal's master, when it has one.
+    pty: Option<std::os::fd::OwnedFd>,
 }
 
 #[derive(Default)]
@@ -154,7 +157,7 @@ impl Processes {
         env: &[String],
         root: &str,
         cwd: &str,
-        stdin: bool,
+        io: Io,
         confine: &Confinement,
         send: Send,
     ) -> Response {
@@ -183,13 +186,38 @@ impl Processes {
             Ok(p) => Arc::new(p),
             Err(refusal) => return refusal,
         };
+        let pty = match io {
+            Io::Terminal => match Pty::open() {
+                Ok(p) => Some(p),
+                Err(e) => return error(ErrorKind::Unknown, format!("opening a pty: {e}")),
+            },
+            _ => None,
+        };
         let mut cmd = Command::new(&args[0]);
-        cmd.args(&args[1..])
-            .env_clear()
-            .envs(env)
-            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(&args[1..]).env_clear().envs(env);
+        match &pty {
+            Some(p) => {
+                let [i, o, e] = match p.stdio() {
+                    Ok(s) => s,
+                    Err(e) => return error(ErrorKind::Unknown, format!("the pty's slave: {e}")),
+                };
+                cmd.stdin(i).stdout(o).stderr(e);
+                // SAFETY: setsid and ioctl only, in the child before its exec.
+                unsafe {
+                    cmd.pre_exec(|| crate::terminal::take_as_controlling_terminal());
+                }
+            }
+            None => {
+                let stdin = if io == Io::PipesAndStdin {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                };
+                cmd.stdin(stdin)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+            }
+        }
         let in_child = prepared.clone();
         // SAFETY: apply_in_child only makes system calls, in the child before its exec.
         unsafe {
@@ -208,17 +236,33 @@ impl Processes {
             }
         };
         let pid = child.id();
-        let stdin = child.stdin.take().map(crate::stdin::Writer::spawn);
-        let outputs: [(Stream, Box<dyn Read + std::marker::Send>); 2] = [
-            (
-                Stream::Stdout,
-                Box::new(child.stdout.take().expect("piped")),
+        // The parent's copies of the pty's slave go with the command.
+        drop(cmd);
+        let (stdin, outputs): (_, Vec<(Stream, Box<dyn Read + std::marker::Send>)>) = match &pty {
+            Some(p) => match p.master_io() {
+                Ok((r, w)) => (
+                    Some(crate::stdin::Writer::spawn(w)),
+                    vec![(Stream::Stdout, Box::new(r))],
+                ),
+                Err(e) => {
+                    let _ = child.kill();
+                    return error(ErrorKind::Unknown, format!("the pty's master: {e}"));
+                }
+            },
+            None => (
+                child.stdin.take().map(crate::stdin::Writer::spawn),
+                vec![
+                    (
+                        Stream::Stdout,
+                        Box::new(child.stdout.take().expect("piped")),
+                    ),
+                    (
+                        Stream::Stderr,
+                        Box::new(child.stderr.take().expect("piped")),
+                    ),
+                ],
             ),
-            (
-                Stream::Stderr,
-                Box::new(child.stderr.take().expect("piped")),
-            ),
-        ];
+        };
         // The reaper reaps it; std's handle never waits.
         drop(child);
         let (tx, exited) = mpsc::channel();
@@ -228,6 +272,7 @@ impl Processes {
                 pid,
                 exited: tx,
                 stdin,
+                pty: pty.map(|p| p.master),
             },
         );
         self.spawned.notify_all();
@@ -282,6 +327,28 @@ impl Processes {
                 n.stdin = None;
                 Response::Ok
             }
+            None => error(
+                ErrorKind::NotFound,
+                format!("no running process named {process}"),
+            ),
+        }
+    }
+
+    /// Sets the size of `process`'s terminal.
+    pub fn resize(&self, process: &str, rows: u16, cols: u16) -> Response {
+        let table = self.table.lock().unwrap();
+        match table.by_name.get(process).map(|n| n.pty.as_ref()) {
+            Some(Some(master)) => match crate::terminal::resize(master, rows, cols) {
+                Ok(()) => Response::Ok,
+                Err(e) => error(
+                    ErrorKind::Unknown,
+                    format!("resizing {process}'s terminal: {e}"),
+                ),
+            },
+            Some(None) => error(
+                ErrorKind::FailedPrecondition,
+                format!("{process} has no terminal"),
+            ),
             None => error(
                 ErrorKind::NotFound,
                 format!("no running process named {process}"),
@@ -366,7 +433,7 @@ mod tests {
             &["GREETING=hi".into()],
             "/",
             "/",
-            false,
+            Io::Pipes,
             &open(),
             send,
         );
@@ -388,7 +455,7 @@ mod tests {
             &[],
             "/",
             "/",
-            false,
+            Io::Pipes,
             &open(),
             send,
         );
@@ -412,7 +479,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         refused(
-            p.run("bad", &[], &[], "/", "/", false, &open(), send.clone()),
+            p.run("bad", &[], &[], "/", "/", Io::Pipes, &open(), send.clone()),
             ErrorKind::InvalidArgument,
         );
         refused(
@@ -422,7 +489,7 @@ mod tests {
                 &["NOEQUALS".into()],
                 "/",
                 "/",
-                false,
+                Io::Pipes,
                 &open(),
                 send.clone(),
             ),
@@ -435,7 +502,7 @@ mod tests {
                 &[],
                 "/",
                 "/",
-                false,
+                Io::Pipes,
                 &open(),
                 send.clone(),
             ),
@@ -447,12 +514,12 @@ mod tests {
             &[],
             "/",
             "/",
-            false,
+            Io::Pipes,
             &open(),
             send.clone(),
         );
         refused(
-            p.run("dup", &sh("true"), &[], "/", "/", false, &open(), send),
+            p.run("dup", &sh("true"), &[], "/", "/", Io::Pipes, &open(), send),
             ErrorKind::AlreadyExists,
         );
         p.signal("dup", libc::SIGKILL);
@@ -470,7 +537,7 @@ mod tests {
             &[],
             "/",
             "/",
-            false,
+            Io::Pipes,
             &open(),
             send,
         );
@@ -541,7 +608,7 @@ mod tests {
             &[],
             "/",
             "/",
-            false,
+            Io::Pipes,
             &confine,
             send,
         );
@@ -560,7 +627,7 @@ mod tests {
             &[],
             "/",
             "/",
-            false,
+            Io::Pipes,
             &join,
             send2,
         );
@@ -613,7 +680,7 @@ mod tests {
             ..Confinement::default()
         };
         assert!(matches!(
-            p.run("nocg", &sh("true"), &[], "/", "/", false, &c, send),
+            p.run("nocg", &sh("true"), &[], "/", "/", Io::Pipes, &c, send),
             Response::Error {
                 kind: ErrorKind::FailedPrecondition,
                 ..
@@ -631,7 +698,7 @@ mod tests {
             &[],
             "/",
             "/",
-            true,
+            Io::PipesAndStdin,
             &open(),
             send,
         );
@@ -656,6 +723,45 @@ mod tests {
         p.input("cat", b"x".to_vec(), Box::new(move |r| tx.send(r).unwrap()));
         assert!(matches!(
             answered.recv().unwrap(),
+            Response::Error {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_terminal_is_the_processs_controlling_tty_and_takes_its_size() {
+        let p = Processes::get();
+        let (send, rx) = collector();
+        let script = "read size; stty size; tty -s && echo tty; echo $size";
+        let r = p.run(
+            "tty",
+            &sh(script),
+            &[],
+            "/",
+            "/",
+            Io::Terminal,
+            &open(),
+            send,
+        );
+        assert!(matches!(r, Response::Started { .. }), "{r:?}");
+        assert_eq!(p.resize("tty", 33, 101), Response::Ok);
+        let (tx, answered) = mpsc::channel();
+        p.input(
+            "tty",
+            b"typed\n".to_vec(),
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+        assert_eq!(answered.recv().unwrap(), Response::Ok);
+        let (out, err, status) = until_exit(&rx);
+        let out = String::from_utf8_lossy(&out).replace('\r', "");
+        assert_eq!(status, 0, "{out}");
+        assert!(err.is_empty(), "a terminal has no separate stderr");
+        // The terminal echoes what was typed, then the script's lines.
+        assert_eq!(out, "typed\n33 101\ntty\ntyped\n");
+        assert!(matches!(
+            p.resize("cat-gone", 1, 1),
             Response::Error {
                 kind: ErrorKind::NotFound,
                 ..

@@ -65,8 +65,8 @@ pub enum Request {
         env: Vec<String>,
         root: String,
         cwd: String,
-        /// Whether it reads a stdin that [`Request::Input`] feeds (else /dev/null).
-        stdin: bool,
+        /// Its stdin, stdout and stderr.
+        io: Io,
         /// What confines it (the same policy the process sandbox applies).
         confine: Box<Confinement>,
     },
@@ -78,6 +78,12 @@ pub enum Request {
     },
     /// Closes the stdin of `process` once what was given before is written.
     CloseInput { process: String },
+    /// Sets the size of the terminal of `process` (one started with [`Io::Terminal`]).
+    Resize {
+        process: String,
+        rows: u16,
+        cols: u16,
+    },
     /// Makes the guest cgroup `cgroup` (one path component under the guest's cgroup v2
     /// root) if it does not exist, and sets its limits; a limit left `None` is unchanged.
     Limits { cgroup: String, limits: Limits },
@@ -92,6 +98,20 @@ pub enum Request {
     Signal { process: String, signal: i32 },
     /// Syncs and powers the guest off; answered before it does.
     Shutdown,
+}
+
+/// A process's stdin, stdout and stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Io {
+    /// Output through pipes ([`FromAgent::Output`]); stdin is /dev/null.
+    #[default]
+    Pipes,
+    /// The same, and a stdin that [`Request::Input`] feeds.
+    PipesAndStdin,
+    /// A terminal: its output comes as stdout, [`Request::Input`] is typed into it, and
+    /// [`Request::Resize`] sets its size.
+    Terminal,
 }
 
 /// How a process run by [`Request::Run`] is confined: each field left at its default leaves
@@ -336,7 +356,7 @@ mod tests {
                 env: vec!["PATH=/bin".into()],
                 root: "/run/c/rootfs".into(),
                 cwd: "/".into(),
-                stdin: true,
+                io: Io::Terminal,
                 confine: Box::new(Confinement {
                     namespaces: Some(Namespaces::Join {
                         process: "c1".into(),
@@ -383,6 +403,11 @@ mod tests {
         round_trip(Request::Input {
             process: "c1".into(),
             data: b"line\n".to_vec(),
+        });
+        round_trip(Request::Resize {
+            process: "c1".into(),
+            rows: 24,
+            cols: 80,
         });
         round_trip(Request::Freeze {
             cgroup: "c1".into(),

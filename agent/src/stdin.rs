@@ -5,7 +5,6 @@
 //! [`Request::Input`]: crate::protocol::Request::Input
 
 use std::io::Write;
-use std::process::ChildStdin;
 use std::sync::mpsc;
 
 use airlock_contract::ErrorKind;
@@ -22,7 +21,8 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(mut stdin: ChildStdin) -> Writer {
+    /// Writes into `stdin` (a pipe to the process, or its terminal's master).
+    pub fn spawn(mut stdin: impl Write + Send + 'static) -> Writer {
         let (tx, rx) = mpsc::channel::<(Vec<u8>, Reply)>();
         std::thread::spawn(move || {
             for (data, reply) in rx {

@@ -101,6 +101,24 @@ impl Running {
     }
 }
 
+/// Runs the command `words` on a terminal of its own, `rows` x `cols` (`script` gives it one:
+/// `ctr run -t` needs one), to completion with a deadline.
+pub fn run_in_terminal(
+    words: &[String],
+    rows: u16,
+    cols: u16,
+    timeout: Duration,
+) -> Result<Output> {
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
+        .collect();
+    let line = format!("stty rows {rows} cols {cols}; exec {}", quoted.join(" "));
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &line, "/dev/null"]);
+    run(cmd, timeout)
+}
+
 /// Runs `cmd` to completion with a deadline.
 pub fn run(cmd: Command, timeout: Duration) -> Result<Output> {
     Running::spawn(cmd)?.wait(timeout)

@@ -377,14 +377,7 @@ fn ctr_run_tty(rt: Runtime, v: Version) {
         ]
         .map(String::from),
     );
-    let quoted: Vec<String> = words
-        .iter()
-        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
-        .collect();
-    let line = format!("stty rows 40 cols 100; exec {}", quoted.join(" "));
-    let mut cmd = std::process::Command::new("script");
-    cmd.args(["-q", "-e", "-c", &line, "/dev/null"]);
-    let out = proc_util::run(cmd, T).unwrap();
+    let out = proc_util::run_in_terminal(&words, 40, 100, T).unwrap();
     assert_eq!(out.code, Some(5), "{out:?}");
     assert!(out.stdout.contains("/dev/pts/"), "{out:?}");
     assert!(out.stdout.contains("size=40 100"), "{out:?}");

@@ -261,6 +261,44 @@ fn containers_run_in_a_vm(v: Version) {
         (code, out.as_str()),
         (Some(0), "got hello\ngot world\neof\n")
     );
+    // A terminal (`ctr run -t`, which needs one of its own: `script` gives it one, 40 x 100):
+    // stdin is a tty, ctr's ResizePty reaches the guest's pty, the exit code comes back.
+    let mut words: Vec<String> = {
+        let ctr = ctd.ctr_command(Some(&ns));
+        std::iter::once(ctr.get_program())
+            .chain(ctr.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    };
+    words.extend(
+        [
+            "run",
+            "-t",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--runtime-config-path",
+        ]
+        .map(String::from),
+    );
+    words.push(allow.to_string_lossy().into_owned());
+    words.extend(
+        [
+            IMAGE_REF,
+            "vm-tty",
+            "sh",
+            "-c",
+            // ctr resizes right after Start, racing the first `stty size`: poll.
+            "[ -t 0 ] && echo is-a-tty; for i in $(seq 100); do s=$(stty size 2>/dev/null); [ \"$s\" = \"40 100\" ] && break; usleep 100000; done; echo size=$s; exit 5",
+        ]
+        .map(String::from),
+    );
+    let out =
+        airlock_integration::proc_util::run_in_terminal(&words, 40, 100, Duration::from_secs(180))
+            .unwrap();
+    assert_eq!(out.code, Some(5), "{out:?}\n{}", ctd.log_tail(30));
+    assert!(out.stdout.contains("is-a-tty"), "{out:?}");
+    assert!(out.stdout.contains("size=40 100"), "{out:?}");
     // A long-running container: an exec runs beside it in the same guest, then a kill ends it.
     run_detached(&ctd, &ns, &allow, "vm-long");
     let out = ctd

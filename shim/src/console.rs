@@ -136,9 +136,13 @@ pub fn recv_fd(socket: RawFd) -> io::Result<OwnedFd> {
 
 nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, libc::winsize);
 
+/// Told the size of a terminal after it is set (the microVM mode's terminal is in the guest).
+pub type ResizeHook = Box<dyn Fn(u16, u16) -> io::Result<()> + Send + Sync>;
+
 /// A pty master, non-blocking and registered with tokio.
 pub struct Console {
     master: AsyncFd<OwnedFd>,
+    on_resize: std::sync::OnceLock<ResizeHook>,
 }
 
 impl Console {
@@ -151,7 +155,15 @@ impl Console {
             AsyncFd::register_with_interest(master, Interest::READABLE | Interest::WRITABLE)
         }
         .map_err(io::Error::from)?;
-        Ok(Console { master })
+        Ok(Console {
+            master,
+            on_resize: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Calls `hook` with each size set by [`Console::resize`] (once per console).
+    pub fn on_resize(&self, hook: ResizeHook) {
+        let _ = self.on_resize.set(hook);
     }
 
     /// Sets the terminal's size (the kernel sends SIGWINCH to its foreground process group).
@@ -164,7 +176,10 @@ impl Console {
         };
         // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
         unsafe { set_window_size(self.master.get_ref().as_raw_fd(), &ws) }?;
-        Ok(())
+        match self.on_resize.get() {
+            Some(hook) => hook(rows, cols),
+            None => Ok(()),
+        }
     }
 
     /// The byte that ends input on this terminal now: its VEOF character (usually ^D) while

@@ -103,6 +103,14 @@ pub fn setup(paths: &StdioPaths, console_dir: &Path) -> Result<(ChildStdio, Copi
     ))
 }
 
+/// Copies between a terminal the shim made (its pty `master`) and containerd's FIFOs, as
+/// [`Copier::connect_console`] does with a runtime's. Must run inside the tokio runtime.
+pub fn setup_console(paths: &StdioPaths, master: OwnedFd) -> Result<(Copier, Arc<Console>)> {
+    let mut copier = Copier::default();
+    let console = copier.attach_console(master, paths)?;
+    Ok((copier, console))
+}
+
 /// A non-blocking open never waits for the client; epoll reports the FIFO readable only once
 /// a writer has connected, and hung up once it has gone.
 fn open_stdin_fifo(path: &str) -> Result<pipe::Receiver> {
@@ -233,6 +241,11 @@ impl Copier {
             return Ok(None);
         };
         let master = socket.receive(CONSOLE_RECEIVE_LIMIT).await?;
+        self.attach_console(master, &paths).map(Some)
+    }
+
+    /// Copies between the terminal whose master is `master` and containerd's FIFOs.
+    fn attach_console(&mut self, master: OwnedFd, paths: &StdioPaths) -> Result<Arc<Console>> {
         let console =
             Arc::new(Console::new(master).map_err(|e| Error::io("register the pty master", e))?);
         self.outputs
@@ -252,7 +265,7 @@ impl Copier {
                 end_terminal_input(&c, end.last).await;
             }));
         }
-        Ok(Some(console))
+        Ok(console)
     }
 
     /// Wait until the container's output has been copied out (its pipes closed), at most

@@ -3,21 +3,19 @@
 //! chrooted to the container's rootfs on the pod's share.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use airlock_agent::protocol::{Confinement, Limits, Request, Response, OUTPUT_CHUNK};
+use airlock_agent::protocol::{Confinement, Limits, Request, Response};
 use airlock_contract::ErrorKind;
 use async_trait::async_trait;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use tokio::sync::oneshot;
 
-use super::pod::{OomCount, PodVm, Route, CALL_LIMIT, GUEST_SHARED};
+use super::io::Input;
+use super::pod::{OomCount, PodVm, CALL_LIMIT, GUEST_SHARED};
 use super::VmSandbox;
+use crate::console::Console;
 use crate::error::{Error, Result};
 use crate::process::unmount;
 use crate::sandbox::{CleanupTimes, ExitInfo, Process, SandboxContainer, Started};
@@ -72,8 +70,8 @@ pub struct VmProcess {
     name: String,
     pid: u32,
     exited: Mutex<Option<oneshot::Receiver<ExitInfo>>>,
-    /// The init's stdin until its start (an exec's goes straight to [`run`]).
-    stdin: Mutex<Option<OwnedFd>>,
+    /// The init's input until its start (an exec's goes straight to [`run`]).
+    input: Mutex<Option<Input>>,
 }
 
 #[async_trait]
@@ -104,68 +102,6 @@ impl Process for VmProcess {
             Some(rx) => Ok(rx.await.unwrap_or_else(|_| ExitInfo::lost())),
             None => Err(std::io::Error::other("waited for twice")),
         }
-    }
-}
-
-/// How long one chunk of stdin may wait for its process to read it.
-const INPUT_LIMIT: Duration = Duration::from_secs(24 * 3600);
-
-/// Sets up `name`'s stdio (containerd's FIFOs, through pipes) and its route in the pod; the
-/// read end of its stdin pipe, when it has one, for [`relay_stdin`].
-fn routed(
-    pod: &Arc<PodVm>,
-    name: &str,
-    paths: &StdioPaths,
-    bundle: &std::path::Path,
-) -> Result<(stdio::Copier, oneshot::Receiver<ExitInfo>, Option<OwnedFd>)> {
-    if paths.terminal {
-        return Err(Error::FailedPrecondition(
-            "terminals are not available in the microVM mode yet; run without -t".into(),
-        ));
-    }
-    let (child, copier) = stdio::setup(paths, bundle)?;
-    let (tx, rx) = oneshot::channel();
-    pod.route(
-        name,
-        Route {
-            stdout: child.stdout.map(File::from),
-            stderr: child.stderr.map(File::from),
-            exited: Some(tx),
-        },
-    );
-    Ok((copier, rx, child.stdin))
-}
-
-/// Forwards what containerd writes to process `name`'s stdin to the agent, chunk by chunk,
-/// and closes the process's stdin at the end of it (the FIFO's end, or CloseIO).
-fn relay_stdin(pod: Arc<PodVm>, name: String, stdin: OwnedFd) {
-    let spawned = std::thread::Builder::new()
-        .name("vm-stdin".into())
-        .spawn(move || {
-            let mut from = File::from(stdin);
-            let mut buf = vec![0u8; OUTPUT_CHUNK];
-            loop {
-                let n = match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                };
-                let req = Request::Input {
-                    process: name.clone(),
-                    data: buf[..n].to_vec(),
-                };
-                if !matches!(pod.vm.call(&req, INPUT_LIMIT), Ok(Response::Ok)) {
-                    // The process is gone or stopped reading: nothing more to forward.
-                    return;
-                }
-            }
-            let _ = pod
-                .vm
-                .call(&Request::CloseInput { process: name }, CALL_LIMIT);
-        });
-    if let Err(e) = spawned {
-        tracing::warn!("cannot forward stdin: {e}");
     }
 }
 
@@ -223,7 +159,7 @@ async fn run(
     cmd: &Command,
     root: &str,
     confine: Confinement,
-    stdin: Option<OwnedFd>,
+    input: Input,
 ) -> Result<u32> {
     let req = Request::Run {
         process: name.to_string(),
@@ -231,14 +167,12 @@ async fn run(
         env: cmd.env.clone(),
         root: root.to_string(),
         cwd: cmd.cwd.clone(),
-        stdin: stdin.is_some(),
+        io: input.io,
         confine: Box::new(confine),
     };
     match call(pod, req).await {
         Ok(Response::Started { pid }) => {
-            if let Some(fd) = stdin {
-                relay_stdin(pod.clone(), name.to_string(), fd);
-            }
+            input.relay(pod.clone(), name.to_string());
             Ok(pid)
         }
         Ok(Response::Error { kind, message }) => {
@@ -284,17 +218,18 @@ impl VmContainer {
         id: &str,
         paths: &StdioPaths,
         bundle: &std::path::Path,
-    ) -> Result<(Arc<VmProcess>, stdio::Copier)> {
-        let (copier, rx, stdin) = routed(pod, id, paths, bundle)?;
+    ) -> Result<(Arc<VmProcess>, stdio::Copier, Option<Arc<Console>>)> {
+        let r = super::io::route(pod, id, paths, bundle)?;
         Ok((
             Arc::new(VmProcess {
                 pod: pod.clone(),
                 name: id.to_string(),
                 pid: std::process::id(),
-                exited: Mutex::new(Some(rx)),
-                stdin: Mutex::new(stdin),
+                exited: Mutex::new(Some(r.exited)),
+                input: Mutex::new(Some(r.input)),
             }),
-            copier,
+            r.copier,
+            r.console,
         ))
     }
 }
@@ -303,9 +238,10 @@ impl VmContainer {
 impl SandboxContainer for VmContainer {
     async fn start(&self) -> Result<()> {
         let confine = self.confine_init.clone();
-        let stdin = self.init_process.stdin.lock().unwrap().take();
+        let input = self.init_process.input.lock().unwrap().take();
+        let input = input.ok_or_else(|| Error::FailedPrecondition("started twice".into()))?;
         let root = self.guest_root();
-        run(&self.pod, &self.id, &self.init, &root, confine, stdin).await?;
+        run(&self.pod, &self.id, &self.init, &root, confine, input).await?;
         Ok(())
     }
 
@@ -318,18 +254,18 @@ impl SandboxContainer for VmContainer {
         let cmd = Command::of(process)?;
         let confine = super::confine::exec(process, &self.id, self.seccomp.clone())?;
         let name = format!("{}/{exec_id}", self.id);
-        let (copier, rx, stdin) = routed(&self.pod, &name, paths, &self.bundle)?;
-        let pid = run(&self.pod, &name, &cmd, &self.guest_root(), confine, stdin).await?;
+        let r = super::io::route(&self.pod, &name, paths, &self.bundle)?;
+        let pid = run(&self.pod, &name, &cmd, &self.guest_root(), confine, r.input).await?;
         Ok(Started {
             process: Arc::new(VmProcess {
                 pod: self.pod.clone(),
                 name,
                 pid,
-                exited: Mutex::new(Some(rx)),
-                stdin: Mutex::new(None),
+                exited: Mutex::new(Some(r.exited)),
+                input: Mutex::new(None),
             }),
-            copier,
-            console: None,
+            copier: r.copier,
+            console: r.console,
         })
     }
 

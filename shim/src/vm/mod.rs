@@ -7,6 +7,7 @@
 //! | --- | --- |
 //! | `pod.rs` | the pod's VM: boot on the first create, its share, the router of the agent's messages, shutdown |
 //! | `container.rs` | one container and its processes in the guest: start, exec, signals, update, cleanup |
+//! | `io.rs` | a guest process's stdio on the host: output into the core's pipes or pty, input relayed, terminal size |
 //! | `confine.rs` | the spec, as the policy left it, lowered onto the guest's confinement and cgroup limits |
 //!
 //! The policy is applied to the spec as a ceiling (a container that asks for more than its
@@ -15,8 +16,8 @@
 //! UTS and IPC namespaces, a guest cgroup with the container's limits, the spec's user and
 //! capabilities, no_new_privs and the same seccomp programs (`agent/src/confine.rs`). Pause
 //! and resume freeze that cgroup, Update rewrites its limits, Stats and Pids read it, and the
-//! agent reports its OOM kills before the exits they cause. Terminals and stdin are refused
-//! with FailedPrecondition until the agent has them.
+//! agent reports its OOM kills before the exits they cause. stdin and terminals go through
+//! the agent too (`io.rs`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use crate::stdio::StdioPaths;
 
 mod confine;
 mod container;
+mod io;
 mod pod;
 
 use container::{Command, VmContainer};
@@ -163,7 +165,7 @@ impl VmSandbox {
             Ok(()) => VmContainer::init_process(&pod, &req.id, &paths, &bundle),
             Err(e) => Err(e),
         };
-        let (init_process, copier) = match routed {
+        let (init_process, copier, console) = match routed {
             Ok(v) => v,
             Err(e) => {
                 let _ = container::remove_cgroup(&pod, &req.id).await;
@@ -190,7 +192,7 @@ impl VmSandbox {
             }),
             init: init_process,
             copier,
-            console: None,
+            console,
             update_rules: policy.update_rules(),
         })
     }

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -35,6 +35,8 @@ pub struct Route {
     pub stdout: Option<File>,
     pub stderr: Option<File>,
     pub exited: Option<oneshot::Sender<ExitInfo>>,
+    /// Set when the exit arrives (the process's input relay ends with it).
+    pub done: Option<Arc<AtomicBool>>,
 }
 
 type Routes = Arc<Mutex<HashMap<String, Route>>>;
@@ -194,6 +196,9 @@ fn route(routes: &Routes, ooms: &Ooms, msg: FromAgent) {
         FromAgent::Exited { process, status } => {
             // Dropping the pipes' write ends lets the copy drain and end.
             let r = routes.lock().unwrap().remove(&process);
+            if let Some(done) = r.as_ref().and_then(|r| r.done.as_ref()) {
+                done.store(true, Ordering::SeqCst);
+            }
             if let Some(tx) = r.and_then(|r| r.exited) {
                 let _ = tx.send(ExitInfo {
                     status,
