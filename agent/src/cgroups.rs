@@ -147,6 +147,14 @@ pub fn oom_kills(name: &str) -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
+/// Whether cgroup `name` is frozen.
+pub fn frozen(name: &str) -> bool {
+    path(name)
+        .ok()
+        .and_then(|d| fs::read_to_string(d.join("cgroup.events")).ok())
+        .is_some_and(|e| e.lines().any(|l| l == "frozen 1"))
+}
+
 /// Freezes (or thaws) cgroup `name` and waits until the kernel reports it so.
 pub fn freeze(name: &str, frozen: bool) -> Response {
     let dir = match path(name) {

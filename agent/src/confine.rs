@@ -78,6 +78,8 @@ enum NamespacesIn {
 pub struct Prepared {
     namespaces: NamespacesIn,
     mounts: Vec<Mount>,
+    readonly: Vec<CString>,
+    masked: Vec<CString>,
     cgroup_procs: Option<OwnedFd>,
     root: CString,
     cwd: CString,
@@ -152,12 +154,34 @@ impl Prepared {
                 }
             }
         };
-        if !confine.mounts.is_empty() && !matches!(namespaces, NamespacesIn::New { .. }) {
+        let mounting = !confine.mounts.is_empty()
+            || !confine.readonly_paths.is_empty()
+            || !confine.masked_paths.is_empty();
+        if mounting && !matches!(namespaces, NamespacesIn::New { .. }) {
             return Err(refused(
                 ErrorKind::InvalidArgument,
                 "mounts are made only in new namespaces (a container's init)".into(),
             ));
         }
+        let inside = |p: &str| -> Result<CString, Response> {
+            if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                return Err(refused(
+                    ErrorKind::InvalidArgument,
+                    format!("{p:?} is not an absolute path inside the root"),
+                ));
+            }
+            cstring(&format!("{}{p}", root.trim_end_matches('/')))
+        };
+        let readonly = confine
+            .readonly_paths
+            .iter()
+            .map(|p| inside(p))
+            .collect::<Result<_, _>>()?;
+        let masked = confine
+            .masked_paths
+            .iter()
+            .map(|p| inside(p))
+            .collect::<Result<_, _>>()?;
         let mut mounts = Vec::new();
         for m in &confine.mounts {
             if !m.target.starts_with('/') || m.target.split('/').any(|c| c == "..") {
@@ -220,6 +244,8 @@ impl Prepared {
         Ok(Prepared {
             namespaces,
             mounts,
+            readonly,
+            masked,
             cgroup_procs,
             root: cstring(root)?,
             cwd: cstring(cwd)?,
@@ -269,6 +295,11 @@ impl Prepared {
     /// Call only in a forked child before its exec: it changes the calling process for good
     /// and must not allocate.
     pub unsafe fn apply_in_child(&self) -> io::Result<()> {
+        // A session and process group of its own (a terminal's child has made one already):
+        // `kill(0, ...)` in one container reaches no other, nor the agent.
+        if libc::getsid(0) != libc::getpid() {
+            check(libc::setsid())?;
+        }
         match &self.namespaces {
             NamespacesIn::Keep => {}
             NamespacesIn::New { hostname } => {
@@ -298,6 +329,8 @@ impl Prepared {
                 return Err(io::Error::last_os_error());
             }
         }
+        // The device nodes get exactly their modes.
+        let umask = libc::umask(0);
         for m in &self.mounts {
             // The mount point may be missing; a read-only root cannot get it made.
             libc::mkdir(m.target.as_ptr(), 0o755);
@@ -319,6 +352,43 @@ impl Prepared {
             }
             for (path, to) in &m.links {
                 check(libc::symlink(to.as_ptr(), path.as_ptr()))?;
+            }
+        }
+        libc::umask(umask);
+        for path in &self.readonly {
+            let flags = libc::MS_BIND | libc::MS_REC;
+            if !bind(path.as_ptr(), path.as_ptr(), flags)? {
+                continue;
+            }
+            let ro = libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC;
+            check(libc::mount(
+                std::ptr::null(),
+                path.as_ptr(),
+                std::ptr::null(),
+                ro,
+                std::ptr::null(),
+            ))?;
+        }
+        for path in &self.masked {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::stat(path.as_ptr(), &mut st) != 0 {
+                continue; // nothing there to hide
+            }
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                check(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    path.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"size=0".as_ptr().cast(),
+                ))?;
+            } else {
+                bind(c"/dev/null".as_ptr(), path.as_ptr(), libc::MS_BIND)?;
             }
         }
         check(libc::chroot(self.root.as_ptr()))?;
@@ -369,6 +439,25 @@ impl Prepared {
             ))?;
         }
         Ok(())
+    }
+}
+
+/// Bind-mounts `from` on `to`; false when `to` does not exist.
+///
+/// # Safety
+/// As [`Prepared::apply_in_child`].
+unsafe fn bind(
+    from: *const libc::c_char,
+    to: *const libc::c_char,
+    flags: libc::c_ulong,
+) -> io::Result<bool> {
+    let r = libc::mount(from, to, std::ptr::null(), flags, std::ptr::null());
+    if r == 0 {
+        return Ok(true);
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        e => Err(e),
     }
 }
 

@@ -182,6 +182,15 @@ impl Processes {
             Some(Namespaces::Join { process }) => table.by_name.get(process).map(|n| n.pid),
             _ => None,
         };
+        // A child would freeze before its exec, in the spawn, with the table locked.
+        if let Some(cg) = &confine.cgroup {
+            if crate::cgroups::frozen(cg) {
+                return error(
+                    ErrorKind::FailedPrecondition,
+                    format!("cgroup {cg} is frozen (paused): resume it first"),
+                );
+            }
+        }
         let prepared = match Prepared::new(confine, root, cwd, join_pid) {
             Ok(p) => Arc::new(p),
             Err(refusal) => return refusal,

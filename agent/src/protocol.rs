@@ -124,6 +124,11 @@ pub struct Confinement {
     /// File systems mounted in new namespaces before the process is chrooted: the spec's
     /// kernel file systems (proc, sysfs, tmpfs, devpts, mqueue), in order.
     pub mounts: Vec<GuestMount>,
+    /// Paths inside the root made read-only (`linux.readonlyPaths`), then hidden
+    /// (`linux.maskedPaths`: /dev/null over a file, an empty read-only tmpfs over a
+    /// directory), after the mounts; new namespaces only.
+    pub readonly_paths: Vec<String>,
+    pub masked_paths: Vec<String>,
     /// The guest cgroup (made by [`Request::Limits`]) the process joins.
     pub cgroup: Option<String>,
     pub user: Option<User>,
@@ -367,6 +372,8 @@ mod tests {
                         flags: 14,
                         data: String::new(),
                     }],
+                    readonly_paths: vec!["/proc/sys".into()],
+                    masked_paths: vec!["/proc/kcore".into()],
                     cgroup: Some("c1".into()),
                     user: Some(User {
                         uid: 1000,

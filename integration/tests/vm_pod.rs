@@ -204,7 +204,10 @@ fn containers_run_in_a_vm(v: Version) {
             "-c",
             "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; echo pid=$$; \
              echo procs=$(ls /proc | grep -c '^[0-9]'); cat /proc/self/cgroup; \
-             unshare -m true; echo unshare=$?",
+             unshare -m true; echo unshare=$?; \
+             (echo 1 > /proc/sys/vm/drop_caches) 2>/dev/null; echo procsys=$?; \
+             echo cmdline=$(cat /proc/cmdline); echo sid=$(cut -d' ' -f6 /proc/self/stat); \
+             echo null=$(stat -c %a /dev/null)",
         ],
     );
     assert_eq!(out.code, Some(0), "{out:?}\n{}", ctd.log_tail(40));
@@ -215,6 +218,12 @@ fn containers_run_in_a_vm(v: Version) {
         "Seccomp:\t2",
         "pid=1",
         "0::/vm-confined",
+        // /proc/sys read-only, /proc/cmdline masked (agent-strict), a session of its own,
+        // device nodes with their modes.
+        "procsys=1",
+        "cmdline=",
+        "sid=1",
+        "null=666",
     ] {
         assert!(
             out.stdout.lines().any(|l| l == line),

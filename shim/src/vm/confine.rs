@@ -41,6 +41,10 @@ pub fn init(spec: &Spec, id: &str, seccomp: Vec<Vec<u8>>) -> Result<Confinement>
     });
     let mounts = spec.mounts().as_deref().unwrap_or_default();
     c.mounts = mounts.iter().filter_map(guest_mount).collect();
+    if let Some(linux) = spec.linux() {
+        c.readonly_paths = linux.readonly_paths().clone().unwrap_or_default();
+        c.masked_paths = linux.masked_paths().clone().unwrap_or_default();
+    }
     debug!(
         made = c.mounts.len(),
         left = mounts.len() - c.mounts.len(),
@@ -75,6 +79,8 @@ fn process_confinement(process: &Process, id: &str, seccomp: Vec<Vec<u8>>) -> Re
     Ok(Confinement {
         namespaces: None,
         mounts: Vec::new(),
+        readonly_paths: Vec::new(),
+        masked_paths: Vec::new(),
         cgroup: Some(id.to_string()),
         user: Some(User {
             uid: user.uid(),
@@ -194,6 +200,7 @@ mod tests {
     fn the_init_gets_new_namespaces_its_kernel_filesystems_and_the_specs_user_and_caps() {
         let s = spec(
             r#"{"ociVersion":"1.0.2","hostname":"agent",
+            "linux":{"maskedPaths":["/proc/kcore"],"readonlyPaths":["/proc/sys"]},
             "process":{"cwd":"/","args":["sh"],"user":{"uid":1000,"gid":100,"additionalGids":[10]},
               "capabilities":{"bounding":["CAP_KILL","CAP_CHOWN"],"effective":["CAP_KILL"]}},
             "mounts":[
@@ -214,6 +221,8 @@ mod tests {
         // MS_NOSUID | MS_NODEV | MS_NOEXEC
         assert_eq!(c.mounts[0].flags, 2 | 4 | 8);
         assert_eq!(c.mounts[1].data, "mode=755,size=65536k");
+        assert_eq!(c.readonly_paths, ["/proc/sys"]);
+        assert_eq!(c.masked_paths, ["/proc/kcore"]);
         assert_eq!(c.cgroup.as_deref(), Some("c1"));
         let u = c.user.unwrap();
         assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 100, vec![10]));

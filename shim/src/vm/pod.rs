@@ -179,17 +179,28 @@ fn route(routes: &Routes, ooms: &Ooms, msg: FromAgent) {
             stream,
             data,
         } => {
-            let mut table = routes.lock().unwrap();
-            let Some(r) = table.get_mut(&process) else {
-                return;
+            // Written outside the lock: a reader that is slow to drain one pipe must not hold
+            // up the routes of every other process (nor the shim's requests that set them).
+            let sink = {
+                let table = routes.lock().unwrap();
+                let Some(r) = table.get(&process) else {
+                    return;
+                };
+                let sink = match stream {
+                    Stream::Stdout => &r.stdout,
+                    Stream::Stderr => &r.stderr,
+                };
+                sink.as_ref().and_then(|f| f.try_clone().ok())
             };
-            let sink = match stream {
-                Stream::Stdout => &mut r.stdout,
-                Stream::Stderr => &mut r.stderr,
-            };
-            if let Some(f) = sink {
+            if let Some(mut f) = sink {
                 if f.write_all(&data).is_err() {
-                    *sink = None;
+                    let mut table = routes.lock().unwrap();
+                    if let Some(r) = table.get_mut(&process) {
+                        match stream {
+                            Stream::Stdout => r.stdout = None,
+                            Stream::Stderr => r.stderr = None,
+                        }
+                    }
                 }
             }
         }
@@ -275,10 +286,13 @@ impl PodVm {
         self.routes.lock().unwrap().insert(name.to_string(), route);
     }
 
-    /// The OOM kills of guest cgroup `cgroup`, counted as the agent reports them.
+    /// A new count of guest cgroup `cgroup`'s OOM kills, as the agent reports them (a
+    /// container id used again in the pod starts from zero, as its new guest cgroup does).
     pub fn oom_count(&self, cgroup: &str) -> Arc<OomCount> {
+        let count = Arc::new(OomCount::default());
         let mut ooms = self.ooms.lock().unwrap();
-        ooms.entry(cgroup.to_string()).or_default().clone()
+        ooms.insert(cgroup.to_string(), count.clone());
+        count
     }
 
     /// Forgets process `name` (it did not start).
