@@ -271,21 +271,22 @@ impl Prepared {
         spawn: impl FnOnce() -> io::Result<T> + std::marker::Send,
     ) -> io::Result<T> {
         std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: plain unshare/setns on this thread, which ends after the spawn.
-                match &self.namespaces {
-                    NamespacesIn::Keep => {}
-                    NamespacesIn::New { .. } => {
-                        check(unsafe { libc::unshare(libc::CLONE_NEWPID) })?
+            std::thread::Builder::new()
+                .spawn_scoped(s, || {
+                    // SAFETY: plain unshare/setns on this thread, which ends after the spawn.
+                    match &self.namespaces {
+                        NamespacesIn::Keep => {}
+                        NamespacesIn::New { .. } => {
+                            check(unsafe { libc::unshare(libc::CLONE_NEWPID) })?
+                        }
+                        NamespacesIn::Join { pid, .. } => {
+                            check(unsafe { libc::setns(pid.as_raw_fd(), libc::CLONE_NEWPID) })?
+                        }
                     }
-                    NamespacesIn::Join { pid, .. } => {
-                        check(unsafe { libc::setns(pid.as_raw_fd(), libc::CLONE_NEWPID) })?
-                    }
-                }
-                spawn()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the spawning thread panicked")))
+                    spawn()
+                })?
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the spawning thread panicked")))
         })
     }
 

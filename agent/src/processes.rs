@@ -12,7 +12,6 @@ use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
-use std::thread::JoinHandle;
 
 use airlock_contract::ErrorKind;
 use rustix::process::{Pid, Signal, WaitOptions};
@@ -20,6 +19,10 @@ use rustix::process::{Pid, Signal, WaitOptions};
 use crate::confine::Prepared;
 use crate::protocol::{Confinement, FromAgent, Io, Namespaces, Response, Stream, OUTPUT_CHUNK};
 use crate::terminal::Pty;
+
+/// How long the output of a process that has exited may still come before its exit is
+/// reported (the shim's core waits as long for its copy to drain).
+const OUTPUT_AFTER_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where messages to the host go (the control port's writer).
 pub type Send = Arc<dyn Fn(&FromAgent) + std::marker::Send + Sync>;
@@ -247,34 +250,79 @@ impl Processes {
         let pid = child.id();
         // The parent's copies of the pty's slave go with the command.
         drop(cmd);
+        let kill = |child: &mut std::process::Child, what: &str, e: io::Error| {
+            let _ = child.kill();
+            error(ErrorKind::Unknown, format!("{what}: {e}"))
+        };
         let (stdin, outputs): (_, Vec<(Stream, Box<dyn Read + std::marker::Send>)>) = match &pty {
             Some(p) => match p.master_io() {
-                Ok((r, w)) => (
-                    Some(crate::stdin::Writer::spawn(w)),
-                    vec![(Stream::Stdout, Box::new(r))],
-                ),
-                Err(e) => {
-                    let _ = child.kill();
-                    return error(ErrorKind::Unknown, format!("the pty's master: {e}"));
-                }
+                Ok((r, w)) => (Some(w), vec![(Stream::Stdout, Box::new(r) as Box<_>)]),
+                Err(e) => return kill(&mut child, "the pty's master", e),
             },
             None => (
-                child.stdin.take().map(crate::stdin::Writer::spawn),
+                None,
                 vec![
                     (
                         Stream::Stdout,
-                        Box::new(child.stdout.take().expect("piped")),
+                        Box::new(child.stdout.take().expect("piped")) as Box<_>,
                     ),
                     (
                         Stream::Stderr,
-                        Box::new(child.stderr.take().expect("piped")),
+                        Box::new(child.stderr.take().expect("piped")) as Box<_>,
                     ),
                 ],
             ),
         };
+        let stdin = match stdin {
+            Some(w) => Some(crate::stdin::Writer::spawn(w)),
+            None => child.stdin.take().map(crate::stdin::Writer::spawn),
+        };
+        let stdin = match stdin.transpose() {
+            Ok(s) => s,
+            Err(e) => return kill(&mut child, "a thread for its stdin", e),
+        };
+        // Its output readers and its exit's reporter, started before it is named: if a
+        // thread cannot be made, it is killed and the Run fails (the reaper reaps it).
+        let (tx, exited) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel::<()>();
+        let mut readers = 0;
+        for (stream, from) in outputs {
+            let (name, send, done_tx) = (process.to_string(), send.clone(), done_tx.clone());
+            let spawned = std::thread::Builder::new().spawn(move || {
+                forward(name, stream, from, send);
+                let _ = done_tx.send(());
+            });
+            match spawned {
+                Ok(_) => readers += 1,
+                Err(e) => return kill(&mut child, "a thread for its output", e),
+            }
+        }
+        let name = process.to_string();
+        let cgroup = confine.cgroup.clone();
+        let reporter = std::thread::Builder::new().spawn(move || {
+            let status = exited.recv().unwrap_or(255);
+            // Its output, up to a bound: a child it left behind may hold its pipes open.
+            let deadline = std::time::Instant::now() + OUTPUT_AFTER_EXIT;
+            for _ in 0..readers {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if done.recv_timeout(left).is_err() {
+                    break;
+                }
+            }
+            // An OOM kill that ended it is reported first.
+            if let Some(cg) = &cgroup {
+                crate::oom::check(cg);
+            }
+            send(&FromAgent::Exited {
+                process: name,
+                status,
+            });
+        });
+        if let Err(e) = reporter {
+            return kill(&mut child, "a thread for its exit", e);
+        }
         // The reaper reaps it; std's handle never waits.
         drop(child);
-        let (tx, exited) = mpsc::channel();
         table.by_name.insert(
             process.to_string(),
             Named {
@@ -286,29 +334,6 @@ impl Processes {
         );
         self.spawned.notify_all();
         drop(table);
-        let readers: Vec<JoinHandle<()>> = outputs
-            .into_iter()
-            .map(|(stream, from)| {
-                let (name, send) = (process.to_string(), send.clone());
-                std::thread::spawn(move || forward(name, stream, from, send))
-            })
-            .collect();
-        let name = process.to_string();
-        let cgroup = confine.cgroup.clone();
-        std::thread::spawn(move || {
-            let status = exited.recv().unwrap_or(255);
-            for r in readers {
-                let _ = r.join();
-            }
-            // An OOM kill that ended it is reported first.
-            if let Some(cg) = &cgroup {
-                crate::oom::check(cg);
-            }
-            send(&FromAgent::Exited {
-                process: name,
-                status,
-            });
-        });
         Response::Started { pid }
     }
 
@@ -333,6 +358,13 @@ impl Processes {
         let mut table = self.table.lock().unwrap();
         match table.by_name.get_mut(process) {
             Some(n) => {
+                // A terminal in canonical mode reads the end of input as its VEOF character;
+                // in raw mode no byte means that, and its input just stops.
+                if let (Some(w), Some(master)) = (&n.stdin, &n.pty) {
+                    if let Some(eof) = crate::terminal::eof_char(master) {
+                        w.end_terminal(eof);
+                    }
+                }
                 n.stdin = None;
                 Response::Ok
             }
@@ -776,5 +808,58 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_child_left_holding_the_output_does_not_hold_back_the_exit() {
+        let p = Processes::get();
+        let (send, rx) = collector();
+        let t = std::time::Instant::now();
+        let r = p.run(
+            "daemon",
+            &sh("sleep 30 & echo started"),
+            &[],
+            "/",
+            "/",
+            Io::Pipes,
+            &open(),
+            send,
+        );
+        assert!(matches!(r, Response::Started { .. }), "{r:?}");
+        let (out, _, status) = until_exit(&rx);
+        assert_eq!((out.as_slice(), status), (b"started\n".as_slice(), 0));
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn closing_a_terminals_input_ends_it_after_a_partial_line() {
+        let p = Processes::get();
+        let (send, rx) = collector();
+        let r = p.run(
+            "ttyeof",
+            &sh("stty -echo; cat; echo done"),
+            &[],
+            "/",
+            "/",
+            Io::Terminal,
+            &open(),
+            send,
+        );
+        assert!(matches!(r, Response::Started { .. }), "{r:?}");
+        let (tx, answered) = mpsc::channel();
+        p.input(
+            "ttyeof",
+            b"abc".to_vec(),
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+        assert_eq!(answered.recv().unwrap(), Response::Ok);
+        assert_eq!(p.close_input("ttyeof"), Response::Ok);
+        let (out, _, status) = until_exit(&rx);
+        let out = String::from_utf8_lossy(&out).replace('\r', "");
+        assert_eq!((out.as_str(), status), ("abcdone\n", 0));
     }
 }

@@ -89,3 +89,14 @@ pub fn resize(master: &OwnedFd, rows: u16, cols: u16) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The terminal's end-of-input character (VEOF) while it is in canonical mode; None in raw
+/// mode.
+pub fn eof_char(master: &OwnedFd) -> Option<u8> {
+    // SAFETY: tcgetattr fills the termios, which we own.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(master.as_raw_fd(), &mut t) } != 0 {
+        return None;
+    }
+    (t.c_lflag & libc::ICANON != 0).then_some(t.c_cc[libc::VEOF])
+}

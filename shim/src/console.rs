@@ -139,10 +139,15 @@ nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, libc::winsize);
 /// Told the size of a terminal after it is set (the microVM mode's terminal is in the guest).
 pub type ResizeHook = Box<dyn Fn(u16, u16) -> io::Result<()> + Send + Sync>;
 
+/// Told that the terminal's input ended (CloseIO), instead of the end-of-input byte the
+/// console would write (the microVM mode's terminal is in the guest).
+pub type InputEndHook = Box<dyn Fn() + Send + Sync>;
+
 /// A pty master, non-blocking and registered with tokio.
 pub struct Console {
     master: AsyncFd<OwnedFd>,
     on_resize: std::sync::OnceLock<ResizeHook>,
+    on_input_end: std::sync::OnceLock<InputEndHook>,
 }
 
 impl Console {
@@ -158,7 +163,25 @@ impl Console {
         Ok(Console {
             master,
             on_resize: std::sync::OnceLock::new(),
+            on_input_end: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Calls `hook` when the terminal's input ends, instead of writing its VEOF (once per
+    /// console).
+    pub fn on_input_end(&self, hook: InputEndHook) {
+        let _ = self.on_input_end.set(hook);
+    }
+
+    /// Runs the input-end hook; false when there is none.
+    pub fn input_ended(&self) -> bool {
+        match self.on_input_end.get() {
+            Some(hook) => {
+                hook();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Calls `hook` with each size set by [`Console::resize`] (once per console).

@@ -202,6 +202,9 @@ fn output(path: &str, copier: &mut Copier) -> Result<Option<OwnedFd>> {
 /// line is empty and VEOF arrives (a second VEOF when a partial line was pending, which the
 /// first one only flushes). A terminal in raw mode has no end-of-input byte: nothing is sent.
 async fn end_terminal_input(console: &Arc<Console>, last: Option<u8>) {
+    if console.input_ended() {
+        return;
+    }
     let eof = match console.eof_char() {
         Ok(Some(c)) => c,
         Ok(None) => {

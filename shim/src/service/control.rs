@@ -115,8 +115,10 @@ impl TaskService {
             })
         };
         let (rows, cols) = (size(req.height, "height")?, size(req.width, "width")?);
-        console
-            .resize(rows, cols)
+        // Off the runtime's thread: a sandbox may pass the size on (the microVM's agent).
+        tokio::task::spawn_blocking(move || console.resize(rows, cols))
+            .await
+            .map_err(|e| Error::Runtime(format!("resize thread: {e}")))?
             .map_err(|e| Error::io(format!("resize the terminal of {what}"), e))
     }
 

@@ -43,6 +43,8 @@ pub struct Input {
     from: Option<OwnedFd>,
     /// Set when the process's exit arrives.
     exited: Arc<AtomicBool>,
+    /// Set when a terminal's input ends.
+    ended: Arc<AtomicBool>,
 }
 
 /// Sets up process `name`'s stdio and its route in the pod (before it runs).
@@ -54,6 +56,8 @@ pub fn route(
 ) -> Result<Routed> {
     let (tx, exited) = oneshot::channel();
     let done = Arc::new(AtomicBool::new(false));
+    // A terminal's input has no end of file: the core says when it ends (CloseIO).
+    let input_ended = Arc::new(AtomicBool::new(false));
     let (copier, console, stdout, stderr, from, io) = if paths.terminal {
         let pty = nix::pty::openpty(None, None)
             .map_err(|e| Error::io("open the terminal's pty", e.into()))?;
@@ -76,6 +80,8 @@ pub fn route(
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             }
         }));
+        let ended = input_ended.clone();
+        console.on_input_end(Box::new(move || ended.store(true, Ordering::SeqCst)));
         let out = pty
             .slave
             .try_clone()
@@ -116,6 +122,7 @@ pub fn route(
             io,
             from,
             exited: done,
+            ended: input_ended,
         },
     })
 }
@@ -125,7 +132,7 @@ impl Input {
     /// end or CloseIO, then the process's stdin is closed) or the process's exit.
     pub fn relay(self, pod: Arc<PodVm>, name: String) {
         let Some(from) = self.from else { return };
-        let exited = self.exited;
+        let (exited, ended) = (self.exited, self.ended);
         let spawned = std::thread::Builder::new()
             .name("vm-stdin".into())
             .spawn(move || {
@@ -135,14 +142,19 @@ impl Input {
                     if exited.load(Ordering::SeqCst) {
                         return;
                     }
+                    // Once the input has ended, what is left is forwarded, then the end.
+                    let last_round = ended.load(Ordering::SeqCst);
+                    let wait = if last_round {
+                        0
+                    } else {
+                        EXIT_POLL.as_millis() as u16
+                    };
                     let mut fds = [nix::poll::PollFd::new(
                         file.as_fd(),
                         nix::poll::PollFlags::POLLIN,
                     )];
-                    match nix::poll::poll(
-                        &mut fds,
-                        nix::poll::PollTimeout::from(EXIT_POLL.as_millis() as u16),
-                    ) {
+                    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(wait)) {
+                        Ok(0) if last_round => break,
                         Ok(0) => continue,
                         Ok(_) => {}
                         Err(nix::errno::Errno::EINTR) => continue,
