@@ -860,6 +860,9 @@ mod tests {
         assert_eq!(p.close_input("ttyeof"), Response::Ok);
         let (out, _, status) = until_exit(&rx);
         let out = String::from_utf8_lossy(&out).replace('\r', "");
-        assert_eq!((out.as_str(), status), ("abcdone\n", 0));
+        // The input may reach the terminal before `stty -echo` runs and then
+        // be echoed once more; what matters is that cat got it and ended.
+        assert!(out.ends_with("abcdone\n"), "{out:?}");
+        assert_eq!(status, 0);
     }
 }
