@@ -169,6 +169,13 @@ fn answer(req: &Request, processes: &Processes, send: &Send) -> Response {
             target,
             read_only,
         } => mount_share(tag, target, *read_only),
+        Request::Network { network } => match airlock_net::guest::configure(network) {
+            Ok(()) => Response::Ok,
+            Err(e) => Response::Error {
+                kind: ErrorKind::FailedPrecondition,
+                message: format!("the pod's network in the guest: {e}"),
+            },
+        },
         Request::Run {
             process,
             args,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 /// What the guest needs: the virtio-mmio transport of QEMU's `microvm` machine, the
 /// virtio-serial port of the control channel, and virtio-fs for the container's rootfs.
-pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_console", "virtiofs"];
+pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_console", "virtiofs", "virtio_net"];
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Error {
@@ -119,6 +119,9 @@ kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/dri
 kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/fs/fuse/fuse.ko:
 kernel/fs/fuse/virtiofs.ko: kernel/fs/fuse/fuse.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
 kernel/net/vmw_vsock/vsock.ko:
 ";
 
@@ -135,7 +138,10 @@ kernel/net/vmw_vsock/vsock.ko:
                 "virtio_mmio",
                 "virtio_console",
                 "fuse",
-                "virtiofs"
+                "virtiofs",
+                "failover",
+                "net_failover",
+                "virtio_net"
             ]
         );
         assert_eq!(

@@ -17,7 +17,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// The name of the control port (QEMU's `virtserialport,name=`).
 pub const PORT_NAME: &str = "airlock.ctl";
 /// The protocol's version: the agent's [`Ready`] carries it, and the host refuses another.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// The most output bytes one [`FromAgent::Output`] carries.
 pub const OUTPUT_CHUNK: usize = 32 * 1024;
 /// The largest frame either side reads.
@@ -55,6 +55,9 @@ pub enum Request {
         target: String,
         read_only: bool,
     },
+    /// Gives the pod's network (its interfaces' addresses, MTU and routes) to the guest's
+    /// NICs, found by MAC, and brings loopback up.
+    Network { network: airlock_net::PodNetwork },
     /// Starts a process named `process` (unique among the agent's running processes) with
     /// `root` as its root directory and `cwd` as its working directory in it; answered by
     /// [`Response::Started`], then its output and exit come as [`FromAgent`] messages.
@@ -351,6 +354,24 @@ mod tests {
             tag: "rootfs".into(),
             target: "/run/c/rootfs".into(),
             read_only: true,
+        });
+        round_trip(Request::Network {
+            network: airlock_net::PodNetwork {
+                interfaces: vec![airlock_net::Interface {
+                    name: "eth0".into(),
+                    mac: [10, 88, 0, 0, 0, 7],
+                    mtu: 1500,
+                    addresses: vec![airlock_net::Cidr {
+                        ip: "10.88.0.7".parse().unwrap(),
+                        prefix: 24,
+                    }],
+                }],
+                routes: vec![airlock_net::Route {
+                    destination: None,
+                    gateway: Some("10.88.0.1".parse().unwrap()),
+                    interface: 0,
+                }],
+            },
         });
         round_trip(Request::Shutdown);
         round_trip(Call {

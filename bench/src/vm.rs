@@ -165,6 +165,7 @@ pub fn measure(rounds: usize, bin_dir: &Path) -> Result<VmBootResult, String> {
         control_socket: dir.path().join("ctl.sock"),
         console_log: dir.path().join("console.log"),
         shares,
+        nics: vec![],
     };
     let mut boots = Vec::new();
     let mut first_error = None;

@@ -1,16 +1,21 @@
 //! The microVM mode through containerd: `ctr run --rm` of a container that exits at once with
 //! runtime `io.containerd.airlock-vm.v2` (a VM booted for it and shut down after it), and the
 //! host memory of one running VM pod (its shim, QEMU and virtiofsd), the figure behind
-//! `RuntimeClass.yaml`'s `airlock-vm` overhead. The node config is given with
-//! `--runtime-config-path` (accelerator `auto`: hardware KVM where there is one).
+//! `RuntimeClass.yaml`'s `airlock-vm` overhead; then CRI pods with handler `airlock-vm`,
+//! timed as the CRI section times pods. The node config is given with
+//! `--runtime-config-path`, and as the CRI handler's `ConfigPath` (accelerator `auto`:
+//! hardware KVM where there is one).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airlock_integration::{proc_util, Containerd, IMAGE_REF};
 use serde::{Deserialize, Serialize};
 
+use airlock_integration::containerd::VM_HANDLER;
+
+use crate::cri::{CriBench, READY};
 use crate::report::Metric;
+use crate::subjects::Subject;
 
 const RUNTIME: &str = "io.containerd.airlock-vm.v2";
 const LIMIT: Duration = Duration::from_secs(180);
@@ -24,6 +29,10 @@ pub struct VmPodResult {
     pub shim_rss_kib: Option<u64>,
     pub qemu_rss_kib: Option<u64>,
     pub virtiofsd_rss_kib: Option<u64>,
+    /// CRI pods with handler `airlock-vm` (a VM per pod), as the CRI section measures pods:
+    /// "pod ready" (RunPodSandbox called -> StartContainer returned), ms. None without CRI.
+    #[serde(default)]
+    pub cri_pod_ready: Option<Metric>,
     pub first_error: Option<String>,
 }
 
@@ -43,33 +52,6 @@ fn rss_kib(pid: i32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-/// A node config for the VM mode with the guest built from `bin_dir`'s agent, in `dir`.
-fn node_config(dir: &Path, bin_dir: &Path) -> Result<PathBuf, String> {
-    let kernel = airlock_vm::locate::cloud_kernel(Path::new("/boot"))
-        .ok_or("no /boot/vmlinuz-*-cloud-amd64 (linux-image-cloud-amd64)")?;
-    let qemu = airlock_vm::locate::tool("qemu-system-x86_64")
-        .ok_or("qemu-system-x86_64 is not installed")?;
-    let virtiofsd = airlock_vm::locate::tool("virtiofsd").ok_or("virtiofsd is not installed")?;
-    let initramfs = dir.join("initramfs.cpio");
-    airlock_vm::initramfs::build(
-        &kernel,
-        Path::new("/lib/modules"),
-        &bin_dir.join("airlock-agent"),
-        &initramfs,
-    )
-    .map_err(|e| e.to_string())?;
-    let cfg = dir.join("config.toml");
-    let text = format!(
-        "[vm]\nkernel = \"{}\"\ninitramfs = \"{}\"\nqemu = \"{}\"\nvirtiofsd = \"{}\"\naccelerator = \"auto\"\n",
-        kernel.display(),
-        initramfs.display(),
-        qemu.display(),
-        virtiofsd.display()
-    );
-    std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
-    Ok(cfg)
 }
 
 fn ctr_run(
@@ -121,7 +103,7 @@ pub fn measure(ctd: &Containerd, runs: usize) -> Result<VmPodResult, String> {
         airlock_vm::accel::select(airlock_policies::config::AcceleratorChoice::Auto, &host)
             .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let cfg = node_config(dir.path(), ctd.airlock_bin_dir())?;
+    let cfg = airlock_integration::vm::node_config(dir.path(), ctd.airlock_bin_dir(), "auto")?;
     let cfg = cfg.to_str().ok_or("temp path is not UTF-8")?;
     let ns = ctd.new_namespace("vm-bench").map_err(|e| e.to_string())?;
     let mut first_error = None;
@@ -161,14 +143,57 @@ pub fn measure(ctd: &Containerd, runs: usize) -> Result<VmPodResult, String> {
         }
     }
     remove(ctd, &ns, &id);
+    let cri_pod_ready = if ctd.cri_enabled() {
+        Some(cri_pods(ctd, runs, &mut first_error)?)
+    } else {
+        None
+    };
     Ok(VmPodResult {
         accelerator: accelerator.to_string(),
         ctr_run: Metric::new("ctr run", samples),
         shim_rss_kib: shim,
         qemu_rss_kib: qemu,
         virtiofsd_rss_kib: virtiofsd,
+        cri_pod_ready,
         first_error,
     })
+}
+
+/// `runs` CRI pods with handler `airlock-vm`, one after another, each with a VM of its own;
+/// their "pod ready" times.
+fn cri_pods(
+    ctd: &Containerd,
+    runs: usize,
+    first_error: &mut Option<String>,
+) -> Result<Metric, String> {
+    airlock_integration::vm::cri_node_config(ctd, "auto")?;
+    let subject = Subject {
+        name: VM_HANDLER.into(),
+        runtime_type: RUNTIME.into(),
+        runc_binary: None,
+        annotations: Vec::new(),
+        airlock: true,
+        cri_handler: Some(VM_HANDLER.into()),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut bench = rt
+        .block_on(CriBench::connect(ctd))
+        .map_err(|e| format!("{e:#}"))?;
+    let mut ready = Vec::new();
+    for i in 0..runs {
+        let label = format!("vm-cri-{i}");
+        match rt.block_on(bench.pod(ctd, &subject, VM_HANDLER, &label)) {
+            Ok(phases) => ready.push(phases[READY]),
+            Err(e) => {
+                first_error.get_or_insert(format!("CRI pod: {e:#}"));
+                ready.push(f64::NAN);
+            }
+        }
+    }
+    Ok(Metric::new("pod ready", ready))
 }
 
 /// The report's section.
@@ -193,6 +218,17 @@ pub fn markdown(r: &VmPodResult) -> String {
         mib(r.virtiofsd_rss_kib),
         mib(r.pod_rss_kib())
     ));
+    if let Some(m) = &r.cri_pod_ready {
+        let ready = match &m.summary {
+            Some(s) => format!("{:.0} / {:.0} / {:.0}", s.p50, s.p95, s.p99),
+            None => "-".into(),
+        };
+        s.push_str(&format!(
+            "CRI pods with handler `{VM_HANDLER}` (a VM each; `echo ready`, {} pods, as the CRI section): pod ready ms p50 / p95 / p99 {ready}, {} failures\n\n",
+            m.samples.len(),
+            m.failures
+        ));
+    }
     if let Some(e) = &r.first_error {
         s.push_str(&format!("first error: {e}\n\n"));
     }
@@ -211,6 +247,7 @@ mod tests {
             shim_rss_kib: Some(3 * 1024),
             qemu_rss_kib: Some(200 * 1024),
             virtiofsd_rss_kib: Some(4 * 1024),
+            cri_pod_ready: Some(Metric::new("pod ready", vec![3000.0, 3200.0])),
             first_error: Some("ctr run x: boom".into()),
         };
         let md = markdown(&r);
@@ -219,6 +256,7 @@ mod tests {
             "3 runs",
             "| 1 | 3.0 | 200.0 | 4.0 | 207.0 |",
             "first error: ctr run x: boom",
+            "2 pods, as the CRI section): pod ready ms p50 / p95 / p99 3",
         ] {
             assert!(md.contains(want), "missing {want:?} in\n{md}");
         }

@@ -2,7 +2,7 @@
 //! this module generates (a test keeps them identical), and `airlock install` writes the one
 //! for the containerd it finds.
 
-use airlock_policies::config::{DEFAULT_CONFIG_PATH, HANDLER_PROCESS};
+use airlock_policies::config::{DEFAULT_CONFIG_PATH, HANDLER_PROCESS, HANDLER_VM};
 
 /// containerd's config file version: 2 for containerd 1.6/1.7, 3 for 2.x.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +78,7 @@ pub fn render(version: ConfigVersion, config_path: &str) -> String {
     let n = version.number();
     let plugin = version.cri_plugin();
     let table = format!("plugins.\"{plugin}\".containerd.runtimes.{HANDLER_PROCESS}");
+    let vm_table = format!("plugins.\"{plugin}\".containerd.runtimes.{HANDLER_VM}");
     let containerd = match version {
         ConfigVersion::V2 => "containerd 1.6 / 1.7",
         ConfigVersion::V3 => "containerd 2.x",
@@ -101,13 +102,15 @@ pub fn render(version: ConfigVersion, config_path: &str) -> String {
 # text as deploy/{file} in the Airlock repository.
 #
 {install}
-# Put containerd-shim-airlock-v2 and airlock-runtime on containerd's PATH (e.g. /usr/local/bin)
-# and restart containerd. `airlock install` does all of this; `airlock doctor` checks it.
+# Put containerd-shim-airlock-v2 (and the same binary as containerd-shim-airlock-vm-v2) and
+# airlock-runtime on containerd's PATH (e.g. /usr/local/bin) and restart containerd.
+# `airlock install` does all of this and builds the microVM guest; `airlock doctor` checks it.
 #
-# Plain containerd (ctr, nerdctl): --runtime io.containerd.airlock.v2
-# Kubernetes: RuntimeClass handler "{HANDLER_PROCESS}" (RuntimeClass.yaml).
-# The microVM handler "airlock-vm" is not registered: that mode is not available yet, and
-# its RuntimeClass selects nodes labelled for it, so its pods stay pending (fail closed).
+# Plain containerd (ctr, nerdctl): --runtime io.containerd.airlock.v2 (process sandbox) or
+# --runtime io.containerd.airlock-vm.v2 (microVM).
+# Kubernetes: RuntimeClass handlers "{HANDLER_PROCESS}" and "{HANDLER_VM}" (RuntimeClass.yaml).
+# The microVM mode fails closed: on a node without an accelerator that the config's [vm]
+# table allows (hardware KVM by default), its creates fail and say what is missing.
 version = {n}
 
 [{table}]
@@ -118,6 +121,15 @@ version = {n}
 
 [{table}.options]
   # The shim reads its config (default policies per handler, operator policies) from here.
+  ConfigPath = "{config_path}"
+
+[{vm_table}]
+  runtime_type = "io.containerd.airlock-vm.v2"
+  pod_annotations = ["airlock.dev/*"]
+  container_annotations = ["airlock.dev/*"]
+
+[{vm_table}.options]
+  # The same config: its [vm] table names the guest kernel, initramfs and accelerator.
   ConfigPath = "{config_path}"
 "#,
         file = version.file_name(),
@@ -168,6 +180,15 @@ mod tests {
             assert_eq!(rt["pod_annotations"][0].as_str(), Some("airlock.dev/*"));
             assert_eq!(
                 rt["options"]["ConfigPath"].as_str(),
+                Some(DEFAULT_CONFIG_PATH)
+            );
+            let vm = &t["plugins"][v.cri_plugin()]["containerd"]["runtimes"][HANDLER_VM];
+            assert_eq!(
+                vm["runtime_type"].as_str(),
+                Some("io.containerd.airlock-vm.v2")
+            );
+            assert_eq!(
+                vm["options"]["ConfigPath"].as_str(),
                 Some(DEFAULT_CONFIG_PATH)
             );
         }

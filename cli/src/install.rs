@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use airlock_policies::config::{
     DEFAULT_CONFIG_PATH, DEFAULT_POLICIES_DIR, DEFAULT_VM_DIR, HANDLER_PROCESS as HANDLER,
+    HANDLER_VM,
 };
 use toml_edit::{Array, DocumentMut, Item, Value};
 
@@ -22,6 +23,8 @@ pub const BINARIES: &[&str] = &[
     "airlock",
     "airlock-agent",
 ];
+/// The shim's second name, which selects the microVM mode.
+pub const VM_SHIM_BINARY: &str = "containerd-shim-airlock-vm-v2";
 /// Where binaries go (on containerd's PATH on Debian and most distributions).
 pub const BIN_DIR: &str = "/usr/local/bin";
 /// containerd's default config file.
@@ -146,6 +149,18 @@ pub fn install(o: &Options) -> Result<Report, Error> {
             format!("install {} -> {}", src.display(), dst.display()),
         );
     }
+
+    // The microVM mode is the same shim under a second name (the name selects the mode).
+    let shim = staged(&o.prefix, &Path::new(BIN_DIR).join(BINARIES[0]));
+    let vm_shim = staged(&o.prefix, &Path::new(BIN_DIR).join(VM_SHIM_BINARY));
+    if !dry {
+        let _ = std::fs::remove_file(&vm_shim);
+        std::fs::hard_link(&shim, &vm_shim).map_err(io(&vm_shim))?;
+    }
+    r.did(
+        dry,
+        format!("link {} -> {}", vm_shim.display(), shim.display()),
+    );
 
     let cfg = staged(&o.prefix, Path::new(DEFAULT_CONFIG_PATH));
     if cfg.exists() {
@@ -317,14 +332,6 @@ pub fn merge_runtime(text: &str, path: &Path) -> Result<(String, Vec<String>), E
         .parse()
         .expect("the shipped drop-in parses");
     let cri = ConfigVersion::V2.cri_plugin();
-    let mut runtime = snippet["plugins"][cri]["containerd"]["runtimes"][HANDLER].clone();
-    // Keep the snippet's order but after everything already in the file.
-    if let Some(rt) = runtime.as_table_mut() {
-        rt.set_position(1_000_000);
-        if let Some(opts) = rt.get_mut("options").and_then(Item::as_table_mut) {
-            opts.set_position(1_000_001);
-        }
-    }
     let mut t = doc.as_table_mut();
     for k in ["plugins", cri, "containerd", "runtimes"] {
         if !t.contains_key(k) {
@@ -337,7 +344,18 @@ pub fn merge_runtime(text: &str, path: &Path) -> Result<(String, Vec<String>), E
             message: format!("`{k}` is not a table"),
         })?;
     }
-    t.insert(HANDLER, runtime);
+    for (i, handler) in [HANDLER, HANDLER_VM].into_iter().enumerate() {
+        let mut runtime = snippet["plugins"][cri]["containerd"]["runtimes"][handler].clone();
+        // Keep the snippet's order but after everything already in the file.
+        if let Some(rt) = runtime.as_table_mut() {
+            let at = 1_000_000 + 2 * i;
+            rt.set_position(at);
+            if let Some(opts) = rt.get_mut("options").and_then(Item::as_table_mut) {
+                opts.set_position(at + 1);
+            }
+        }
+        t.insert(handler, runtime);
+    }
     Ok((doc.to_string(), todo))
 }
 
@@ -476,6 +494,12 @@ mod tests {
         for b in BINARIES {
             assert!(root.join("usr/local/bin").join(b).is_file(), "{b}");
         }
+        let bin = root.join("usr/local/bin");
+        assert_eq!(
+            std::fs::read(bin.join(VM_SHIM_BINARY)).unwrap(),
+            std::fs::read(bin.join(BINARIES[0])).unwrap(),
+            "the microVM shim is the shim under a second name"
+        );
         let cfg = std::fs::read_to_string(root.join("etc/airlock/config.toml")).unwrap();
         assert_eq!(cfg, config_template());
         // 1.x: no drop-in (an import would replace the whole CRI section), the main config.
@@ -492,6 +516,12 @@ mod tests {
         assert_eq!(
             rt["options"]["ConfigPath"].as_str(),
             Some(DEFAULT_CONFIG_PATH),
+            "{main}"
+        );
+        let vm = &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"][HANDLER_VM];
+        assert_eq!(
+            vm["runtime_type"].as_str(),
+            Some("io.containerd.airlock-vm.v2"),
             "{main}"
         );
         let text = r.to_string();

@@ -158,6 +158,7 @@ pub struct Containerd {
     namespaces: Mutex<BTreeSet<String>>,
     counter: AtomicU32,
     spec_cache: Mutex<Option<serde_json::Value>>,
+    cri: bool,
 }
 
 fn toml_str(p: &Path) -> String {
@@ -238,6 +239,16 @@ impl Containerd {
                 }
             }
         }
+        // The microVM mode, with the node config that `vm::cri_node_config` writes.
+        let _ = writeln!(c, "[{cri}.containerd.runtimes.{VM_HANDLER}]");
+        let _ = writeln!(c, "  runtime_type = \"io.containerd.airlock-vm.v2\"");
+        let _ = writeln!(c, "  pod_annotations = [\"airlock.dev/*\"]");
+        let _ = writeln!(c, "[{cri}.containerd.runtimes.{VM_HANDLER}.options]");
+        let _ = writeln!(
+            c,
+            "  ConfigPath = {}",
+            toml_str(&dir.join("vm").join("config.toml"))
+        );
         if which("runsc").is_some() {
             // gVisor has no shim packaged here: runc.v2 with a wrapper as its runtime binary.
             let _ = writeln!(c, "[{cri}.containerd.runtimes.runsc]");
@@ -365,6 +376,7 @@ impl Containerd {
             namespaces: Mutex::new(BTreeSet::new()),
             counter: AtomicU32::new(0),
             spec_cache: Mutex::new(None),
+            cri: b.cri,
         };
         me.wait_ready(b.ready_timeout)?;
         Ok(me)
@@ -480,6 +492,17 @@ impl Containerd {
 
     pub fn root(&self) -> PathBuf {
         self.dir().join("root")
+    }
+
+    /// The node config of the CRI runtime [`VM_HANDLER`] (written by
+    /// [`crate::vm::cri_node_config`]).
+    pub fn vm_config(&self) -> PathBuf {
+        self.dir().join("vm").join("config.toml")
+    }
+
+    /// Whether the CRI plugin is on.
+    pub fn cri_enabled(&self) -> bool {
+        self.cri
     }
 
     pub fn state(&self) -> PathBuf {
@@ -1038,13 +1061,16 @@ impl std::fmt::Debug for Containerd {
     }
 }
 
+/// The CRI runtime handler of the microVM mode.
+pub const VM_HANDLER: &str = "airlock-vm";
+
 /// containerd's CRI namespace.
 pub const CRI_NAMESPACE: &str = "k8s.io";
 
 /// Where Debian's containernetworking-plugins install the CNI plugins.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 
-/// A bridge network for CRI pods (10.88.0.0/24, no NAT): it exists only inside containerd's
+/// A bridge network for CRI pods (10.88.0.0/24, default route through the bridge, no NAT): it exists only inside containerd's
 /// private network namespace (see `Builder::cri`); IPAM state lives in the temp dir.
 fn write_cni_config(dir: &Path) -> Result<()> {
     let net_d = dir.join("cni").join("net.d");
@@ -1060,6 +1086,8 @@ fn write_cni_config(dir: &Path) -> Result<()> {
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{ "subnet": "10.88.0.0/24" }]],
+                // A default route through the bridge, as a cluster's CNI gives every pod.
+                "routes": [{ "dst": "0.0.0.0/0" }],
                 "dataDir": dir.join("cni").join("ipam"),
             }
         }]

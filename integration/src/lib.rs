@@ -26,6 +26,7 @@ pub mod proc_util;
 pub mod runtime;
 pub mod shared;
 pub mod taskapi;
+pub mod vm;
 
 pub use client::{Client, TaskEvent};
 pub use containerd::{Builder, Containerd, CtrOutput, Version};

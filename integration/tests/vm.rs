@@ -86,6 +86,7 @@ fn spec(dir: &Path, shares: Vec<Share>) -> VmSpec {
         control_socket: dir.join("ctl.sock"),
         console_log: dir.join("console.log"),
         shares,
+        nics: vec![],
     }
 }
 

@@ -11,35 +11,10 @@ use airlock_integration::{Containerd, Version, IMAGE_REF};
 
 const RUNTIME: &str = "io.containerd.airlock-vm.v2";
 
-/// A node config that allows emulation, with the guest built by `airlock vm build`.
+/// A node config that allows emulation (or, with "kvm", does not).
 fn config(dir: &Path, accelerator: &str) -> std::path::PathBuf {
-    let kernel = airlock_vm::locate::cloud_kernel(Path::new("/boot"))
-        .expect("scripts/setup.sh installs linux-image-cloud-amd64");
-    let initramfs = dir.join("initramfs.cpio");
-    let bin = airlock_integration::airlock_bin_dir();
-    let o = std::process::Command::new(bin.join("airlock"))
-        .args(["vm", "build", "--kernel"])
-        .arg(&kernel)
-        .arg("--out")
-        .arg(&initramfs)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "airlock vm build: {o:?}");
-    let virtiofsd = airlock_vm::locate::tool("virtiofsd").expect("virtiofsd");
-    let qemu = airlock_vm::locate::tool("qemu-system-x86_64").expect("qemu");
-    let cfg = dir.join(format!("config-{accelerator}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "[vm]\nkernel = \"{}\"\ninitramfs = \"{}\"\nqemu = \"{}\"\nvirtiofsd = \"{}\"\naccelerator = \"{accelerator}\"\n",
-            kernel.display(),
-            initramfs.display(),
-            qemu.display(),
-            virtiofsd.display()
-        ),
-    )
-    .unwrap();
-    cfg
+    airlock_integration::vm::node_config(dir, &airlock_integration::airlock_bin_dir(), accelerator)
+        .expect("node config")
 }
 
 /// `ctr run MODE --runtime <the VM mode> --runtime-config-path CFG IMAGE ID ARGS..`.

@@ -249,6 +249,9 @@ mod tests {
             ("kernel/drivers/char/virtio_console.ko", "kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko"),
             ("kernel/fs/fuse/fuse.ko", ""),
             ("kernel/fs/fuse/virtiofs.ko", "kernel/fs/fuse/fuse.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko"),
+            ("kernel/net/core/failover.ko", ""),
+            ("kernel/drivers/net/net_failover.ko", "kernel/net/core/failover.ko"),
+            ("kernel/drivers/net/virtio_net.ko", "kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko"),
         ] {
             std::fs::create_dir_all(dir.join(file).parent().unwrap()).unwrap();
             std::fs::write(dir.join(file), format!("ELF {file}")).unwrap();
@@ -317,14 +320,17 @@ mod tests {
                 "virtio_mmio",
                 "virtio_console",
                 "fuse",
-                "virtiofs"
+                "virtiofs",
+                "failover",
+                "net_failover",
+                "virtio_net"
             ]
         );
         let files = e
             .iter()
             .filter(|(_, m, _)| m & 0o170000 == 0o100000)
             .count();
-        assert_eq!(files, 1 + 6 + 1, "init, six modules, modules.dep: {e:?}");
+        assert_eq!(files, 1 + 9 + 1, "init, nine modules, modules.dep: {e:?}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use airlock_agent::protocol::{self, Call, FromAgent, Ready, Request, Response, VERSION};
 
 pub use accel::Accelerator;
-pub use vmm::{Qemu, Share, VmSpec, Vmm};
+pub use vmm::{Nic, Qemu, Share, VmSpec, Vmm};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -169,10 +169,17 @@ impl Vm {
         // SAFETY: prctl and capset are async-signal-safe.
         unsafe {
             use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
+            let taps: Vec<std::os::fd::RawFd> = spec.nics.iter().map(|n| n.fd).collect();
+            cmd.pre_exec(move || {
                 rustix::process::set_parent_process_death_signal(Some(
                     rustix::process::Signal::KILL,
                 ))?;
+                // The taps' descriptors stay open across the exec (`-netdev tap,fd=`).
+                for fd in &taps {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 drop_privileges()
             });
         }

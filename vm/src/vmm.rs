@@ -39,6 +39,16 @@ pub struct VmSpec {
     /// Where the guest's serial console goes.
     pub console_log: PathBuf,
     pub shares: Vec<Share>,
+    /// The pod's network: one virtio-net device per tap.
+    pub nics: Vec<Nic>,
+}
+
+/// A NIC on a tap the host made (`-netdev tap,fd=`): the VMM inherits `fd`, and the guest's
+/// NIC gets `mac`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nic {
+    pub fd: std::os::fd::RawFd,
+    pub mac: [u8; 6],
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -203,6 +213,15 @@ impl Vmm for Qemu {
                 share.tag
             ));
         }
+        for (i, nic) in spec.nics.iter().enumerate() {
+            push("-netdev");
+            push(&format!("tap,id=net{i},fd={}", nic.fd));
+            push("-device");
+            push(&format!(
+                "virtio-net-device,netdev=net{i},mac={}",
+                airlock_net::mac_string(&nic.mac)
+            ));
+        }
         let mut cmd = Command::new(&self.binary);
         cmd.arg("-kernel")
             .arg(&spec.kernel)
@@ -227,6 +246,7 @@ mod tests {
             control_socket: format!("{dir}/ctl.sock").into(),
             console_log: format!("{dir}/console.log").into(),
             shares: vec![],
+            nics: vec![],
         }
     }
 
@@ -272,6 +292,29 @@ mod tests {
         let joined = argv(&q.command(&s).unwrap()).join(" ");
         assert!(joined.contains("-accel kvm -cpu host"), "{joined}");
         assert!(!joined.contains("tsc_early_khz"), "{joined}");
+    }
+
+    #[test]
+    fn a_nic_is_a_virtio_net_device_on_the_tap_it_is_given() {
+        let q = Qemu {
+            binary: "qemu".into(),
+            tsc_khz: None,
+        };
+        let mut s = spec("/run/vm");
+        s.nics = vec![Nic {
+            fd: 7,
+            mac: [0x0a, 0x58, 0x0a, 0x58, 0, 7],
+        }];
+        let joined = argv(&q.command(&s).unwrap()).join(" ");
+        assert!(
+            joined.contains(
+                "-netdev tap,id=net0,fd=7 -device virtio-net-device,netdev=net0,mac=0a:58:0a:58:00:07"
+            ),
+            "{joined}"
+        );
+        assert!(!argv(&q.command(&spec("/run/vm")).unwrap())
+            .join(" ")
+            .contains("netdev"));
     }
 
     #[test]

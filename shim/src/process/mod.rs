@@ -49,6 +49,7 @@ pub mod setup_limit;
 pub mod userns;
 
 pub use container::ProcessContainer;
+pub(crate) use prepare::is_node_namespace;
 
 /// The process sandbox of one shim (one pod).
 pub struct ProcessSandbox {

@@ -230,7 +230,7 @@ impl ProcessSandbox {
 
 /// Whether the namespace at `path` is the node's own (this shim's or PID 1's), as opposed to
 /// a pod's namespace that a container joins. Unknown paths count as the node's: refuse.
-pub(super) fn is_node_namespace(typ: LinuxNamespaceType, path: &Path) -> bool {
+pub(crate) fn is_node_namespace(typ: LinuxNamespaceType, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let name = match typ {
         LinuxNamespaceType::Network => "net",

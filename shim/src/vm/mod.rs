@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use containerd_shim::api::CreateTaskRequest;
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use tracing::info;
 
 use crate::error::{Error, Result};
@@ -68,8 +68,14 @@ impl VmSandbox {
         }
     }
 
-    /// The pod's VM, booted on first use.
-    async fn pod(&self, config: &airlock_policies::Loaded, first_id: &str) -> Result<Arc<PodVm>> {
+    /// The pod's VM, booted on first use, with the network of the first container's network
+    /// namespace (the CRI sandbox's, made by CNI) where it names one.
+    async fn pod(
+        &self,
+        config: &airlock_policies::Loaded,
+        first_id: &str,
+        netns: Option<PathBuf>,
+    ) -> Result<Arc<PodVm>> {
         let mut pod = self.inner.pod.lock().await;
         if let Some(p) = pod.as_ref() {
             return Ok(p.clone());
@@ -87,9 +93,18 @@ impl VmSandbox {
         ));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the VM's directory", e))?;
         let d = dir.clone();
-        let booted = tokio::task::spawn_blocking(move || PodVm::boot(vm, accelerator, d))
-            .await
-            .map_err(|e| Error::Runtime(format!("VM boot thread: {e}")))?;
+        let booted = tokio::task::spawn_blocking(move || {
+            let network =
+                match netns {
+                    Some(ns) => Some(airlock_net::host::attach(&ns).map_err(|e| {
+                        Error::FailedPrecondition(format!("the pod's network: {e}"))
+                    })?),
+                    None => None,
+                };
+            PodVm::boot(vm, accelerator, d, network)
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("VM boot thread: {e}")))?;
         let booted = match booted {
             Ok(b) => Arc::new(b),
             Err(e) => {
@@ -121,7 +136,16 @@ impl VmSandbox {
         let mut spec: Spec = crate::sandbox::read_spec(&bundle.join("config.json")).await?;
         // The policy is a ceiling here too: what it refuses is refused.
         let policy = config.select(spec.annotations().as_ref())?;
-        let report = policy.apply(&mut spec)?;
+        // Only the first container's network namespace reaches the guest (the pod's, made by
+        // CNI; the node's own is refused, since its interfaces would be redirected into the
+        // VM). The rest are the guest's: a path in them (a pod's containers joining the
+        // sandbox's namespaces, by a pid that is the guest's) names nothing on the host.
+        let first = self.inner.pod.lock().await.is_none();
+        let report = policy.apply_on_node(&mut spec, &|typ, path| {
+            first
+                && typ == LinuxNamespaceType::Network
+                && crate::process::is_node_namespace(typ, path)
+        })?;
         let seccomp = confine::seccomp(&spec, policy)?;
         let confine_init = confine::init(&spec, &req.id, seccomp.clone())?;
         let limits = confine::limits(spec.linux().as_ref().and_then(|l| l.resources().as_ref()));
@@ -147,7 +171,7 @@ impl VmSandbox {
             .and_then(|r| r.readonly())
             .unwrap_or(false);
 
-        let pod = self.pod(&config, &req.id).await?;
+        let pod = self.pod(&config, &req.id, network_namespace(&spec)).await?;
         let rootfs = bundle.join("rootfs");
         crate::sandbox::mount_rootfs(&req.rootfs, &rootfs).await?;
         let shared_root = pod.dir.join("shared").join(&req.id);
@@ -196,6 +220,19 @@ impl VmSandbox {
             update_rules: policy.update_rules(),
         })
     }
+}
+
+/// The network namespace the spec joins, where it names one (a CRI pod's, made by CNI);
+/// a new namespace or none gives the VM no NIC.
+fn network_namespace(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == LinuxNamespaceType::Network)?
+        .path()
+        .clone()
 }
 
 /// Binds the container's rootfs into the pod's share (read-only where the policy says).

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,8 +16,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use airlock_agent::protocol::{FromAgent, Request, Response, Stream};
+use airlock_net::host::Attached;
 use airlock_policies::config::VmConfig;
-use airlock_vm::{Accelerator, Qemu, Share, Vm, VmSpec};
+use airlock_vm::{Accelerator, Nic, Qemu, Share, Vm, VmSpec};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -102,6 +104,7 @@ fn boot_on_this_thread(
     config: &VmConfig,
     accelerator: Accelerator,
     dir: &Path,
+    network: Option<Attached>,
 ) -> Result<(Vm, Child)> {
     let shared = dir.join("shared");
     std::fs::create_dir_all(&shared).map_err(|e| Error::io("create the VM's share", e))?;
@@ -137,6 +140,20 @@ fn boot_on_this_thread(
             tag: "shared".into(),
             socket,
         }],
+        nics: network
+            .as_ref()
+            .map(|n| {
+                n.network
+                    .interfaces
+                    .iter()
+                    .zip(&n.taps)
+                    .map(|(i, tap)| Nic {
+                        fd: tap.as_raw_fd(),
+                        mac: i.mac,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     let booted = Vm::boot(
         &Qemu::new(&config.qemu),
@@ -152,24 +169,45 @@ fn boot_on_this_thread(
             return Err(Error::FailedPrecondition(format!("the pod's VM: {e}")));
         }
     };
-    match vm.call(
-        &Request::Mount {
+    // The VMM holds the taps now; the network goes with it.
+    let network = network.map(|n| n.network).unwrap_or_default();
+    let mut setup = vec![(
+        "mount its share",
+        Request::Mount {
             tag: "shared".into(),
             target: GUEST_SHARED.into(),
             read_only: false,
         },
-        CALL_LIMIT,
-    ) {
-        Ok(Response::Ok) => Ok((vm, virtiofsd)),
-        other => {
-            drop(vm);
-            let _ = virtiofsd.kill();
-            let _ = virtiofsd.wait();
-            Err(Error::FailedPrecondition(format!(
-                "the pod's VM could not mount its share: {other:?}"
-            )))
+    )];
+    let interfaces: Vec<String> = network
+        .interfaces
+        .iter()
+        .flat_map(|i| i.addresses.iter().map(move |a| format!("{} {a}", i.name)))
+        .collect();
+    if !network.interfaces.is_empty() {
+        setup.push(("take over the pod's network", Request::Network { network }));
+    }
+    for (what, req) in setup {
+        match vm.call(&req, CALL_LIMIT) {
+            Ok(Response::Ok) => {}
+            other => {
+                drop(vm);
+                let _ = virtiofsd.kill();
+                let _ = virtiofsd.wait();
+                let why = match other {
+                    Ok(Response::Error { message, .. }) => message,
+                    other => format!("{other:?}"),
+                };
+                return Err(Error::FailedPrecondition(format!(
+                    "the pod's VM could not {what}: {why}"
+                )));
+            }
         }
     }
+    if !interfaces.is_empty() {
+        info!(addresses = %interfaces.join(", "), "the pod's network reaches the VM");
+    }
+    Ok((vm, virtiofsd))
 }
 
 fn route(routes: &Routes, ooms: &Ooms, msg: FromAgent) {
@@ -229,7 +267,12 @@ fn route(routes: &Routes, ooms: &Ooms, msg: FromAgent) {
 
 impl PodVm {
     /// Boots the pod's VM in `dir` (blocking: run it on a blocking thread).
-    pub fn boot(config: VmConfig, accelerator: Accelerator, dir: PathBuf) -> Result<PodVm> {
+    pub fn boot(
+        config: VmConfig,
+        accelerator: Accelerator,
+        dir: PathBuf,
+        network: Option<Attached>,
+    ) -> Result<PodVm> {
         let (booted_tx, booted_rx) = mpsc::channel();
         let (stop, stopped) = mpsc::channel::<()>();
         let keeper_dir = dir.clone();
@@ -237,7 +280,7 @@ impl PodVm {
             .name("vm-keeper".into())
             .spawn(move || {
                 let (vm, mut virtiofsd) =
-                    match boot_on_this_thread(&config, accelerator, &keeper_dir) {
+                    match boot_on_this_thread(&config, accelerator, &keeper_dir, network) {
                         Ok(v) => v,
                         Err(e) => {
                             let _ = booted_tx.send(Err(e));
