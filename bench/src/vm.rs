@@ -166,6 +166,7 @@ pub fn measure(rounds: usize, bin_dir: &Path) -> Result<VmBootResult, String> {
         console_log: dir.path().join("console.log"),
         shares,
         nics: vec![],
+        run_as: None,
     };
     let mut boots = Vec::new();
     let mut first_error = None;

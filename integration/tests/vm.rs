@@ -87,6 +87,7 @@ fn spec(dir: &Path, shares: Vec<Share>) -> VmSpec {
         console_log: dir.join("console.log"),
         shares,
         nics: vec![],
+        run_as: None,
     }
 }
 

@@ -356,6 +356,30 @@ fn containers_run_in_a_vm(v: Version) {
         .into_iter()
         .find(|s| s.id == "vm-kill9" && s.binary.ends_with("containerd-shim-airlock-vm-v2"))
         .expect("the VM shim of vm-kill9");
+    // The VMM runs as a uid of the pod's own, from the node's id pool, not as root.
+    let qemu = airlock_integration::proc_util::descendants(shim.pid)
+        .into_iter()
+        .find(|p| {
+            airlock_integration::proc_util::cmdline(*p)
+                .first()
+                .is_some_and(|a| a.contains("qemu-system"))
+        })
+        .expect("the VMM of vm-kill9");
+    let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
+    let ids = |key: &str| -> Vec<u32> {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        line[key.len()..]
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    for key in ["Uid:", "Gid:"] {
+        let v = ids(key);
+        assert!(
+            v.iter().all(|id| *id == v[0] && *id >= 1 << 30),
+            "the VMM's {key} {v:?}"
+        );
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim.pid),
         nix::sys::signal::Signal::SIGKILL,

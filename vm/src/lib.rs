@@ -3,11 +3,13 @@
 //! - [`accel`]: hardware KVM or emulation, as the node config allows; fail closed.
 //! - [`initramfs`]: the guest's initramfs (the static agent and its kernel modules).
 //! - [`vmm`]: the VMM trait and QEMU's `microvm` backend.
+//! - [`jail`]: the VMM's credentials: no capabilities, and a uid of the pod's own.
 //! - [`locate`]: Debian's cloud kernel and the VMM's helpers where the config does not say.
 //! - [`Vm`]: one booted VM: its VMM process and the control channel to its agent.
 
 pub mod accel;
 pub mod initramfs;
+pub mod jail;
 pub mod locate;
 pub mod vmm;
 
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 use airlock_agent::protocol::{self, Call, FromAgent, Ready, Request, Response, VERSION};
 
 pub use accel::Accelerator;
+pub use jail::RunAs;
 pub use vmm::{Nic, Qemu, Share, VmSpec, Vmm};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,44 +88,6 @@ pub struct Vm {
     pub times: BootTimes,
 }
 
-/// The VMM keeps no capability: it reads the files and sockets the shim made for it, as
-/// their owner, and opens `/dev/kvm` through its group or owner; it cannot change mounts,
-/// networks, other processes or files it does not own, and cannot gain anything back
-/// (empty bounding set, no_new_privs).
-///
-/// # Safety
-/// Runs in the forked child before the exec: system calls only.
-unsafe fn drop_privileges() -> std::io::Result<()> {
-    for cap in 0..64 {
-        if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
-            && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    if libc::prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_CLEAR_ALL,
-        0,
-        0,
-        0,
-    ) != 0
-    {
-        return Err(std::io::Error::last_os_error());
-    }
-    let none = rustix::thread::CapabilitySet::empty();
-    rustix::thread::set_capabilities(
-        None,
-        rustix::thread::CapabilitySets {
-            effective: none,
-            permitted: none,
-            inheritable: none,
-        },
-    )?;
-    rustix::thread::set_no_new_privs(true)?;
-    Ok(())
-}
-
 /// Reads the agent's messages: each reply to its caller, everything else to `events`.
 fn read_agent(mut from: UnixStream, pending: Pending, events: mpsc::Sender<FromAgent>) {
     loop {
@@ -164,23 +129,26 @@ impl Vm {
             source,
         })?;
         listener.set_nonblocking(true)?;
-        let mut cmd = vmm.command(spec)?;
-        // The VMM dies with the thread that booted it (a killed shim leaves no VM running).
-        // SAFETY: prctl and capset are async-signal-safe.
+        jail::give(&spec.control_socket, spec.run_as)?;
+        let prepared = jail::prepare(spec)?;
+        let mut cmd = vmm.command(&prepared.spec)?;
+        let (run_as, groups, inherit) = (
+            spec.run_as,
+            prepared.groups.clone(),
+            prepared.inherit.clone(),
+        );
+        // SAFETY: fcntl, prctl, setgroups, setres[ug]id and capset are async-signal-safe; the
+        // vectors were allocated before the fork.
         unsafe {
             use std::os::unix::process::CommandExt;
-            let taps: Vec<std::os::fd::RawFd> = spec.nics.iter().map(|n| n.fd).collect();
             cmd.pre_exec(move || {
+                jail::enter(run_as, &groups, &inherit)?;
+                // The VMM dies with the thread that booted it (a killed shim leaves no VM
+                // running); set after the credentials change, which clears it.
                 rustix::process::set_parent_process_death_signal(Some(
                     rustix::process::Signal::KILL,
                 ))?;
-                // The taps' descriptors stay open across the exec (`-netdev tap,fd=`).
-                for fd in &taps {
-                    if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                drop_privileges()
+                Ok(())
             });
         }
         let log = std::fs::File::create(vmm_log)?;

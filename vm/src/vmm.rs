@@ -41,6 +41,8 @@ pub struct VmSpec {
     pub shares: Vec<Share>,
     /// The pod's network: one virtio-net device per tap.
     pub nics: Vec<Nic>,
+    /// The VMM's uid and gid (None: the caller's, without capabilities).
+    pub run_as: Option<crate::jail::RunAs>,
 }
 
 /// A NIC on a tap the host made (`-netdev tap,fd=`): the VMM inherits `fd`, and the guest's
@@ -247,6 +249,7 @@ mod tests {
             console_log: format!("{dir}/console.log").into(),
             shares: vec![],
             nics: vec![],
+            run_as: None,
         }
     }
 

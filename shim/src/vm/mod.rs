@@ -30,8 +30,10 @@ use tracing::info;
 
 use crate::error::{Error, Result};
 use crate::process::unmount;
+use crate::process::userns::RangeAllocator;
 use crate::sandbox::{Created, Sandbox};
 use crate::stdio::StdioPaths;
+use airlock_vm::RunAs;
 
 mod confine;
 mod container;
@@ -52,15 +54,22 @@ pub struct VmSandbox {
 }
 
 struct Inner {
+    /// containerd's namespace (the user id range's members are `<namespace>/<id>`).
+    namespace: String,
+    /// The VMM's uid: the first id of a range of the node's user id pool, held by the pod's
+    /// containers (`shim delete` releases a crashed shim's, as for the process sandbox).
+    ids: RangeAllocator,
     config: Arc<crate::config::ConfigCache>,
     pod: tokio::sync::Mutex<Option<Arc<PodVm>>>,
     containers: tokio::sync::Mutex<HashSet<String>>,
 }
 
 impl VmSandbox {
-    pub fn new() -> Self {
+    pub fn new(namespace: String) -> Self {
         VmSandbox {
             inner: Arc::new(Inner {
+                namespace,
+                ids: RangeAllocator::default(),
                 config: Default::default(),
                 pod: Default::default(),
                 containers: Default::default(),
@@ -75,6 +84,7 @@ impl VmSandbox {
         config: &airlock_policies::Loaded,
         first_id: &str,
         netns: Option<PathBuf>,
+        run_as: RunAs,
     ) -> Result<Arc<PodVm>> {
         let mut pod = self.inner.pod.lock().await;
         if let Some(p) = pod.as_ref() {
@@ -101,7 +111,7 @@ impl VmSandbox {
                     })?),
                     None => None,
                 };
-            PodVm::boot(vm, accelerator, d, network)
+            PodVm::boot(vm, accelerator, d, network, run_as)
         })
         .await
         .map_err(|e| Error::Runtime(format!("VM boot thread: {e}")))?;
@@ -116,8 +126,28 @@ impl VmSandbox {
         Ok(booted)
     }
 
+    /// The VMM's uid and gid: the pod's range of the node's id pool, with container `id` as
+    /// one of its holders.
+    fn hold_ids(&self, id: &str) -> Result<RunAs> {
+        let pod = format!("{}/vm-{:x}", self.inner.namespace, std::process::id());
+        let member = crate::process::userns_member(&self.inner.namespace, id);
+        let first = self
+            .inner
+            .ids
+            .acquire(&pod, &member, 1)
+            .map_err(|e| Error::FailedPrecondition(format!("a uid for the pod's VMM: {e}")))?;
+        Ok(RunAs {
+            uid: first,
+            gid: first,
+        })
+    }
+
     /// Forgets container `id`; the pod's VM goes with its last container.
     async fn release(&self, id: &str) {
+        let member = crate::process::userns_member(&self.inner.namespace, id);
+        if let Err(e) = self.inner.ids.release(&member) {
+            tracing::warn!("release the VMM's uid: {e}");
+        }
         let mut containers = self.inner.containers.lock().await;
         containers.remove(id);
         if !containers.is_empty() {
@@ -171,7 +201,10 @@ impl VmSandbox {
             .and_then(|r| r.readonly())
             .unwrap_or(false);
 
-        let pod = self.pod(&config, &req.id, network_namespace(&spec)).await?;
+        let run_as = self.hold_ids(&req.id)?;
+        let pod = self
+            .pod(&config, &req.id, network_namespace(&spec), run_as)
+            .await?;
         let rootfs = bundle.join("rootfs");
         crate::sandbox::mount_rootfs(&req.rootfs, &rootfs).await?;
         let shared_root = pod.dir.join("shared").join(&req.id);
@@ -268,16 +301,15 @@ impl Sandbox for VmSandbox {
 
     async fn create(&self, req: &CreateTaskRequest) -> Result<Created> {
         let r = self.create_checked(req).await;
-        if r.is_err() && self.inner.containers.lock().await.is_empty() {
-            self.release(&req.id).await;
+        if r.is_err() {
+            if self.inner.containers.lock().await.is_empty() {
+                self.release(&req.id).await;
+            } else {
+                let member = crate::process::userns_member(&self.inner.namespace, &req.id);
+                let _ = self.inner.ids.release(&member);
+            }
         }
         r
-    }
-}
-
-impl Default for VmSandbox {
-    fn default() -> Self {
-        VmSandbox::new()
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use airlock_agent::protocol::{FromAgent, Request, Response, Stream};
 use airlock_net::host::Attached;
 use airlock_policies::config::VmConfig;
-use airlock_vm::{Accelerator, Nic, Qemu, Share, Vm, VmSpec};
+use airlock_vm::{Accelerator, Nic, Qemu, RunAs, Share, Vm, VmSpec};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -105,6 +105,7 @@ fn boot_on_this_thread(
     accelerator: Accelerator,
     dir: &Path,
     network: Option<Attached>,
+    run_as: RunAs,
 ) -> Result<(Vm, Child)> {
     let shared = dir.join("shared");
     std::fs::create_dir_all(&shared).map_err(|e| Error::io("create the VM's share", e))?;
@@ -154,6 +155,7 @@ fn boot_on_this_thread(
                     .collect()
             })
             .unwrap_or_default(),
+        run_as: Some(run_as),
     };
     let booted = Vm::boot(
         &Qemu::new(&config.qemu),
@@ -272,6 +274,7 @@ impl PodVm {
         accelerator: Accelerator,
         dir: PathBuf,
         network: Option<Attached>,
+        run_as: RunAs,
     ) -> Result<PodVm> {
         let (booted_tx, booted_rx) = mpsc::channel();
         let (stop, stopped) = mpsc::channel::<()>();
@@ -280,7 +283,7 @@ impl PodVm {
             .name("vm-keeper".into())
             .spawn(move || {
                 let (vm, mut virtiofsd) =
-                    match boot_on_this_thread(&config, accelerator, &keeper_dir, network) {
+                    match boot_on_this_thread(&config, accelerator, &keeper_dir, network, run_as) {
                         Ok(v) => v,
                         Err(e) => {
                             let _ = booted_tx.send(Err(e));
