@@ -19,22 +19,78 @@ use netlink_packet_route::RouteNetlinkMessage;
 use crate::netlink::Netlink;
 use crate::{Cidr, Error, Interface, PodNetwork, Result, Route};
 
-/// The pod's network as the guest must take it over, and a tap per interface for the VMM
-/// (each the `fd` of a `-netdev tap`, in the order of `network.interfaces`).
+/// The pod's network as the guest must take it over, a tap per interface for the VMM (each
+/// the `fd` of a `-netdev tap`, in the order of `network.interfaces`), and what undoes the
+/// redirects.
 pub struct Attached {
     pub network: PodNetwork,
     pub taps: Vec<OwnedFd>,
+    pub detach: Detach,
 }
 
-/// Reads the interfaces of network namespace `netns` and makes their taps and redirects.
-/// A namespace with nothing but loopback gives an empty [`Attached`]. Runs on a thread of its
-/// own (a thread's network namespace is its own), which ends with it.
-pub fn attach(netns: &Path) -> Result<Attached> {
-    let ns = File::open(netns).map_err(|source| Error::Namespace {
-        path: netns.display().to_string(),
-        source,
-    })?;
-    let path = netns.display().to_string();
+/// The ingress qdiscs (and so the redirects) that [`attach`] added to the namespace's
+/// interfaces; the taps go by themselves with their last descriptor.
+pub struct Detach {
+    ns: Option<File>,
+    path: String,
+    indexes: Vec<u32>,
+}
+
+impl Detach {
+    /// Removes them (the namespace may be gone already: CNI's teardown deletes it).
+    pub fn run(mut self) -> Result<()> {
+        let (Some(ns), false) = (self.ns.take(), self.indexes.is_empty()) else {
+            return Ok(());
+        };
+        let indexes = std::mem::take(&mut self.indexes);
+        in_namespace(ns, self.path.clone(), move || {
+            let mut nl = Netlink::open()?;
+            remove_ingress(&mut nl, &indexes)
+        })
+    }
+}
+
+fn remove_ingress(nl: &mut Netlink, indexes: &[u32]) -> Result<()> {
+    let mut first_error = None;
+    for index in indexes {
+        let mut qdisc = TcMessage::with_index(*index as i32);
+        qdisc.header.handle = INGRESS_HANDLE;
+        qdisc.header.parent = TcHandle::INGRESS;
+        match nl.change(
+            RouteNetlinkMessage::DelQueueDiscipline(qdisc),
+            "remove the ingress redirect",
+        ) {
+            // The interface went first (CNI's teardown deletes the pod's veth).
+            Err(Error::Netlink { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+            Ok(()) => {}
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Whether `ns` (an open namespace file) is the node's own network namespace: the one of
+/// init or of this process.
+fn is_node_namespace(ns: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = ns.metadata() else {
+        return true;
+    };
+    ["/proc/1/ns/net", "/proc/self/ns/net"].iter().any(|p| {
+        std::fs::metadata(p).is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+    })
+}
+
+/// Runs `f` on a thread of its own that entered `ns` (a thread's network namespace is its
+/// own; the thread ends with `f`).
+fn in_namespace<T: Send + 'static>(
+    ns: File,
+    path: String,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     std::thread::Builder::new()
         .name("pod-netns".into())
         .spawn(move || {
@@ -45,11 +101,40 @@ pub fn attach(netns: &Path) -> Result<Attached> {
                     source: std::io::Error::last_os_error(),
                 });
             }
-            attach_here()
+            f()
         })
         .map_err(Error::Thread)?
         .join()
         .unwrap_or_else(|_| Err(Error::Thread(std::io::Error::other("it panicked"))))
+}
+
+/// Reads the interfaces of network namespace `netns` and makes their taps and redirects.
+/// A namespace with nothing but loopback gives an empty [`Attached`]. The node's own network
+/// namespace is refused, whatever the caller's policy: its interfaces would be redirected
+/// into the VM. The namespace is opened once and checked and entered through that one file.
+pub fn attach(netns: &Path) -> Result<Attached> {
+    let path = netns.display().to_string();
+    let ns = File::open(netns).map_err(|source| Error::Namespace {
+        path: path.clone(),
+        source,
+    })?;
+    if is_node_namespace(&ns) {
+        return Err(Error::NodeNamespace(path));
+    }
+    let keep = ns.try_clone().map_err(|source| Error::Namespace {
+        path: path.clone(),
+        source,
+    })?;
+    let (network, taps, indexes) = in_namespace(ns, path.clone(), attach_here)?;
+    Ok(Attached {
+        network,
+        taps,
+        detach: Detach {
+            ns: Some(keep),
+            path,
+            indexes,
+        },
+    })
 }
 
 /// A link of the namespace that CNI set up: Ethernet, not loopback, not one of our taps.
@@ -101,7 +186,7 @@ pub(crate) fn list_links(nl: &mut Netlink, what: &str) -> Result<Vec<LinkInfo>> 
 fn links(nl: &mut Netlink) -> Result<Vec<Link>> {
     Ok(list_links(nl, "list the pod's interfaces")?
         .into_iter()
-        .filter(|l| l.ether && !l.name.starts_with(TAP_PREFIX))
+        .filter(|l| l.ether && !is_our_tap(&l.name))
         .filter_map(|l| {
             Some(Link {
                 index: l.index,
@@ -195,11 +280,25 @@ fn routes(nl: &mut Netlink, links: &[Link]) -> Result<Vec<Route>> {
             interface,
         });
     }
+    // Routes on the link first: a gateway must be reachable when its route is added (a
+    // /32 pod address with a link route to its gateway, as Calico and Cilium give).
+    out.sort_by_key(|r| r.gateway.is_some());
     Ok(out)
 }
 
 /// Taps are named `alNtap`: short of IFNAMSIZ, and told apart from CNI's interfaces.
 const TAP_PREFIX: &str = "al";
+
+fn is_our_tap(name: &str) -> bool {
+    name.strip_prefix(TAP_PREFIX)
+        .and_then(|n| n.strip_suffix("tap"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+const INGRESS_HANDLE: TcHandle = TcHandle {
+    major: 0xffff,
+    minor: 0,
+};
 
 /// A tap named `name` in this thread's namespace; it lives as long as its file descriptors.
 fn make_tap(name: &str) -> std::io::Result<OwnedFd> {
@@ -247,10 +346,7 @@ pub(crate) fn set_up(nl: &mut Netlink, index: u32, mtu: Option<u32>, what: &str)
 /// match u8 0 0 action mirred egress redirect dev TO`.
 fn redirect(nl: &mut Netlink, from: u32, to: u32, what: &str) -> Result<()> {
     let mut qdisc = TcMessage::with_index(from as i32);
-    qdisc.header.handle = TcHandle {
-        major: 0xffff,
-        minor: 0,
-    };
+    qdisc.header.handle = INGRESS_HANDLE;
     qdisc.header.parent = TcHandle::INGRESS;
     qdisc.attributes.push(TcAttribute::Kind("ingress".into()));
     nl.create(RouteNetlinkMessage::NewQueueDiscipline(qdisc), what)?;
@@ -270,10 +366,7 @@ fn redirect(nl: &mut Netlink, from: u32, to: u32, what: &str) -> Result<()> {
         ))]),
     ];
     let mut filter = TcMessage::with_index(from as i32);
-    filter.header.parent = TcHandle {
-        major: 0xffff,
-        minor: 0,
-    };
+    filter.header.parent = INGRESS_HANDLE;
     // Priority chosen by the kernel; every protocol (ETH_P_ALL, in network byte order).
     filter.header.info = u32::from((libc::ETH_P_ALL as u16).to_be());
     // u32 with one key that matches every frame (mask 0): kernels built without the
@@ -292,40 +385,56 @@ fn redirect(nl: &mut Netlink, from: u32, to: u32, what: &str) -> Result<()> {
     nl.create(RouteNetlinkMessage::NewTrafficFilter(filter), what)
 }
 
-fn attach_here() -> Result<Attached> {
+type Made = (PodNetwork, Vec<OwnedFd>, Vec<u32>);
+
+fn attach_here() -> Result<Made> {
     let mut nl = Netlink::open()?;
     let mut links = links(&mut nl)?;
     addresses(&mut nl, &mut links)?;
     links.retain(|l| !l.interface.addresses.is_empty());
     let routes = routes(&mut nl, &links)?;
     let mut taps = Vec::new();
-    for (i, link) in links.iter().enumerate() {
-        let name = format!("{TAP_PREFIX}{i}tap");
-        let tap = make_tap(&name).map_err(|source| Error::Tap {
-            interface: link.interface.name.clone(),
-            source,
-        })?;
-        let tap_index = index_of(&name).map_err(|source| Error::Tap {
-            interface: link.interface.name.clone(),
-            source,
-        })?;
-        set_up(
-            &mut nl,
-            tap_index,
-            Some(link.interface.mtu),
-            "bring the tap up",
-        )?;
-        let what = format!("redirect {} to its tap", link.interface.name);
-        redirect(&mut nl, link.index, tap_index, &what)?;
-        let what = format!("redirect the tap to {}", link.interface.name);
-        redirect(&mut nl, tap_index, link.index, &what)?;
-        taps.push(tap);
+    // The interfaces given an ingress qdisc: undone if a later step fails.
+    let mut redirected = Vec::new();
+    let made = (|| {
+        for (i, link) in links.iter().enumerate() {
+            let name = format!("{TAP_PREFIX}{i}tap");
+            let tap = make_tap(&name).map_err(|source| Error::Tap {
+                interface: link.interface.name.clone(),
+                source,
+            })?;
+            let tap_index = index_of(&name).map_err(|source| Error::Tap {
+                interface: link.interface.name.clone(),
+                source,
+            })?;
+            taps.push(tap);
+            set_up(
+                &mut nl,
+                tap_index,
+                Some(link.interface.mtu),
+                "bring the tap up",
+            )?;
+            let what = format!(
+                "redirect {} to its tap (does it have an ingress qdisc already?)",
+                link.interface.name
+            );
+            redirect(&mut nl, link.index, tap_index, &what)?;
+            redirected.push(link.index);
+            let what = format!("redirect the tap to {}", link.interface.name);
+            redirect(&mut nl, tap_index, link.index, &what)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = made {
+        let _ = remove_ingress(&mut nl, &redirected);
+        return Err(e);
     }
-    Ok(Attached {
-        network: PodNetwork {
+    Ok((
+        PodNetwork {
             interfaces: links.into_iter().map(|l| l.interface).collect(),
             routes,
         },
         taps,
-    })
+        redirected,
+    ))
 }

@@ -95,6 +95,11 @@ pub enum Error {
         interface: String,
         source: std::io::Error,
     },
+    #[error(
+        "{0} is the node's own network namespace: a VM never takes over the node's network \
+         (give the pod a network namespace of its own)"
+    )]
+    NodeNamespace(String),
     #[error("the guest has no NIC with MAC {0}: was the VM booted with the pod's network?")]
     NoNic(String),
     #[error("cannot start the thread that enters the pod's network namespace: {0}")]

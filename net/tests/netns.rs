@@ -99,10 +99,77 @@ fn attach_reads_the_pods_interface_and_redirects_it_to_a_tap() {
             "{dev}: {f}"
         );
     }
-    // The tap is not persistent: it goes with its last file descriptor.
-    drop(attached);
+    // The tap is not persistent: it goes with its last file descriptor; detaching removes
+    // the redirect from eth0, so the namespace can be attached again.
+    let host::Attached { taps, detach, .. } = attached;
+    drop(taps);
     let links = ns.ip(&["-o", "link", "show"]);
     assert!(!links.contains("al0tap"), "{links}");
+    detach.run().expect("detach");
+    let f = tc(&ns, &["filter", "show", "dev", "eth0", "ingress"]);
+    assert!(!f.contains("u32"), "{f}");
+    let again = host::attach(Path::new(&ns.path())).expect("attach again");
+    assert_eq!(again.taps.len(), 1);
+    // A namespace whose interface is gone by then (CNI's teardown) detaches without error.
+    ns.ip(&["link", "del", "eth0"]);
+    again.detach.run().expect("detach after the veth went");
+}
+
+#[test]
+fn the_nodes_own_namespace_is_never_attached() {
+    let e = host::attach(Path::new("/proc/self/ns/net"))
+        .err()
+        .expect("the node's namespace is refused");
+    assert!(
+        e.to_string().contains("node's own network namespace"),
+        "{e}"
+    );
+    // init's: refused as the node's own, or not even opened where this process may not.
+    assert!(host::attach(Path::new("/proc/1/ns/net")).is_err());
+}
+
+#[test]
+fn a_link_route_to_the_gateway_comes_before_the_default_route() {
+    // Calico's and Cilium's shape: a /32 address, the gateway reached by a link route.
+    let pod = Netns::new("p32");
+    pod.ip(&[
+        "link", "add", "eth0", "address", MAC, "type", "veth", "peer", "veth-br",
+    ]);
+    pod.ip(&["addr", "add", "10.244.1.5/32", "dev", "eth0"]);
+    pod.ip(&["link", "set", "eth0", "up"]);
+    pod.ip(&[
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ]);
+    pod.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ]);
+    let net = host::attach(Path::new(&pod.path()))
+        .expect("attach")
+        .network;
+    assert_eq!(net.routes.len(), 2, "{net:?}");
+    assert_eq!(net.routes[0].gateway, None, "{net:?}");
+    let vm = Netns::new("g32");
+    vm.ip(&[
+        "link", "add", "enp0", "address", MAC, "type", "veth", "peer", "other",
+    ]);
+    configure_in(&vm, net).expect("configure");
+    let routes = vm.ip(&["route"]);
+    assert!(
+        routes.contains("default via 169.254.1.1 dev enp0"),
+        "{routes}"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,7 +16,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use airlock_agent::protocol::{FromAgent, Request, Response, Stream};
-use airlock_net::host::Attached;
+use airlock_net::host::{Attached, Detach};
+use airlock_net::PodNetwork;
 use airlock_policies::config::VmConfig;
 use airlock_vm::{Accelerator, Nic, Qemu, RunAs, Share, Vm, VmSpec};
 use tokio::sync::oneshot;
@@ -59,6 +60,17 @@ pub struct PodVm {
     ooms: Ooms,
     stop: Mutex<Option<mpsc::Sender<()>>>,
     keeper: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The redirects in the pod's network namespace, removed after the VM.
+    detach: Mutex<Option<Detach>>,
+}
+
+/// Removes the redirects to the VM's taps from the pod's network namespace.
+fn undo_network(detach: Option<Detach>) {
+    if let Some(d) = detach {
+        if let Err(e) = d.run() {
+            warn!("remove the redirects from the pod's network namespace: {e}");
+        }
+    }
 }
 
 /// What a VM's directory holds besides the share (virtiofsd writes `fs.sock.pid`).
@@ -104,7 +116,7 @@ fn boot_on_this_thread(
     config: &VmConfig,
     accelerator: Accelerator,
     dir: &Path,
-    network: Option<Attached>,
+    network: Option<(PodNetwork, Vec<OwnedFd>)>,
     run_as: RunAs,
 ) -> Result<(Vm, Child)> {
     let shared = dir.join("shared");
@@ -143,11 +155,11 @@ fn boot_on_this_thread(
         }],
         nics: network
             .as_ref()
-            .map(|n| {
-                n.network
+            .map(|(network, taps)| {
+                network
                     .interfaces
                     .iter()
-                    .zip(&n.taps)
+                    .zip(taps)
                     .map(|(i, tap)| Nic {
                         fd: tap.as_raw_fd(),
                         mac: i.mac,
@@ -172,7 +184,7 @@ fn boot_on_this_thread(
         }
     };
     // The VMM holds the taps now; the network goes with it.
-    let network = network.map(|n| n.network).unwrap_or_default();
+    let network = network.map(|(n, _)| n).unwrap_or_default();
     let mut setup = vec![(
         "mount its share",
         Request::Mount {
@@ -276,6 +288,30 @@ impl PodVm {
         network: Option<Attached>,
         run_as: RunAs,
     ) -> Result<PodVm> {
+        let (network, detach) = match network {
+            Some(a) => (Some((a.network, a.taps)), Some(a.detach)),
+            None => (None, None),
+        };
+        let booted = Self::boot_vm(config, accelerator, dir, network, run_as);
+        match booted {
+            Ok(pod) => {
+                *pod.detach.lock().unwrap() = detach;
+                Ok(pod)
+            }
+            Err(e) => {
+                undo_network(detach);
+                Err(e)
+            }
+        }
+    }
+
+    fn boot_vm(
+        config: VmConfig,
+        accelerator: Accelerator,
+        dir: PathBuf,
+        network: Option<(PodNetwork, Vec<OwnedFd>)>,
+        run_as: RunAs,
+    ) -> Result<PodVm> {
         let (booted_tx, booted_rx) = mpsc::channel();
         let (stop, stopped) = mpsc::channel::<()>();
         let keeper_dir = dir.clone();
@@ -324,6 +360,7 @@ impl PodVm {
             ooms,
             stop: Mutex::new(Some(stop)),
             keeper: Mutex::new(Some(keeper)),
+            detach: Mutex::new(None),
         })
     }
 
@@ -358,6 +395,7 @@ impl PodVm {
         if let Some(keeper) = self.keeper.lock().unwrap().take() {
             let _ = keeper.join();
         }
+        undo_network(self.detach.lock().unwrap().take());
         remove_dir(&self.dir);
     }
 }
