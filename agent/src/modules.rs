@@ -10,7 +10,16 @@ use std::collections::BTreeMap;
 
 /// What the guest needs: the virtio-mmio transport of QEMU's `microvm` machine, the
 /// virtio-serial port of the control channel, and virtio-fs for the container's rootfs.
-pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_console", "virtiofs", "virtio_net"];
+/// The guest's drivers: the virtio transport, the control port, the rootfs share, the pod's
+/// NIC, and the balloon whose free page reporting hands the pages the guest frees back to
+/// the host.
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_console",
+    "virtiofs",
+    "virtio_net",
+    "virtio_balloon",
+];
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Error {
@@ -120,6 +129,7 @@ kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko kernel/dr
 kernel/fs/fuse/fuse.ko:
 kernel/fs/fuse/virtiofs.ko: kernel/fs/fuse/fuse.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_balloon.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
 kernel/net/core/failover.ko:
 kernel/net/vmw_vsock/vsock.ko:
@@ -141,7 +151,8 @@ kernel/net/vmw_vsock/vsock.ko:
                 "virtiofs",
                 "failover",
                 "net_failover",
-                "virtio_net"
+                "virtio_net",
+                "virtio_balloon"
             ]
         );
         assert_eq!(

@@ -537,7 +537,8 @@ fn run(args: Args) -> Result<()> {
     // The microVM mode through containerd: a VM per container, and one pod's memory.
     let vm_pod = if vm_boot.is_some() {
         eprintln!("airlock-vm through containerd");
-        match vm_pod::measure(&ctd, if args.quick { 2 } else { 10 }) {
+        let (runs, burst) = if args.quick { (2, 0) } else { (10, 16) };
+        match vm_pod::measure(&ctd, runs, burst) {
             Ok(r) => Some(r),
             Err(why) => {
                 skipped.push(format!("airlock-vm through containerd: {why}"));

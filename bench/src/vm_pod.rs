@@ -1,8 +1,9 @@
 //! The microVM mode through containerd: `ctr run --rm` of a container that exits at once with
 //! runtime `io.containerd.airlock-vm.v2` (a VM booted for it and shut down after it), and the
 //! host memory of one running VM pod (its shim, QEMU and virtiofsd), the figure behind
-//! `RuntimeClass.yaml`'s `airlock-vm` overhead; then CRI pods with handler `airlock-vm`,
-//! timed as the CRI section times pods. The node config is given with
+//! `RuntimeClass.yaml`'s `airlock-vm` overhead; a burst of VM pods started at once (the
+//! full run's 16: failures, time until all started, their memory); then CRI pods with
+//! handler `airlock-vm`, timed as the CRI section times pods. The node config is given with
 //! `--runtime-config-path`, and as the CRI handler's `ConfigPath` (accelerator `auto`:
 //! hardware KVM where there is one).
 
@@ -33,6 +34,22 @@ pub struct VmPodResult {
     /// "pod ready" (RunPodSandbox called -> StartContainer returned), ms. None without CRI.
     #[serde(default)]
     pub cri_pod_ready: Option<Metric>,
+    /// VM pods started at once. None in a quick run.
+    #[serde(default)]
+    pub burst: Option<Burst>,
+    pub first_error: Option<String>,
+}
+
+/// `pods` VM containers started at once (`ctr run -d`, each a VM of its own).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Burst {
+    pub pods: usize,
+    pub failures: usize,
+    /// From the first start to the last `ctr run -d` returned (every VM booted, every
+    /// container started), ms.
+    pub all_started_ms: f64,
+    /// The host memory of all of them running (shims, QEMUs, virtiofsds), KiB of RSS.
+    pub rss_kib: u64,
     pub first_error: Option<String>,
 }
 
@@ -96,8 +113,65 @@ fn remove(ctd: &Containerd, ns: &str, id: &str) {
     let _ = ctd.ctr(Some(ns), &["containers", "rm", id]);
 }
 
-/// Runs `runs` containers and measures one running pod; Err(why) when the mode cannot run here.
-pub fn measure(ctd: &Containerd, runs: usize) -> Result<VmPodResult, String> {
+/// The host RSS of the shim serving container `id` and what runs under it (QEMU,
+/// virtiofsd), KiB: (shim, QEMU, virtiofsd).
+fn pod_rss(ctd: &Containerd, id: &str) -> (Option<u64>, Option<u64>, Option<u64>) {
+    let (mut shim, mut qemu, mut virtiofsd) = (None, None, None);
+    if let Some(s) = ctd.shims().into_iter().find(|s| s.id == id) {
+        shim = rss_kib(s.pid);
+        for d in proc_util::descendants(s.pid) {
+            let argv0 = proc_util::cmdline(d).into_iter().next().unwrap_or_default();
+            if argv0.contains("qemu-system") {
+                qemu = rss_kib(d);
+            } else if argv0.contains("virtiofsd") {
+                virtiofsd = rss_kib(d);
+            }
+        }
+    }
+    (shim, qemu, virtiofsd)
+}
+
+/// Starts `pods` VM containers at once, measures them running, and removes them.
+fn burst(ctd: &Containerd, ns: &str, cfg: &str, pods: usize) -> Burst {
+    let ids: Vec<String> = (0..pods)
+        .map(|i| format!("vm-burst-{}-{i}", std::process::id()))
+        .collect();
+    let t = Instant::now();
+    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let started: Vec<_> = ids
+            .iter()
+            .map(|id| s.spawn(move || ctr_run(ctd, ns, cfg, "-d", id, &["sleep", "600"])))
+            .collect();
+        started
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("panicked".into())))
+            .collect()
+    });
+    let all_started_ms = t.elapsed().as_secs_f64() * 1e3;
+    let rss_kib = ids
+        .iter()
+        .map(|id| {
+            let (a, b, c) = pod_rss(ctd, id);
+            a.unwrap_or(0) + b.unwrap_or(0) + c.unwrap_or(0)
+        })
+        .sum();
+    std::thread::scope(|s| {
+        for id in &ids {
+            s.spawn(move || remove(ctd, ns, id));
+        }
+    });
+    Burst {
+        pods,
+        failures: results.iter().filter(|r| r.is_err()).count(),
+        all_started_ms,
+        rss_kib,
+        first_error: results.into_iter().find_map(|r| r.err()),
+    }
+}
+
+/// Runs `runs` containers, measures one running pod, starts `burst_pods` at once (none: no
+/// burst) and `runs` CRI pods; Err(why) when the mode cannot run here.
+pub fn measure(ctd: &Containerd, runs: usize, burst_pods: usize) -> Result<VmPodResult, String> {
     let host = airlock_vm::accel::Host::probe();
     let accelerator =
         airlock_vm::accel::select(airlock_policies::config::AcceleratorChoice::Auto, &host)
@@ -125,24 +199,16 @@ pub fn measure(ctd: &Containerd, runs: usize) -> Result<VmPodResult, String> {
     let (mut shim, mut qemu, mut virtiofsd) = (None, None, None);
     match ctr_run(ctd, &ns, cfg, "-d", &id, &["sleep", "600"]) {
         Ok(()) => {
-            std::thread::sleep(Duration::from_secs(1));
-            if let Some(s) = ctd.shims().into_iter().find(|s| s.id == id) {
-                shim = rss_kib(s.pid);
-                for d in proc_util::descendants(s.pid) {
-                    let argv0 = proc_util::cmdline(d).into_iter().next().unwrap_or_default();
-                    if argv0.contains("qemu-system") {
-                        qemu = rss_kib(d);
-                    } else if argv0.contains("virtiofsd") {
-                        virtiofsd = rss_kib(d);
-                    }
-                }
-            }
+            // After the free page reporting's first round (2 s after the guest frees).
+            std::thread::sleep(Duration::from_secs(3));
+            (shim, qemu, virtiofsd) = pod_rss(ctd, &id);
         }
         Err(e) => {
             first_error.get_or_insert(e);
         }
     }
     remove(ctd, &ns, &id);
+    let burst = (burst_pods > 0).then(|| burst(ctd, &ns, cfg, burst_pods));
     let cri_pod_ready = if ctd.cri_enabled() {
         Some(cri_pods(ctd, runs, &mut first_error)?)
     } else {
@@ -155,6 +221,7 @@ pub fn measure(ctd: &Containerd, runs: usize) -> Result<VmPodResult, String> {
         qemu_rss_kib: qemu,
         virtiofsd_rss_kib: virtiofsd,
         cri_pod_ready,
+        burst,
         first_error,
     })
 }
@@ -229,6 +296,17 @@ pub fn markdown(r: &VmPodResult) -> String {
             m.failures
         ));
     }
+    if let Some(b) = &r.burst {
+        s.push_str(&format!(
+            "{} VM pods started at once (`ctr run -d`, a VM each): {} failures, all started after {:.1} s, {:.0} MiB of host RSS for all of them running ({:.0} MiB a pod){}\n\n",
+            b.pods,
+            b.failures,
+            b.all_started_ms / 1e3,
+            b.rss_kib as f64 / 1024.0,
+            b.rss_kib as f64 / 1024.0 / b.pods.max(1) as f64,
+            b.first_error.as_deref().map(|e| format!("; first error: {e}")).unwrap_or_default()
+        ));
+    }
     if let Some(e) = &r.first_error {
         s.push_str(&format!("first error: {e}\n\n"));
     }
@@ -248,6 +326,13 @@ mod tests {
             qemu_rss_kib: Some(200 * 1024),
             virtiofsd_rss_kib: Some(4 * 1024),
             cri_pod_ready: Some(Metric::new("pod ready", vec![3000.0, 3200.0])),
+            burst: Some(Burst {
+                pods: 16,
+                failures: 0,
+                all_started_ms: 41_000.0,
+                rss_kib: 16 * 200 * 1024,
+                first_error: None,
+            }),
             first_error: Some("ctr run x: boom".into()),
         };
         let md = markdown(&r);
@@ -257,6 +342,7 @@ mod tests {
             "| 1 | 3.0 | 200.0 | 4.0 | 207.0 |",
             "first error: ctr run x: boom",
             "2 pods, as the CRI section): pod ready ms p50 / p95 / p99 3",
+            "16 VM pods started at once (`ctr run -d`, a VM each): 0 failures, all started after 41.0 s, 3200 MiB of host RSS for all of them running (200 MiB a pod)",
         ] {
             assert!(md.contains(want), "missing {want:?} in\n{md}");
         }

@@ -252,6 +252,7 @@ mod tests {
             ("kernel/net/core/failover.ko", ""),
             ("kernel/drivers/net/net_failover.ko", "kernel/net/core/failover.ko"),
             ("kernel/drivers/net/virtio_net.ko", "kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko"),
+            ("kernel/drivers/virtio/virtio_balloon.ko", "kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko"),
         ] {
             std::fs::create_dir_all(dir.join(file).parent().unwrap()).unwrap();
             std::fs::write(dir.join(file), format!("ELF {file}")).unwrap();
@@ -323,14 +324,15 @@ mod tests {
                 "virtiofs",
                 "failover",
                 "net_failover",
-                "virtio_net"
+                "virtio_net",
+                "virtio_balloon"
             ]
         );
         let files = e
             .iter()
             .filter(|(_, m, _)| m & 0o170000 == 0o100000)
             .count();
-        assert_eq!(files, 1 + 9 + 1, "init, nine modules, modules.dep: {e:?}");
+        assert_eq!(files, 1 + 10 + 1, "init, ten modules, modules.dep: {e:?}");
     }
 
     #[test]
