@@ -59,6 +59,12 @@ struct Mount {
     /// The device nodes and links to make in it (a tmpfs at `/dev`).
     devices: Vec<(CString, libc::dev_t)>,
     links: Vec<(CString, CString)>,
+    /// A bind mount's source on the share, and whether it is a file (its mount point is made
+    /// as one).
+    bind: Option<(CString, bool)>,
+    /// The directories above the target inside the root, outermost first: made where
+    /// missing, as runc does (a pause image has no `/etc` for CRI's `/etc/hosts`).
+    parents: Vec<CString>,
 }
 
 enum NamespacesIn {
@@ -80,6 +86,7 @@ pub struct Prepared {
     mounts: Vec<Mount>,
     readonly: Vec<CString>,
     masked: Vec<CString>,
+    read_only_root: bool,
     cgroup_procs: Option<OwnedFd>,
     root: CString,
     cwd: CString,
@@ -155,6 +162,7 @@ impl Prepared {
             }
         };
         let mounting = !confine.mounts.is_empty()
+            || confine.read_only_root
             || !confine.readonly_paths.is_empty()
             || !confine.masked_paths.is_empty();
         if mounting && !matches!(namespaces, NamespacesIn::New { .. }) {
@@ -195,6 +203,16 @@ impl Prepared {
             }
             let target = format!("{}{}", root.trim_end_matches('/'), m.target);
             let dev = m.target == "/dev" && m.fstype == "tmpfs";
+            let bind = match (m.fstype.as_str(), &m.source) {
+                ("bind", Some(source)) => Some(bind_source(source)?),
+                ("bind", None) => {
+                    return Err(refused(
+                        ErrorKind::InvalidArgument,
+                        format!("the bind mount at {:?} has no source", m.target),
+                    ))
+                }
+                _ => None,
+            };
             mounts.push(Mount {
                 target: cstring(&target)?,
                 fstype: cstring(&m.fstype)?,
@@ -221,6 +239,21 @@ impl Prepared {
                 } else {
                     Vec::new()
                 },
+                parents: if bind.is_some() {
+                    let parts: Vec<&str> = m.target.split('/').filter(|c| !c.is_empty()).collect();
+                    (1..parts.len())
+                        .map(|n| {
+                            cstring(&format!(
+                                "{}/{}",
+                                root.trim_end_matches('/'),
+                                parts[..n].join("/")
+                            ))
+                        })
+                        .collect::<Result<_, Response>>()?
+                } else {
+                    Vec::new()
+                },
+                bind,
             });
         }
         let cgroup_procs = match &confine.cgroup {
@@ -246,6 +279,7 @@ impl Prepared {
             mounts,
             readonly,
             masked,
+            read_only_root: confine.read_only_root,
             cgroup_procs,
             root: cstring(root)?,
             cwd: cstring(cwd)?,
@@ -333,6 +367,13 @@ impl Prepared {
         // The device nodes get exactly their modes.
         let umask = libc::umask(0);
         for m in &self.mounts {
+            if let Some((source, file)) = &m.bind {
+                for dir in &m.parents {
+                    libc::mkdir(dir.as_ptr(), 0o755);
+                }
+                bind_mount(source, &m.target, *file, m.flags)?;
+                continue;
+            }
             // The mount point may be missing; a read-only root cannot get it made.
             libc::mkdir(m.target.as_ptr(), 0o755);
             let r = libc::mount(
@@ -356,6 +397,24 @@ impl Prepared {
             }
         }
         libc::umask(umask);
+        if self.read_only_root {
+            // A mount of its own (with the submounts just made), made read-only: the
+            // submounts keep their own flags.
+            check(libc::mount(
+                self.root.as_ptr(),
+                self.root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                std::ptr::null(),
+                self.root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            ))?;
+        }
         for path in &self.readonly {
             let flags = libc::MS_BIND | libc::MS_REC;
             if !bind(path.as_ptr(), path.as_ptr(), flags)? {
@@ -441,6 +500,74 @@ impl Prepared {
         }
         Ok(())
     }
+}
+
+/// A bind mount's source: a path on the pod's share (the shim bound the host path there),
+/// and whether it is a file.
+fn bind_source(source: &str) -> Result<(CString, bool), Response> {
+    let on_share = source
+        .strip_prefix(crate::protocol::SHARE_ROOT)
+        .is_some_and(|rest| rest.starts_with('/'));
+    if !on_share || source.split('/').any(|c| c == "..") {
+        return Err(refused(
+            ErrorKind::InvalidArgument,
+            format!(
+                "bind source {source:?} is not on the pod's share ({})",
+                crate::protocol::SHARE_ROOT
+            ),
+        ));
+    }
+    let meta = std::fs::metadata(source).map_err(|e| {
+        refused(
+            ErrorKind::NotFound,
+            format!("bind source {source:?} on the pod's share: {e}"),
+        )
+    })?;
+    Ok((cstring(source)?, !meta.is_dir()))
+}
+
+/// Binds `source` on `target` (made, as a file or a directory, where missing), then applies
+/// `flags` (read-only, nosuid, ...) to the bind.
+///
+/// # Safety
+/// As [`Prepared::apply_in_child`].
+unsafe fn bind_mount(
+    source: &CString,
+    target: &CString,
+    file: bool,
+    flags: libc::c_ulong,
+) -> io::Result<()> {
+    if file {
+        let fd = libc::open(
+            target.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0o644,
+        );
+        if fd >= 0 {
+            libc::close(fd);
+        }
+    } else {
+        libc::mkdir(target.as_ptr(), 0o755);
+    }
+    let rec = flags & libc::MS_REC;
+    check(libc::mount(
+        source.as_ptr(),
+        target.as_ptr(),
+        std::ptr::null(),
+        libc::MS_BIND | rec,
+        std::ptr::null(),
+    ))?;
+    let extra = flags & !libc::MS_REC;
+    if extra != 0 {
+        check(libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REMOUNT | extra,
+            std::ptr::null(),
+        ))?;
+    }
+    Ok(())
 }
 
 /// Bind-mounts `from` on `to`; false when `to` does not exist.
@@ -545,6 +672,7 @@ mod tests {
         let mount = |target: &str| GuestMount {
             target: target.into(),
             fstype: "proc".into(),
+            source: None,
             flags: 0,
             data: String::new(),
         };
@@ -585,6 +713,7 @@ mod tests {
             mounts: vec![GuestMount {
                 target: "/dev".into(),
                 fstype: "tmpfs".into(),
+                source: None,
                 flags: 0,
                 data: "mode=755".into(),
             }],

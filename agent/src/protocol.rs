@@ -14,6 +14,10 @@ use std::io::{self, Read, Write};
 use airlock_contract::ErrorKind;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+/// Where the guest mounts the pod's virtio-fs share: each container's root is
+/// `SHARE_ROOT/ID`, and the sources of its bind mounts `SHARE_ROOT/ID.m/N`.
+pub const SHARE_ROOT: &str = "/run/shared";
+
 /// The name of the control port (QEMU's `virtserialport,name=`).
 pub const PORT_NAME: &str = "airlock.ctl";
 /// The protocol's version: the agent's [`Ready`] carries it, and the host refuses another.
@@ -132,6 +136,10 @@ pub struct Confinement {
     /// directory), after the mounts; new namespaces only.
     pub readonly_paths: Vec<String>,
     pub masked_paths: Vec<String>,
+    /// The root is made read-only after the mounts (whose mount points may have had to be
+    /// made in it); new namespaces only.
+    #[serde(default)]
+    pub read_only_root: bool,
     /// The guest cgroup (made by [`Request::Limits`]) the process joins.
     pub cgroup: Option<String>,
     pub user: Option<User>,
@@ -158,7 +166,11 @@ pub enum Namespaces {
 #[serde(deny_unknown_fields)]
 pub struct GuestMount {
     pub target: String,
+    /// A file system type, or `bind` for a bind mount of `source`.
     pub fstype: String,
+    /// A bind mount's source: a path on the pod's share (under [`SHARE_ROOT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// `MS_*` flags.
     pub flags: u64,
     /// The file system's own options (`mode=755,size=65536k`).
@@ -390,11 +402,13 @@ mod tests {
                     mounts: vec![GuestMount {
                         target: "/proc".into(),
                         fstype: "proc".into(),
+                        source: None,
                         flags: 14,
                         data: String::new(),
                     }],
                     readonly_paths: vec!["/proc/sys".into()],
                     masked_paths: vec!["/proc/kcore".into()],
+                    read_only_root: true,
                     cgroup: Some("c1".into()),
                     user: Some(User {
                         uid: 1000,

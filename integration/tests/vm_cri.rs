@@ -127,6 +127,23 @@ fn pods_in_vms_talk_over_the_pod_network(v: Version) {
         assert!(routes.contains("default via 10.88.0.1"), "{routes}");
         let local = exec(&mut cri, &ctd, &side, &["sh", "-c", "nc 127.0.0.1 8080"]).await;
         assert_eq!(local.trim(), "pod-a-says-hi");
+        // CRI's bind mounts (files of the pod's sandbox directory on the host) reach the
+        // container through the share.
+        let files = exec(
+            &mut cri,
+            &ctd,
+            &side,
+            &[
+                "sh",
+                "-c",
+                "cat /etc/hostname; grep -c localhost /etc/hosts; test -f /etc/resolv.conf && echo resolv",
+            ],
+        )
+        .await;
+        let lines: Vec<&str> = files.lines().collect();
+        assert_eq!(lines.first(), Some(&"vm-a"), "{files}");
+        assert!(lines.get(1).is_some_and(|n| *n != "0"), "{files}");
+        assert_eq!(lines.get(2), Some(&"resolv"), "{files}");
 
         // Pod B, in a VM of its own, reaches pod A's address over the test bridge.
         let pc_b = cri.pod_config("vm-b", &[], NamespaceMode::Pod);

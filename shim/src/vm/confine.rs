@@ -9,6 +9,7 @@ use airlock_agent::protocol::{Capabilities, Confinement, GuestMount, Limits, Nam
 use oci_spec::runtime::{Capability, LinuxResources, Mount, Process, Spec};
 use tracing::debug;
 
+use super::share;
 use crate::error::{Error, Result};
 
 /// The kernel file systems the agent mounts inside a container's root; binds and cgroup
@@ -40,7 +41,17 @@ pub fn init(spec: &Spec, id: &str, seccomp: Vec<Vec<u8>>) -> Result<Confinement>
         hostname: spec.hostname().clone(),
     });
     let mounts = spec.mounts().as_deref().unwrap_or_default();
-    c.mounts = mounts.iter().filter_map(guest_mount).collect();
+    c.mounts = mounts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| guest_mount(m, &share::bind_source_in_guest(id, i)))
+        .collect();
+    // Read-only in the guest, after the mount points are made in it.
+    c.read_only_root = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
     if let Some(linux) = spec.linux() {
         c.readonly_paths = linux.readonly_paths().clone().unwrap_or_default();
         c.masked_paths = linux.masked_paths().clone().unwrap_or_default();
@@ -48,7 +59,7 @@ pub fn init(spec: &Spec, id: &str, seccomp: Vec<Vec<u8>>) -> Result<Confinement>
     debug!(
         made = c.mounts.len(),
         left = mounts.len() - c.mounts.len(),
-        "the spec's mounts in the guest (binds and cgroup mounts are not made there)"
+        "the spec's mounts in the guest (cgroup mounts are not made there)"
     );
     Ok(c)
 }
@@ -81,6 +92,7 @@ fn process_confinement(process: &Process, id: &str, seccomp: Vec<Vec<u8>>) -> Re
         mounts: Vec::new(),
         readonly_paths: Vec::new(),
         masked_paths: Vec::new(),
+        read_only_root: false,
         cgroup: Some(id.to_string()),
         user: Some(User {
             uid: user.uid(),
@@ -108,16 +120,34 @@ fn mask<'a>(caps: impl Iterator<Item = &'a Capability>) -> Result<u64> {
     Ok(m)
 }
 
-/// The spec's mount as the agent makes it; None for binds and other file systems.
-fn guest_mount(m: &Mount) -> Option<GuestMount> {
+/// The spec's mount as the agent makes it: a file system of [`GUEST_FS`], or a bind of the
+/// host path that the shim bound into the share at `bind_source` ([`share::is_bind`]); None
+/// for other file systems.
+fn guest_mount(m: &Mount, bind_source: &str) -> Option<GuestMount> {
+    let options = m.options().as_deref().unwrap_or_default();
+    let (flags, data) = mount_options(options);
+    if share::is_bind(m) {
+        let rec = if options.iter().any(|o| o == "rbind") {
+            libc::MS_REC
+        } else {
+            0
+        };
+        return Some(GuestMount {
+            target: m.destination().display().to_string(),
+            fstype: "bind".into(),
+            source: Some(bind_source.to_string()),
+            flags: flags | rec,
+            data: String::new(),
+        });
+    }
     let fstype = m.typ().as_deref()?;
     if !GUEST_FS.contains(&fstype) {
         return None;
     }
-    let (flags, data) = mount_options(m.options().as_deref().unwrap_or_default());
     Some(GuestMount {
         target: m.destination().display().to_string(),
         fstype: fstype.to_string(),
+        source: None,
         flags,
         data,
     })
@@ -140,7 +170,7 @@ fn mount_options(options: &[String]) -> (u64, String) {
             "strictatime" => libc::MS_STRICTATIME,
             // Defaults, or propagation (the container's mount namespace is private).
             "rw" | "suid" | "dev" | "exec" | "async" | "atime" | "private" | "rprivate"
-            | "slave" | "rslave" | "shared" | "rshared" => 0,
+            | "slave" | "rslave" | "shared" | "rshared" | "bind" | "rbind" => 0,
             other => {
                 data.push(other.to_string());
                 0
@@ -217,10 +247,16 @@ mod tests {
             })
         );
         let targets: Vec<_> = c.mounts.iter().map(|m| m.target.as_str()).collect();
-        assert_eq!(targets, ["/proc", "/dev"]);
+        assert_eq!(targets, ["/proc", "/dev", "/etc/hosts"]);
         // MS_NOSUID | MS_NODEV | MS_NOEXEC
         assert_eq!(c.mounts[0].flags, 2 | 4 | 8);
         assert_eq!(c.mounts[1].data, "mode=755,size=65536k");
+        // The bind's source is where the shim binds the host path on the share (mount 2 of
+        // the spec); MS_RDONLY | MS_REC.
+        assert_eq!(c.mounts[2].fstype, "bind");
+        assert_eq!(c.mounts[2].source.as_deref(), Some("/run/shared/c1.m/2"));
+        assert_eq!(c.mounts[2].flags, 1 | 16384);
+        assert!(!c.read_only_root);
         assert_eq!(c.readonly_paths, ["/proc/sys"]);
         assert_eq!(c.masked_paths, ["/proc/kcore"]);
         assert_eq!(c.cgroup.as_deref(), Some("c1"));

@@ -321,9 +321,11 @@ impl SandboxContainer for VmContainer {
             tracing::warn!(id = %self.id, "the container's guest cgroup stays: {e}");
         }
         let (shared, rootfs) = (self.shared_root.clone(), self.bundle.join("rootfs"));
+        let id = self.id.clone();
         tokio::task::spawn_blocking(move || {
-            unmount(&shared);
-            let _ = std::fs::remove_dir(&shared);
+            if let Some(share) = shared.parent() {
+                super::share::remove(share, &id);
+            }
             unmount(&rootfs);
         })
         .await

@@ -9,6 +9,7 @@
 //! | `container.rs` | one container and its processes in the guest: start, exec, signals, update, cleanup |
 //! | `io.rs` | a guest process's stdio on the host: output into the core's pipes or pty, input relayed, terminal size |
 //! | `confine.rs` | the spec, as the policy left it, lowered onto the guest's confinement and cgroup limits |
+//! | `share.rs` | what the pod's virtio-fs share holds of each container: its rootfs and its bind mounts' sources |
 //!
 //! The policy is applied to the spec as a ceiling (a container that asks for more than its
 //! policy allows is refused, and the report is written beside the spec). Inside the guest the
@@ -39,6 +40,7 @@ mod confine;
 mod container;
 mod io;
 mod pod;
+mod share;
 
 use container::{Command, VmContainer};
 use pod::PodVm;
@@ -195,11 +197,6 @@ impl VmSandbox {
             serde_json::to_vec_pretty(&report).unwrap_or_default(),
         )
         .await;
-        let read_only = spec
-            .root()
-            .as_ref()
-            .and_then(|r| r.readonly())
-            .unwrap_or(false);
 
         let run_as = self.hold_ids(&req.id)?;
         let pod = self
@@ -207,8 +204,9 @@ impl VmSandbox {
             .await?;
         let rootfs = bundle.join("rootfs");
         crate::sandbox::mount_rootfs(&req.rootfs, &rootfs).await?;
-        let shared_root = pod.dir.join("shared").join(&req.id);
-        if let Err(e) = bind_into_share(&rootfs, &shared_root, read_only) {
+        let shared = pod.dir.join("shared");
+        let shared_root = shared.join(&req.id);
+        if let Err(e) = share::add(&shared, &req.id, &rootfs, &spec) {
             unmount(&rootfs);
             return Err(e);
         }
@@ -226,8 +224,7 @@ impl VmSandbox {
             Ok(v) => v,
             Err(e) => {
                 let _ = container::remove_cgroup(&pod, &req.id).await;
-                unmount(&shared_root);
-                let _ = std::fs::remove_dir(&shared_root);
+                share::remove(&shared, &req.id);
                 unmount(&rootfs);
                 return Err(e);
             }
@@ -266,28 +263,6 @@ fn network_namespace(spec: &Spec) -> Option<PathBuf> {
         .find(|n| n.typ() == LinuxNamespaceType::Network)?
         .path()
         .clone()
-}
-
-/// Binds the container's rootfs into the pod's share (read-only where the policy says).
-fn bind_into_share(rootfs: &Path, target: &Path, read_only: bool) -> Result<()> {
-    use nix::mount::{mount, MsFlags};
-    std::fs::create_dir_all(target).map_err(|e| Error::io("create the share's mount point", e))?;
-    mount(
-        Some(rootfs),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| Error::io("bind the rootfs into the VM's share", e.into()))?;
-    if read_only {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
-            unmount(target);
-            return Err(Error::io("make the shared rootfs read-only", e.into()));
-        }
-    }
-    Ok(())
 }
 
 #[async_trait]
@@ -332,11 +307,7 @@ pub fn clean_up_after_shim(id: &str) -> bool {
     };
     let mut found = false;
     for dir in dirs.flatten().map(|e| e.path()) {
-        let bound = dir.join("shared").join(id);
-        if bound.exists() {
-            found |= unmount(&bound);
-            let _ = std::fs::remove_dir(&bound);
-        }
+        found |= share::remove(&dir.join("shared"), id);
         let owner = dir
             .file_name()
             .and_then(|n| n.to_str())

@@ -26,8 +26,8 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 use crate::sandbox::ExitInfo;
 
-/// Where the guest mounts the pod's share; container `ID`'s root is `GUEST_SHARED/ID`.
-pub const GUEST_SHARED: &str = "/run/shared";
+/// Where the guest mounts the pod's share (see `share.rs`).
+pub use airlock_agent::protocol::SHARE_ROOT as GUEST_SHARED;
 /// How long a boot may take before the create fails (emulation on a loaded node is slow).
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
 /// How long a call to the agent may take.
