@@ -148,6 +148,20 @@ pub enum Command {
         resources: Option<PathBuf>,
         id: String,
     },
+    /// In network namespace NETNS (a microVM pod's, made by CNI): make a tap beside each of
+    /// its interfaces and redirect the two into each other. Stdout must be a unix socket: the
+    /// pod's network (JSON) goes over it with the taps' descriptors (SCM_RIGHTS).
+    NetAttach {
+        #[cfg_attr(feature = "clap", arg(long))]
+        netns: PathBuf,
+    },
+    /// Remove the redirects that net-attach added to interfaces INDEX of NETNS.
+    NetDetach {
+        #[cfg_attr(feature = "clap", arg(long))]
+        netns: PathBuf,
+        #[cfg_attr(feature = "clap", arg(long))]
+        index: Vec<u32>,
+    },
     /// Run an extra process (an OCI Process JSON) in the running container, detached.
     Exec {
         #[cfg_attr(feature = "clap", arg(long, short))]
@@ -240,6 +254,17 @@ impl Invocation {
                 a.word("update");
                 a.opt("--resources", resources);
                 a.id(id);
+            }
+            Command::NetAttach { netns } => {
+                a.word("net-attach");
+                a.flag_value("--netns", netns);
+            }
+            Command::NetDetach { netns, index } => {
+                a.word("net-detach");
+                a.flag_value("--netns", netns);
+                for i in index {
+                    a.flag_value("--index", i.to_string());
+                }
             }
             Command::Exec {
                 process,
@@ -344,6 +369,13 @@ mod tests {
                 pid_file: Some(p("/b/exec-e1.pid")),
                 console_socket: None,
                 id: "c1".into(),
+            },
+            Command::NetAttach {
+                netns: p("/var/run/netns/cni-1"),
+            },
+            Command::NetDetach {
+                netns: p("/var/run/netns/cni-1"),
+                index: vec![2, 7],
             },
         ]
     }

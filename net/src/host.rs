@@ -20,34 +20,32 @@ use crate::netlink::Netlink;
 use crate::{Cidr, Error, Interface, PodNetwork, Result, Route};
 
 /// The pod's network as the guest must take it over, a tap per interface for the VMM (each
-/// the `fd` of a `-netdev tap`, in the order of `network.interfaces`), and what undoes the
-/// redirects.
+/// the `fd` of a `-netdev tap`, in the order of `network.interfaces`), and the interfaces
+/// (indexes in the namespace) whose redirects [`detach`] removes.
 pub struct Attached {
     pub network: PodNetwork,
     pub taps: Vec<OwnedFd>,
-    pub detach: Detach,
+    pub redirected: Vec<u32>,
 }
 
-/// The ingress qdiscs (and so the redirects) that [`attach`] added to the namespace's
-/// interfaces; the taps go by themselves with their last descriptor.
-pub struct Detach {
-    ns: Option<File>,
-    path: String,
-    indexes: Vec<u32>,
-}
-
-impl Detach {
-    /// Removes them (the namespace may be gone already: CNI's teardown deletes it).
-    pub fn run(mut self) -> Result<()> {
-        let (Some(ns), false) = (self.ns.take(), self.indexes.is_empty()) else {
-            return Ok(());
-        };
-        let indexes = std::mem::take(&mut self.indexes);
-        in_namespace(ns, self.path.clone(), move || {
-            let mut nl = Netlink::open()?;
-            remove_ingress(&mut nl, &indexes)
-        })
+/// Removes the ingress qdiscs (and so the redirects) that [`attach`] added to interfaces
+/// `indexes` of namespace `netns`; the taps go by themselves with their last descriptor. A
+/// namespace or interface already gone (CNI's teardown) leaves nothing to remove.
+pub fn detach(netns: &Path, indexes: &[u32]) -> Result<()> {
+    let path = netns.display().to_string();
+    let ns = match File::open(netns) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(Error::Namespace { path, source }),
+    };
+    if indexes.is_empty() || is_node_namespace(&ns) {
+        return Ok(());
     }
+    let indexes = indexes.to_vec();
+    in_namespace(ns, path, move || {
+        let mut nl = Netlink::open()?;
+        remove_ingress(&mut nl, &indexes)
+    })
 }
 
 fn remove_ingress(nl: &mut Netlink, indexes: &[u32]) -> Result<()> {
@@ -121,19 +119,11 @@ pub fn attach(netns: &Path) -> Result<Attached> {
     if is_node_namespace(&ns) {
         return Err(Error::NodeNamespace(path));
     }
-    let keep = ns.try_clone().map_err(|source| Error::Namespace {
-        path: path.clone(),
-        source,
-    })?;
-    let (network, taps, indexes) = in_namespace(ns, path.clone(), attach_here)?;
+    let (network, taps, redirected) = in_namespace(ns, path, attach_here)?;
     Ok(Attached {
         network,
         taps,
-        detach: Detach {
-            ns: Some(keep),
-            path,
-            indexes,
-        },
+        redirected,
     })
 }
 

@@ -15,12 +15,14 @@
 //! | `netlink.rs` | a synchronous rtnetlink socket: requests acknowledged, dumps collected |
 //! | `host.rs` | in the pod's namespace: read its interfaces, make the taps, add the redirects |
 //! | `guest.rs` | in the guest: find each NIC by MAC, set its MTU and addresses, bring it up, add the routes |
+//! | `handoff.rs` | `airlock-runtime net-attach` to the shim: the attachment and the taps over a unix socket |
 
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 pub mod guest;
+pub mod handoff;
 pub mod host;
 mod netlink;
 

@@ -101,18 +101,21 @@ fn attach_reads_the_pods_interface_and_redirects_it_to_a_tap() {
     }
     // The tap is not persistent: it goes with its last file descriptor; detaching removes
     // the redirect from eth0, so the namespace can be attached again.
-    let host::Attached { taps, detach, .. } = attached;
+    let host::Attached {
+        taps, redirected, ..
+    } = attached;
     drop(taps);
     let links = ns.ip(&["-o", "link", "show"]);
     assert!(!links.contains("al0tap"), "{links}");
-    detach.run().expect("detach");
+    host::detach(Path::new(&ns.path()), &redirected).expect("detach");
     let f = tc(&ns, &["filter", "show", "dev", "eth0", "ingress"]);
     assert!(!f.contains("u32"), "{f}");
     let again = host::attach(Path::new(&ns.path())).expect("attach again");
     assert_eq!(again.taps.len(), 1);
     // A namespace whose interface is gone by then (CNI's teardown) detaches without error.
     ns.ip(&["link", "del", "eth0"]);
-    again.detach.run().expect("detach after the veth went");
+    host::detach(Path::new(&ns.path()), &again.redirected).expect("detach after the veth went");
+    host::detach(Path::new("/run/netns/airlock-no-such-netns"), &[3]).expect("a namespace gone");
 }
 
 #[test]

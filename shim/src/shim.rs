@@ -166,7 +166,7 @@ impl Shim for AirlockShim {
             }
         };
         let sandbox: Arc<dyn crate::sandbox::Sandbox> = if crate::vm::selected() {
-            Arc::new(crate::vm::VmSandbox::new(self.namespace.clone()))
+            Arc::new(crate::vm::VmSandbox::new(self.namespace.clone(), runtime))
         } else {
             Arc::new(ProcessSandbox::new(self.namespace.clone(), runtime))
         };

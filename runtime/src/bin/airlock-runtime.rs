@@ -127,6 +127,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("resources are not an OCI LinuxResources JSON object")?;
             rt.update(&id, &res)?;
         }
+        Command::NetAttach { netns } => {
+            let a = airlock_net::host::attach(&netns)?;
+            let attachment = airlock_net::handoff::Attachment {
+                network: a.network,
+                redirected: a.redirected,
+            };
+            // SAFETY: fd 1 is this process's stdout, open for its lifetime.
+            let out = unsafe { BorrowedFd::borrow_raw(1) };
+            airlock_net::handoff::send(out, &attachment, &a.taps)
+                .context("hand the pod's network over (stdout must be a unix socket)")?;
+        }
+        Command::NetDetach { netns, index } => airlock_net::host::detach(&netns, &index)?,
         Command::Exec {
             process,
             pid_file,
@@ -176,6 +188,7 @@ fn path_args(cli: &mut Cli) -> Vec<&mut PathBuf> {
         Command::Update {
             resources: Some(r), ..
         } if r.as_path() != std::path::Path::new("-") => paths.push(r),
+        Command::NetAttach { netns } | Command::NetDetach { netns, .. } => paths.push(netns),
         _ => {}
     }
     paths

@@ -170,6 +170,17 @@ impl Runtime {
         cmd
     }
 
+    /// The runtime running `command`, for a blocking caller; stdin and stdout are null, stderr
+    /// piped (its error).
+    pub fn blocking_command(&self, command: cli::Command) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.binary);
+        cmd.args(cli::Invocation::new(&self.root, command).to_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
     async fn run(&self, mut cmd: Command, what: &str) -> Result<()> {
         let start = Instant::now();
         let out = cmd

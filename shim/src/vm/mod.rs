@@ -6,6 +6,7 @@
 //! | module | job |
 //! | --- | --- |
 //! | `pod.rs` | the pod's VM: boot on the first create, its share, the router of the agent's messages, shutdown |
+//! | `network.rs` | the pod's network namespace attached (taps and redirects) through `airlock-runtime` |
 //! | `container.rs` | one container and its processes in the guest: start, exec, signals, update, cleanup |
 //! | `io.rs` | a guest process's stdio on the host: output into the core's pipes or pty, input relayed, terminal size |
 //! | `confine.rs` | the spec, as the policy left it, lowered onto the guest's confinement and cgroup limits |
@@ -30,6 +31,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use tracing::info;
 
 use crate::error::{Error, Result};
+use crate::process::runtime::Runtime;
 use crate::process::unmount;
 use crate::process::userns::RangeAllocator;
 use crate::sandbox::{Created, Sandbox};
@@ -39,6 +41,7 @@ use airlock_vm::RunAs;
 mod confine;
 mod container;
 mod io;
+mod network;
 mod pod;
 mod share;
 
@@ -61,17 +64,20 @@ struct Inner {
     /// The VMM's uid: the first id of a range of the node's user id pool, held by the pod's
     /// containers (`shim delete` releases a crashed shim's, as for the process sandbox).
     ids: RangeAllocator,
+    /// `airlock-runtime`, which attaches the pod's network.
+    runtime: Runtime,
     config: Arc<crate::config::ConfigCache>,
     pod: tokio::sync::Mutex<Option<Arc<PodVm>>>,
     containers: tokio::sync::Mutex<HashSet<String>>,
 }
 
 impl VmSandbox {
-    pub fn new(namespace: String) -> Self {
+    pub fn new(namespace: String, runtime: Runtime) -> Self {
         VmSandbox {
             inner: Arc::new(Inner {
                 namespace,
                 ids: RangeAllocator::default(),
+                runtime,
                 config: Default::default(),
                 pod: Default::default(),
                 containers: Default::default(),
@@ -105,14 +111,12 @@ impl VmSandbox {
         ));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the VM's directory", e))?;
         let d = dir.clone();
+        let runtime = self.inner.runtime.clone();
         let booted = tokio::task::spawn_blocking(move || {
-            let network =
-                match netns {
-                    Some(ns) => Some(airlock_net::host::attach(&ns).map_err(|e| {
-                        Error::FailedPrecondition(format!("the pod's network: {e}"))
-                    })?),
-                    None => None,
-                };
+            let network = match netns {
+                Some(ns) => Some(network::attach(&runtime, &ns)?),
+                None => None,
+            };
             PodVm::boot(vm, accelerator, d, network, run_as)
         })
         .await

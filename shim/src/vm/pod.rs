@@ -16,8 +16,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use airlock_agent::protocol::{FromAgent, Request, Response, Stream};
-use airlock_net::host::{Attached, Detach};
 use airlock_net::PodNetwork;
+
+use super::network::{Attached, Detach};
 use airlock_policies::config::VmConfig;
 use airlock_vm::{Accelerator, Nic, Qemu, RunAs, Share, Vm, VmSpec};
 use tokio::sync::oneshot;
@@ -67,9 +68,7 @@ pub struct PodVm {
 /// Removes the redirects to the VM's taps from the pod's network namespace.
 fn undo_network(detach: Option<Detach>) {
     if let Some(d) = detach {
-        if let Err(e) = d.run() {
-            warn!("remove the redirects from the pod's network namespace: {e}");
-        }
+        d.run();
     }
 }
 
