@@ -3,10 +3,10 @@
 //! order of its interfaces. The netlink work runs in the runtime, so the shim that stays
 //! resident per pod carries none of its code.
 
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::PodNetwork;
@@ -14,7 +14,7 @@ use crate::PodNetwork;
 /// The largest message (JSON) accepted.
 const MAX: usize = 64 * 1024;
 /// The most taps one message carries.
-const MAX_TAPS: usize = 16;
+const MAX_TAPS: usize = airlock_state::fdpass::MAX_FDS;
 
 /// An attached pod network: what the guest must take over, and the interfaces (by index in
 /// the pod's namespace) whose redirects `net-detach` removes.
@@ -47,37 +47,24 @@ pub fn send(sock: BorrowedFd, a: &Attachment, taps: &[OwnedFd]) -> std::io::Resu
 
 pub fn receive(sock: BorrowedFd) -> std::io::Result<(Attachment, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; MAX];
-    let mut space = nix::cmsg_space!([RawFd; MAX_TAPS]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut taps = Vec::new();
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            // SAFETY: descriptors just received are ours alone.
-            taps.extend(
-                fds.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
+    let got = airlock_state::fdpass::recv_with_fds(sock.as_raw_fd(), &mut buf)?;
+    if got.truncated {
+        return Err(std::io::Error::other(format!(
+            "the pod's network did not fit one message (at most {MAX_TAPS} interfaces)"
+        )));
     }
-    let n = msg.bytes;
-    if n == 0 {
+    if got.len == 0 {
         return Err(std::io::Error::other("no pod network was handed over"));
     }
-    let a: Attachment = serde_json::from_slice(&buf[..n]).map_err(std::io::Error::other)?;
-    if a.network.interfaces.len() != taps.len() {
+    let a: Attachment = serde_json::from_slice(&buf[..got.len]).map_err(std::io::Error::other)?;
+    if a.network.interfaces.len() != got.fds.len() {
         return Err(std::io::Error::other(format!(
             "{} interfaces but {} taps were handed over",
             a.network.interfaces.len(),
-            taps.len()
+            got.fds.len()
         )));
     }
-    Ok((a, taps))
+    Ok((a, got.fds))
 }
 
 #[cfg(test)]
