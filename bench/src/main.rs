@@ -566,7 +566,7 @@ fn run(args: Args) -> Result<()> {
         not_measured: [
             Some("warm start: Airlock has no warm pools yet"),
             args.no_cri.then_some("CRI path: --no-cri"),
-            Some("airlock-vm gRPC phases and CRI pod ready: not in the benchmark yet (its ctr run is in its own section)"),
+            Some("airlock-vm gRPC phases: not in the benchmark yet (its ctr run and CRI pod ready are in its own section)"),
         ]
         .into_iter()
         .flatten()

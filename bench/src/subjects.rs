@@ -132,7 +132,7 @@ pub fn detect(ctd: &Containerd, policies: &[String]) -> (Vec<Subject>, Vec<Strin
         None => skipped.push("gvisor: `runsc` is not installed".to_string()),
     }
     skipped.push(
-        "airlock-vm in the interleaved rounds, gRPC phases and CRI: measured in its own section (ctr run and one pod's memory) only"
+        "airlock-vm in the interleaved rounds, gRPC phases and CRI: measured in its own section (ctr run, one pod's memory, a burst, CRI pod ready) only"
             .to_string(),
     );
     (v, skipped)
