@@ -206,12 +206,22 @@ impl VmSandbox {
         let pod = self
             .pod(&config, &req.id, network_namespace(&spec), run_as)
             .await?;
-        let rootfs = bundle.join("rootfs");
-        crate::sandbox::mount_rootfs(&req.rootfs, &rootfs).await?;
+        // containerd's snapshot, mounted on the bundle's rootfs; without one (`ctr run
+        // --rootfs DIR`), the spec's root path as it is.
+        let rootfs = match spec.root().as_ref().map(|r| r.path()) {
+            Some(path) if req.rootfs.is_empty() => bundle.join(path),
+            _ => bundle.join("rootfs"),
+        };
+        let mounted = crate::sandbox::mount_rootfs(&req.rootfs, &rootfs).await?;
+        let unmount_rootfs = |rootfs: &Path| {
+            if mounted {
+                unmount(rootfs);
+            }
+        };
         let shared = pod.dir.join("shared");
         let shared_root = shared.join(&req.id);
         if let Err(e) = share::add(&shared, &req.id, &rootfs, &spec) {
-            unmount(&rootfs);
+            unmount_rootfs(&rootfs);
             return Err(e);
         }
         let paths = StdioPaths {
@@ -229,7 +239,7 @@ impl VmSandbox {
             Err(e) => {
                 let _ = container::remove_cgroup(&pod, &req.id).await;
                 share::remove(&shared, &req.id);
-                unmount(&rootfs);
+                unmount_rootfs(&rootfs);
                 return Err(e);
             }
         };
