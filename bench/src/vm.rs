@@ -167,6 +167,7 @@ pub fn measure(rounds: usize, bin_dir: &Path) -> Result<VmBootResult, String> {
         shares,
         nics: vec![],
         run_as: None,
+        cgroup_procs: vec![],
     };
     let mut boots = Vec::new();
     let mut first_error = None;

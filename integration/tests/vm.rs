@@ -88,6 +88,7 @@ fn spec(dir: &Path, shares: Vec<Share>) -> VmSpec {
         shares,
         nics: vec![],
         run_as: None,
+        cgroup_procs: vec![],
     }
 }
 

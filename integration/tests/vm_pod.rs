@@ -380,6 +380,28 @@ fn containers_run_in_a_vm(v: Version) {
             "the VMM's {key} {v:?}"
         );
     }
+    // The VMM is in the pod's host cgroup (the container's cgroupsPath), with a memory limit
+    // of the guest's RAM plus the VMM's allowance.
+    let cgroups = std::fs::read_to_string(format!("/proc/{qemu}/cgroup")).unwrap();
+    let memory = cgroups
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            (controllers == "memory" || controllers.is_empty()).then(|| path.to_string())
+        })
+        .filter(|p| p.ends_with("/vm-kill9"))
+        .unwrap_or_else(|| panic!("the VMM's cgroups: {cgroups}"));
+    let limit_file = ["memory/", ""]
+        .iter()
+        .map(|h| format!("/sys/fs/cgroup/{h}{}", memory.trim_start_matches('/')))
+        .find_map(|d| {
+            std::fs::read_to_string(format!("{d}/memory.limit_in_bytes"))
+                .or_else(|_| std::fs::read_to_string(format!("{d}/memory.max")))
+                .ok()
+        })
+        .expect("the VMM's memory limit");
+    assert_eq!(limit_file.trim(), ((256 + 160) << 20).to_string());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim.pid),
         nix::sys::signal::Signal::SIGKILL,

@@ -137,11 +137,18 @@ impl Vm {
             prepared.groups.clone(),
             prepared.inherit.clone(),
         );
+        let cgroup_procs = spec.cgroup_procs.clone();
         // SAFETY: fcntl, prctl, setgroups, setres[ug]id and capset are async-signal-safe; the
         // vectors were allocated before the fork.
         unsafe {
             use std::os::unix::process::CommandExt;
             cmd.pre_exec(move || {
+                // Into the pod's cgroup while still root (the files are root's).
+                for fd in &cgroup_procs {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 jail::enter(run_as, &groups, &inherit)?;
                 // The VMM dies with the thread that booted it (a killed shim leaves no VM
                 // running); set after the credentials change, which clears it.

@@ -43,6 +43,8 @@ pub struct VmSpec {
     pub nics: Vec<Nic>,
     /// The VMM's uid and gid (None: the caller's, without capabilities).
     pub run_as: Option<crate::jail::RunAs>,
+    /// `cgroup.procs` files (open for writing) of the cgroup the VMM joins before its exec.
+    pub cgroup_procs: Vec<std::os::fd::RawFd>,
 }
 
 /// A NIC on a tap the host made (`-netdev tap,fd=`): the VMM inherits `fd`, and the guest's
@@ -254,6 +256,7 @@ mod tests {
             shares: vec![],
             nics: vec![],
             run_as: None,
+            cgroup_procs: vec![],
         }
     }
 

@@ -7,6 +7,7 @@
 //! | --- | --- |
 //! | `pod.rs` | the pod's VM: boot on the first create, its share, the router of the agent's messages, shutdown |
 //! | `network.rs` | the pod's network namespace attached (taps and redirects) through `airlock-runtime` |
+//! | `hostcg.rs` | the host cgroup of the VM's processes (QEMU, virtiofsd): the guest's RAM plus the VMM's allowance, a pids limit |
 //! | `container.rs` | one container and its processes in the guest: start, exec, signals, update, cleanup |
 //! | `io.rs` | a guest process's stdio on the host: output into the core's pipes or pty, input relayed, terminal size |
 //! | `confine.rs` | the spec, as the policy left it, lowered onto the guest's confinement and cgroup limits |
@@ -40,12 +41,14 @@ use airlock_vm::RunAs;
 
 mod confine;
 mod container;
+mod hostcg;
 mod io;
 mod network;
 mod pod;
 mod share;
 
 use container::{Command, VmContainer};
+use hostcg::HostCgroup;
 use pod::PodVm;
 
 /// The shim binary's name that selects this sandbox.
@@ -92,6 +95,7 @@ impl VmSandbox {
         config: &airlock_policies::Loaded,
         first_id: &str,
         netns: Option<PathBuf>,
+        cgroup: PathBuf,
         run_as: RunAs,
     ) -> Result<Arc<PodVm>> {
         let mut pod = self.inner.pod.lock().await;
@@ -113,11 +117,20 @@ impl VmSandbox {
         let d = dir.clone();
         let runtime = self.inner.runtime.clone();
         let booted = tokio::task::spawn_blocking(move || {
+            let cg = HostCgroup::create(&cgroup, vm.memory_mib)?;
+            let listed: Vec<String> = cg.made().iter().map(|p| p.display().to_string()).collect();
+            let _ = std::fs::write(d.join(pod::CGROUP_FILE), listed.join("\n"));
             let network = match netns {
-                Some(ns) => Some(network::attach(&runtime, &ns)?),
+                Some(ns) => match network::attach(&runtime, &ns) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        cg.remove();
+                        return Err(e);
+                    }
+                },
                 None => None,
             };
-            PodVm::boot(vm, accelerator, d, network, run_as)
+            PodVm::boot(vm, accelerator, d, network, run_as, cg)
         })
         .await
         .map_err(|e| Error::Runtime(format!("VM boot thread: {e}")))?;
@@ -203,8 +216,13 @@ impl VmSandbox {
         .await;
 
         let run_as = self.hold_ids(&req.id)?;
+        let cgroup = hostcg::path_of(
+            spec.linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_deref()),
+        );
         let pod = self
-            .pod(&config, &req.id, network_namespace(&spec), run_as)
+            .pod(&config, &req.id, network_namespace(&spec), cgroup, run_as)
             .await?;
         // containerd's snapshot, mounted on the bundle's rootfs; without one (`ctr run
         // --rootfs DIR`), the spec's root path as it is.
@@ -328,6 +346,11 @@ pub fn clean_up_after_shim(id: &str) -> bool {
             .and_then(|n| n.split('-').next())
             .and_then(|pid| u32::from_str_radix(pid, 16).ok());
         if owner.is_some_and(|pid| !alive(pid)) {
+            // Its QEMU and virtiofsd died with it; their cgroup stays until removed.
+            if let Ok(listed) = std::fs::read_to_string(dir.join(pod::CGROUP_FILE)) {
+                let dirs: Vec<PathBuf> = listed.lines().map(PathBuf::from).collect();
+                hostcg::remove_dirs(&dirs);
+            }
             pod::remove_dir(&dir);
         }
     }

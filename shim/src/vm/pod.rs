@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use airlock_agent::protocol::{FromAgent, Request, Response, Stream};
 use airlock_net::PodNetwork;
 
+use super::hostcg::{self, HostCgroup};
 use super::network::{Attached, Detach};
 use airlock_policies::config::VmConfig;
 use airlock_vm::{Accelerator, Nic, Qemu, RunAs, Share, Vm, VmSpec};
@@ -63,6 +64,8 @@ pub struct PodVm {
     keeper: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The redirects in the pod's network namespace, removed after the VM.
     detach: Mutex<Option<Detach>>,
+    /// The host cgroup of QEMU and virtiofsd, removed after them.
+    cgroup: Mutex<Option<Arc<HostCgroup>>>,
 }
 
 /// Removes the redirects to the VM's taps from the pod's network namespace.
@@ -74,12 +77,16 @@ fn undo_network(detach: Option<Detach>) {
 
 /// What a VM's directory holds besides the share (virtiofsd writes `fs.sock.pid`).
 const VM_FILES: &[&str] = &[
+    CGROUP_FILE,
     "ctl.sock",
     "fs.sock",
     "fs.sock.pid",
     "console.log",
     "qemu.log",
 ];
+
+/// Lists the VM's host cgroup directories, for the cleanup after a killed shim.
+pub const CGROUP_FILE: &str = "cgroup";
 
 /// Removes what the VM made in `dir`, and `dir` if that empties it. Never recursive: a
 /// container's rootfs may still be bound into the share.
@@ -91,7 +98,12 @@ pub fn remove_dir(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-fn spawn_virtiofsd(binary: &Path, socket: &Path, shared: &Path) -> std::io::Result<Child> {
+fn spawn_virtiofsd(
+    binary: &Path,
+    socket: &Path,
+    shared: &Path,
+    cgroup_procs: &[RawFd],
+) -> std::io::Result<Child> {
     let mut cmd = Command::new(binary);
     cmd.arg("--socket-path")
         .arg(socket)
@@ -103,7 +115,9 @@ fn spawn_virtiofsd(binary: &Path, socket: &Path, shared: &Path) -> std::io::Resu
         .stderr(Stdio::null());
     // SAFETY: prctl is async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| {
+        let procs = cgroup_procs.to_vec();
+        cmd.pre_exec(move || {
+            hostcg::join(&procs)?;
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
             Ok(())
         });
@@ -117,16 +131,21 @@ fn boot_on_this_thread(
     dir: &Path,
     network: Option<(PodNetwork, Vec<OwnedFd>)>,
     run_as: RunAs,
+    cgroup: &HostCgroup,
 ) -> Result<(Vm, Child)> {
+    // Open until both have started: each joins the pod's cgroup before its exec.
+    let proc_files = cgroup.procs_files()?;
+    let procs: Vec<RawFd> = proc_files.iter().map(|f| f.as_raw_fd()).collect();
     let shared = dir.join("shared");
     std::fs::create_dir_all(&shared).map_err(|e| Error::io("create the VM's share", e))?;
     let socket = dir.join("fs.sock");
-    let mut virtiofsd = spawn_virtiofsd(&config.virtiofsd, &socket, &shared).map_err(|e| {
-        Error::FailedPrecondition(format!(
-            "cannot start virtiofsd {} ([vm] virtiofsd in the node config): {e}",
-            config.virtiofsd.display()
-        ))
-    })?;
+    let mut virtiofsd =
+        spawn_virtiofsd(&config.virtiofsd, &socket, &shared, &procs).map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "cannot start virtiofsd {} ([vm] virtiofsd in the node config): {e}",
+                config.virtiofsd.display()
+            ))
+        })?;
     let start = Instant::now();
     while !socket.exists() {
         if start.elapsed() > Duration::from_secs(20) || matches!(virtiofsd.try_wait(), Ok(Some(_)))
@@ -167,6 +186,7 @@ fn boot_on_this_thread(
             })
             .unwrap_or_default(),
         run_as: Some(run_as),
+        cgroup_procs: procs.clone(),
     };
     let booted = Vm::boot(
         &Qemu::new(&config.qemu),
@@ -286,19 +306,23 @@ impl PodVm {
         dir: PathBuf,
         network: Option<Attached>,
         run_as: RunAs,
+        cgroup: HostCgroup,
     ) -> Result<PodVm> {
         let (network, detach) = match network {
             Some(a) => (Some((a.network, a.taps)), Some(a.detach)),
             None => (None, None),
         };
-        let booted = Self::boot_vm(config, accelerator, dir, network, run_as);
+        let cgroup = Arc::new(cgroup);
+        let booted = Self::boot_vm(config, accelerator, dir, network, run_as, cgroup.clone());
         match booted {
             Ok(pod) => {
                 *pod.detach.lock().unwrap() = detach;
+                *pod.cgroup.lock().unwrap() = Some(cgroup);
                 Ok(pod)
             }
             Err(e) => {
                 undo_network(detach);
+                cgroup.remove();
                 Err(e)
             }
         }
@@ -310,6 +334,7 @@ impl PodVm {
         dir: PathBuf,
         network: Option<(PodNetwork, Vec<OwnedFd>)>,
         run_as: RunAs,
+        cgroup: Arc<HostCgroup>,
     ) -> Result<PodVm> {
         let (booted_tx, booted_rx) = mpsc::channel();
         let (stop, stopped) = mpsc::channel::<()>();
@@ -317,14 +342,20 @@ impl PodVm {
         let keeper = std::thread::Builder::new()
             .name("vm-keeper".into())
             .spawn(move || {
-                let (vm, mut virtiofsd) =
-                    match boot_on_this_thread(&config, accelerator, &keeper_dir, network, run_as) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            let _ = booted_tx.send(Err(e));
-                            return;
-                        }
-                    };
+                let (vm, mut virtiofsd) = match boot_on_this_thread(
+                    &config,
+                    accelerator,
+                    &keeper_dir,
+                    network,
+                    run_as,
+                    &cgroup,
+                ) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = booted_tx.send(Err(e));
+                        return;
+                    }
+                };
                 let _ = booted_tx.send(Ok(vm));
                 // Until the pod's last container is released (or the shim ends).
                 let _ = stopped.recv();
@@ -360,6 +391,7 @@ impl PodVm {
             stop: Mutex::new(Some(stop)),
             keeper: Mutex::new(Some(keeper)),
             detach: Mutex::new(None),
+            cgroup: Mutex::new(None),
         })
     }
 
@@ -395,6 +427,9 @@ impl PodVm {
             let _ = keeper.join();
         }
         undo_network(self.detach.lock().unwrap().take());
+        if let Some(cg) = self.cgroup.lock().unwrap().take() {
+            cg.remove();
+        }
         remove_dir(&self.dir);
     }
 }
