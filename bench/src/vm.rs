@@ -38,15 +38,9 @@ pub struct VmBootResult {
     pub first_error: Option<String>,
 }
 
+/// RSS (KiB) of process `pid`.
 fn rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    crate::measure::memory_kib(pid as i32).0
 }
 
 fn stop(mut child: Child) {

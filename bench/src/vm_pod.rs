@@ -60,15 +60,9 @@ impl VmPodResult {
     }
 }
 
+/// RSS (KiB) of process `pid`.
 fn rss_kib(pid: i32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    crate::measure::memory_kib(pid).0
 }
 
 fn ctr_run(
@@ -102,15 +96,7 @@ fn ctr_run(
 
 /// Kills and removes container `id` (its task may take a moment to go).
 fn remove(ctd: &Containerd, ns: &str, id: &str) {
-    let _ = ctd.ctr(Some(ns), &["task", "kill", "-s", "KILL", id]);
-    let _ = proc_util::wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
-        ctd.ctr(Some(ns), &["task", "rm", "-f", id])
-            .is_ok_and(|o| o.success())
-            || !ctd
-                .ctr(Some(ns), &["task", "ls"])
-                .is_ok_and(|o| o.stdout.contains(id))
-    });
-    let _ = ctd.ctr(Some(ns), &["containers", "rm", id]);
+    let _ = airlock_integration::vm::remove_container(ctd, ns, id);
 }
 
 /// The host RSS of the shim serving container `id` and what runs under it (QEMU,

@@ -50,3 +50,31 @@ pub fn cri_node_config(ctd: &crate::Containerd, accelerator: &str) -> Result<(),
     std::fs::copy(&written, ctd.vm_config()).map_err(|e| e.to_string())?;
     Ok(())
 }
+
+/// Kills container `id`'s task and removes it and the container, retrying while its task is
+/// going (a VM's shutdown takes a moment); Err when it stays.
+pub fn remove_container(ctd: &crate::Containerd, ns: &str, id: &str) -> Result<(), String> {
+    let _ = ctd.ctr(Some(ns), &["task", "kill", "-s", "KILL", id]);
+    let gone = crate::proc_util::wait_until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(50),
+        || {
+            ctd.ctr(Some(ns), &["task", "rm", "-f", id])
+                .is_ok_and(|o| o.success())
+                || !ctd
+                    .ctr(Some(ns), &["task", "ls"])
+                    .is_ok_and(|o| o.stdout.contains(id))
+        },
+    );
+    if !gone {
+        return Err(format!("the task of {id} was not removable"));
+    }
+    let out = ctd
+        .ctr(Some(ns), &["containers", "rm", id])
+        .map_err(|e| e.to_string())?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(format!("ctr containers rm {id}: {}", out.stderr.trim()))
+    }
+}

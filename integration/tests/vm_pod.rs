@@ -97,25 +97,7 @@ fn run_detached(ctd: &Containerd, ns: &str, cfg: &Path, id: &str) {
 /// Kills container `id` and removes its task and the container (its task may take a moment
 /// to stop, or to be noticed gone with its shim).
 fn remove(ctd: &Containerd, ns: &str, id: &str) {
-    for _ in 0..200 {
-        let _ = ctd.ctr(Some(ns), &["task", "kill", "-s", "KILL", id]);
-        let removed = ctd
-            .ctr(Some(ns), &["task", "rm", "-f", id])
-            .unwrap()
-            .success();
-        if removed
-            || !ctd
-                .ctr(Some(ns), &["task", "ls"])
-                .unwrap()
-                .stdout
-                .contains(id)
-        {
-            ctd.ctr_ok(Some(ns), &["containers", "rm", id]).unwrap();
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the task of {id} was not removable");
+    airlock_integration::vm::remove_container(ctd, ns, id).unwrap();
 }
 
 fn vm_processes() -> Vec<String> {
