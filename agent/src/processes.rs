@@ -464,6 +464,21 @@ mod tests {
         vec!["/bin/sh".into(), "-c".into(), script.into()]
     }
 
+    /// Starts unconfined process `name` running `script` with `io`; its messages.
+    fn start(p: &Processes, name: &str, script: &str, io: Io) -> mpsc::Receiver<FromAgent> {
+        let (send, rx) = collector();
+        let r = p.run(name, &sh(script), &[], "/", "/", io, &open(), send);
+        assert!(matches!(r, Response::Started { .. }), "{r:?}");
+        rx
+    }
+
+    /// Writes `data` to process `name`'s input and waits until it is written.
+    fn feed(p: &Processes, name: &str, data: &[u8]) {
+        let (tx, answered) = mpsc::channel();
+        p.input(name, data.to_vec(), Box::new(move |r| tx.send(r).unwrap()));
+        assert_eq!(answered.recv().unwrap(), Response::Ok);
+    }
+
     #[test]
     fn output_then_exit_in_order() {
         let p = Processes::get();
@@ -732,26 +747,9 @@ mod tests {
     #[test]
     fn stdin_is_fed_in_order_and_closed() {
         let p = Processes::get();
-        let (send, rx) = collector();
-        let r = p.run(
-            "cat",
-            &sh("cat; echo done"),
-            &[],
-            "/",
-            "/",
-            Io::PipesAndStdin,
-            &open(),
-            send,
-        );
-        assert!(matches!(r, Response::Started { .. }), "{r:?}");
+        let rx = start(p, "cat", "cat; echo done", Io::PipesAndStdin);
         for chunk in ["one\n", "two\n"] {
-            let (tx, answered) = mpsc::channel();
-            p.input(
-                "cat",
-                chunk.as_bytes().to_vec(),
-                Box::new(move |r| tx.send(r).unwrap()),
-            );
-            assert_eq!(answered.recv().unwrap(), Response::Ok);
+            feed(p, "cat", chunk.as_bytes());
         }
         assert_eq!(p.close_input("cat"), Response::Ok);
         let (out, _, status) = until_exit(&rx);
@@ -788,13 +786,7 @@ mod tests {
         );
         assert!(matches!(r, Response::Started { .. }), "{r:?}");
         assert_eq!(p.resize("tty", 33, 101), Response::Ok);
-        let (tx, answered) = mpsc::channel();
-        p.input(
-            "tty",
-            b"typed\n".to_vec(),
-            Box::new(move |r| tx.send(r).unwrap()),
-        );
-        assert_eq!(answered.recv().unwrap(), Response::Ok);
+        feed(p, "tty", b"typed\n");
         let (out, err, status) = until_exit(&rx);
         let out = String::from_utf8_lossy(&out).replace('\r', "");
         assert_eq!(status, 0, "{out}");
@@ -838,25 +830,8 @@ mod tests {
     #[test]
     fn closing_a_terminals_input_ends_it_after_a_partial_line() {
         let p = Processes::get();
-        let (send, rx) = collector();
-        let r = p.run(
-            "ttyeof",
-            &sh("stty -echo; cat; echo done"),
-            &[],
-            "/",
-            "/",
-            Io::Terminal,
-            &open(),
-            send,
-        );
-        assert!(matches!(r, Response::Started { .. }), "{r:?}");
-        let (tx, answered) = mpsc::channel();
-        p.input(
-            "ttyeof",
-            b"abc".to_vec(),
-            Box::new(move |r| tx.send(r).unwrap()),
-        );
-        assert_eq!(answered.recv().unwrap(), Response::Ok);
+        let rx = start(p, "ttyeof", "stty -echo; cat; echo done", Io::Terminal);
+        feed(p, "ttyeof", b"abc");
         assert_eq!(p.close_input("ttyeof"), Response::Ok);
         let (out, _, status) = until_exit(&rx);
         let out = String::from_utf8_lossy(&out).replace('\r', "");
